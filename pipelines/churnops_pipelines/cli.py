@@ -1,0 +1,136 @@
+"""The ``churnops`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from churnops_features import store as feast_store
+from churnops_features.catalog import render_catalog
+from churnops_models.data import GeneratorConfig, with_drift
+from churnops_models.ingest import IngestError, ingest
+from churnops_models.validation import DataValidationError
+from churnops_pipelines import foundation
+from churnops_pipelines.foundation import Layout
+
+
+def _generator_config(args: argparse.Namespace) -> GeneratorConfig:
+    cfg = GeneratorConfig(n_customers=args.customers, seed=args.seed, history_days=args.history_days, block_size=args.block_size, end_date=args.end_date)
+    return with_drift(cfg, args.drift, args.drift_start_day)
+
+
+def _add_generator_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--customers", type=int, default=50_000, help="number of customers (default 50,000)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (same seed, same data)")
+    p.add_argument("--history-days", type=int, default=180, help="days of history to simulate (>= 120)")
+    p.add_argument("--end-date", type=dt.date.fromisoformat, default=dt.date(2026, 6, 30), help="last day of history (YYYY-MM-DD)")
+    p.add_argument("--block-size", type=int, default=50_000, help="customers simulated per block (bounds memory)")
+    p.add_argument("--drift", choices=["none", "covariate", "concept", "both"], default="none", help="drift scenario for monitoring tests")
+    p.add_argument("--drift-start-day", type=int, default=None, help="day of history at which drift starts")
+
+
+def _add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=["embedded", "cluster"], default="embedded", help="feature store configuration (default embedded)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="churnops", description="ChurnOps: churn prediction platform")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="where data, features and reports go (default ./data)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run everything end to end on embedded defaults")
+    _add_generator_args(demo)
+    _add_store_args(demo)
+
+    data = sub.add_parser("data", help="customer data").add_subparsers(dest="action", required=True)
+    _add_generator_args(data.add_parser("generate", help="generate synthetic customer data"))
+    data.add_parser("validate", help="validate the raw tables (Great Expectations)")
+    ing = data.add_parser("ingest", help="check and load your own CSV/Parquet table")
+    ing.add_argument("path", type=Path)
+    ing.add_argument("--id-column", required=True)
+    ing.add_argument("--time-column", required=True)
+    ing.add_argument("--target-column", required=True)
+    ing.add_argument("--out", type=Path, default=None, help="write the typed table as Parquet here")
+
+    feats = sub.add_parser("features", help="feature engineering and the Feast store").add_subparsers(dest="action", required=True)
+    feats.add_parser("build", help="compute point-in-time features from the raw tables")
+    feats.add_parser("validate", help="validate the feature tables (Great Expectations)")
+    for name, text in (("publish", "apply Feast objects and backfill the online store"),):
+        _add_store_args(feats.add_parser(name, help=text))
+    online = feats.add_parser("online", help="read online features of customers")
+    _add_store_args(online)
+    online.add_argument("customer_ids", type=int, nargs="+")
+    cat = feats.add_parser("catalog", help="write (or --check) the feature catalog")
+    cat.add_argument("--out", type=Path, default=feast_store.default_repo_dir() / "FEATURES.md")
+    cat.add_argument("--check", action="store_true", help="fail if the file differs from the catalog")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    layout = Layout(args.data_dir)
+    env = dict(os.environ)
+    if args.command == "demo":
+        summary = foundation.run_foundation(_generator_config(args), layout, args.mode, env)
+        print(json.dumps(summary, indent=2, default=str))
+        print(f"\nData foundation ready: {summary['customers']:,} customers, {summary['features']} features in service "
+              f"'{summary['feature_service']}', 30-day churn rate {summary['churn_rate_30d']:.1%}, "
+              f"online store serving {summary['online_features_returned']} features per customer. Reports in {layout.reports}/")
+        return 0
+    if args.command == "data":
+        if args.action == "generate":
+            counts = foundation.generate(_generator_config(args), layout)
+            print(json.dumps(counts, indent=2))
+        elif args.action == "validate":
+            foundation.check(foundation.validate_raw(layout), layout, "raw")
+        elif args.action == "ingest":
+            table = ingest(args.path, args.id_column, args.time_column, args.target_column)
+            s = table.schema
+            print(f"{len(table.frame):,} rows; target rate {table.frame[s.target_column].mean():.1%}; "
+                  f"{len(s.numeric)} numeric and {len(s.categorical)} categorical features")
+            print(f"numeric: {', '.join(s.numeric) or '-'}\ncategorical: {', '.join(s.categorical) or '-'}")
+            if args.out is not None:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                table.frame.to_parquet(args.out, index=False)
+                print(f"written to {args.out}")
+        return 0
+    if args.action == "build":
+        print(json.dumps(foundation.features(layout), indent=2))
+    elif args.action == "validate":
+        foundation.check(foundation.validate_features(layout), layout, "features")
+    elif args.action == "publish":
+        seconds, rows = foundation.publish(layout, args.mode, env)
+        print(f"materialized {rows:,} feature rows in {seconds:.1f} s ({rows / seconds:,.0f} rows/s)")
+    elif args.action == "online":
+        print(json.dumps(foundation.lookup(layout, args.mode, env, args.customer_ids), indent=2, default=str))
+    elif args.action == "catalog":
+        text = render_catalog()
+        if args.check:
+            if not args.out.exists() or args.out.read_text() != text:
+                print(f"{args.out} is out of date; run `churnops features catalog`", file=sys.stderr)
+                return 1
+            print(f"{args.out} is up to date")
+        else:
+            args.out.write_text(text)
+            print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except (IngestError, DataValidationError, FileNotFoundError, ValueError, KeyError) as e:
+        print(f"churnops: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
