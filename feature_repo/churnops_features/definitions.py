@@ -117,7 +117,7 @@ def feature_view(domain: str, source: DataSource) -> FeatureView:
 def live_usage_view(billing: FeatureView, usage: FeatureView) -> OnDemandFeatureView:
     """Request-time utilization, comparing today's activity with stored features."""
 
-    @on_demand_feature_view(
+    @on_demand_feature_view(  # type: ignore[untyped-decorator]  # Feast's decorator is untyped
         name=LIVE_VIEW,
         sources=[billing[["seats_purchased"]], usage[["active_users_mean_7d"]], live_context],
         schema=[
@@ -141,7 +141,8 @@ def live_usage_view(billing: FeatureView, usage: FeatureView) -> OnDemandFeature
             }
         )
 
-    return live_usage
+    view: OnDemandFeatureView = live_usage
+    return view
 
 
 @dataclass(frozen=True)

@@ -121,7 +121,9 @@ def materialize_incremental(store: FeatureStore, end: datetime) -> None:
     store.materialize_incremental(end_date=end)
 
 
-def online_features(store: FeatureStore, customer_ids: Sequence[int], service: str, extra: Mapping[str, Sequence[Any]] | None = None) -> dict[str, list[Any]]:
+def online_features(
+    store: FeatureStore, customer_ids: Sequence[int], service: str, extra: Mapping[str, Sequence[Any]] | None = None
+) -> dict[str, list[Any]]:
     rows: dict[str, Sequence[Any]] = {ENTITY: list(customer_ids), **(extra or {})}
     return store.get_online_features(features=store.get_feature_service(service), entity_rows=rows).to_dict()
 

@@ -41,6 +41,8 @@ PRODUCT_FEATURES = 20  # number of distinct product features a customer can adop
 
 LIST_PRICE = {"starter": 25.0, "growth": 45.0, "business": 80.0, "enterprise": 120.0}
 
+DAILY_METRICS = ("active_users", "logins", "session_minutes", "api_calls", "features_used", "reports_created")
+
 # Raw tables written by the generator, one Parquet part per customer block.
 RAW_TABLES = ("customers", "account_daily", "tickets", "invoices", "nps", "labels")
 
@@ -145,8 +147,20 @@ class CustomerBlock:
         }
 
 
+@dataclass
+class _Trace:
+    """What the day-by-day simulation observed, collected per day and stacked at the end."""
+
+    daily: dict[str, list[np.ndarray]] = field(default_factory=lambda: {k: [] for k in DAILY_METRICS})
+    day_rows: list[np.ndarray] = field(default_factory=list)  # (customer position, day) per daily row
+    mrr: list[np.ndarray] = field(default_factory=list)
+    tickets: list[dict[str, np.ndarray]] = field(default_factory=list)
+    invoices: list[dict[str, np.ndarray]] = field(default_factory=list)
+    nps: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    return np.asarray(1.0 / (1.0 + np.exp(-x)), dtype=float)
 
 
 def _choice(rng: np.random.Generator, options: tuple[str, ...], probs: np.ndarray) -> np.ndarray:
@@ -154,7 +168,8 @@ def _choice(rng: np.random.Generator, options: tuple[str, ...], probs: np.ndarra
     cum = np.cumsum(probs, axis=1)
     u = rng.random((probs.shape[0], 1))
     idx = np.minimum((u > cum).sum(axis=1), len(options) - 1)
-    return np.asarray(options, dtype=object)[idx]
+    out: np.ndarray = np.asarray(options, dtype=object)[idx]
+    return out
 
 
 def _static_attributes(rng: np.random.Generator, n: int, cfg: GeneratorConfig, ids: np.ndarray) -> pd.DataFrame:
@@ -170,9 +185,7 @@ def _static_attributes(rng: np.random.Generator, n: int, cfg: GeneratorConfig, i
         np.where(is_mid[:, None], [0.1, 0.4, 0.4, 0.1], [0.55, 0.35, 0.10, 0.0]),
     )
     plan = _choice(rng, PLANS, plan_p)
-    contract_p = np.where(
-        is_ent[:, None], [0.05, 0.55, 0.40], np.where(is_mid[:, None], [0.30, 0.55, 0.15], [0.70, 0.27, 0.03])
-    )
+    contract_p = np.where(is_ent[:, None], [0.05, 0.55, 0.40], np.where(is_mid[:, None], [0.30, 0.55, 0.15], [0.70, 0.27, 0.03]))
     contract = _choice(rng, CONTRACTS, contract_p)
     payment_p = np.where(is_ent[:, None], [0.1, 0.7, 0.2], np.where(is_mid[:, None], [0.45, 0.35, 0.2], [0.85, 0.05, 0.1]))
     payment = _choice(rng, PAYMENT_METHODS, payment_p)
@@ -251,13 +264,8 @@ def _simulate_block(cfg: GeneratorConfig, block_index: int, first: int, n: int) 
     recent_sev = np.zeros(n)  # exponentially decayed count of high/critical tickets
     last_nps = np.full(n, np.nan)
 
-    daily_cols: dict[str, list[np.ndarray]] = {k: [] for k in ("active_users", "logins", "session_minutes", "api_calls", "features_used", "reports_created")}
-    day_rows: list[np.ndarray] = []
-    tickets: list[dict[str, np.ndarray]] = []
-    invoices: list[dict[str, np.ndarray]] = []
-    nps_rows: list[dict[str, np.ndarray]] = []
+    trace = _Trace()
     mrr_base = cust["mrr"].to_numpy()
-    mrr_daily: list[np.ndarray] = []
     day0 = pd.Timestamp(cfg.start_date, tz="UTC")
 
     for d in range(horizon):
@@ -284,10 +292,10 @@ def _simulate_block(cfg: GeneratorConfig, block_index: int, first: int, n: int) 
         api = rng.poisson(integrations[idx] * 40 * _sigmoid(e) * (active > 0))
         features_used = rng.binomial(PRODUCT_FEATURES, np.clip(_sigmoid(-1.0 + 1.1 * e + 0.3 * plan_idx[idx]), 0, 1)) * (active > 0)
         reports = rng.poisson(0.15 * active * _sigmoid(e))
-        for key, arr in zip(daily_cols, (active, logins, minutes, api, features_used, reports), strict=True):
-            daily_cols[key].append(arr)
-        day_rows.append(np.column_stack([idx, np.full(m, d)]))
-        mrr_daily.append(np.round(mrr_base[idx] * price_factor, 2))
+        for key, arr in zip(DAILY_METRICS, (active, logins, minutes, api, features_used, reports), strict=True):
+            trace.daily[key].append(arr)
+        trace.day_rows.append(np.column_stack([idx, np.full(m, d)]))
+        trace.mrr.append(np.round(mrr_base[idx] * price_factor, 2))
 
         # Support tickets: more, and more severe, when engagement is poor.
         rate = ticket_scale * 0.004 * np.sqrt(seats[idx]) * (1 + 1.5 * _sigmoid(-2 * e))
@@ -295,19 +303,17 @@ def _simulate_block(cfg: GeneratorConfig, block_index: int, first: int, n: int) 
         if k.sum():
             t_idx = np.repeat(idx, k)
             t_e = np.repeat(e, k)
-            sev_p = np.column_stack(
-                [0.45 + 0 * t_e, 0.33 + 0 * t_e, 0.16 + 0.10 * _sigmoid(-2 * t_e), 0.04 + 0.06 * _sigmoid(-2 * t_e)]
-            )
+            sev_p = np.column_stack([0.45 + 0 * t_e, 0.33 + 0 * t_e, 0.16 + 0.10 * _sigmoid(-2 * t_e), 0.04 + 0.06 * _sigmoid(-2 * t_e)])
             sev = _choice(rng, SEVERITIES, sev_p / sev_p.sum(axis=1, keepdims=True))
             severe = np.isin(sev, ("high", "critical"))
             res_h = np.round(rng.gamma(1.5, np.where(severe, 20.0, 10.0) * np.where(csm[t_idx], 0.6, 1.0)), 1)
             csat_given = rng.random(t_idx.size) < 0.55
             csat = np.clip(np.round(4.2 + 0.6 * t_e - 0.02 * res_h + rng.normal(0, 0.7, t_idx.size)), 1, 5)
             cat_p = np.tile([0.2, 0.35, 0.35, 0.10], (t_idx.size, 1))
-            tickets.append(
+            trace.tickets.append(
                 {
                     "_idx": t_idx,
-                    "created_at": day0 + pd.Timedelta(days=d) + pd.to_timedelta(rng.integers(0, 86_400, t_idx.size), unit="s"),
+                    "created_at": (day0 + pd.Timedelta(days=d) + pd.to_timedelta(rng.integers(0, 86_400, t_idx.size), unit="s")).to_numpy(),
                     "category": _choice(rng, TICKET_CATEGORIES, cat_p),
                     "severity": sev,
                     "resolution_hours": res_h,
@@ -321,9 +327,11 @@ def _simulate_block(cfg: GeneratorConfig, block_index: int, first: int, n: int) 
         # Monthly invoices on each customer's billing day.
         bill = idx[billing_day[idx] == d % 28]
         if bill.size:
-            fail_p = np.clip(pay_scale * (0.02 + 0.30 * distress[bill] + 0.04 * is_card[bill] + 0.05 * _sigmoid(-2 * engagement[bill])), 0, 0.95)
+            fail_p = np.clip(
+                pay_scale * (0.02 + 0.30 * distress[bill] + 0.04 * is_card[bill] + 0.05 * _sigmoid(-2 * engagement[bill])), 0, 0.95
+            )
             failed = rng.random(bill.size) < fail_p
-            invoices.append(
+            trace.invoices.append(
                 {
                     "_idx": bill,
                     "invoice_date": np.full(bill.size, day0 + pd.Timedelta(days=d)),
@@ -339,7 +347,9 @@ def _simulate_block(cfg: GeneratorConfig, block_index: int, first: int, n: int) 
         asked = idx[rng.random(m) < 1 / 90]
         if asked.size:
             score = np.clip(np.round(7.2 + 1.8 * engagement[asked] - 1.2 * recent_sev[asked] + rng.normal(0, 1.4, asked.size)), 0, 10)
-            nps_rows.append({"_idx": asked, "responded_at": np.full(asked.size, day0 + pd.Timedelta(days=d)), "score": score.astype(np.int64)})
+            trace.nps.append(
+                {"_idx": asked, "responded_at": np.full(asked.size, day0 + pd.Timedelta(days=d)), "score": score.astype(np.int64)}
+            )
             last_nps[asked] = score
 
         # Churn hazard from observable behaviour, contract terms and interactions.
@@ -363,7 +373,7 @@ def _simulate_block(cfg: GeneratorConfig, block_index: int, first: int, n: int) 
         churn_day[idx[churned]] = d
         alive[idx[churned]] = False
 
-    return _assemble_block(cfg, cust, ids, churn_day, daily_cols, day_rows, mrr_daily, tickets, invoices, nps_rows)
+    return _assemble_block(cfg, cust, ids, churn_day, trace)
 
 
 def _stack(parts: list[dict[str, np.ndarray]], columns: list[str]) -> dict[str, np.ndarray]:
@@ -377,26 +387,21 @@ def _assemble_block(
     cust: pd.DataFrame,
     ids: np.ndarray,
     churn_day: np.ndarray,
-    daily_cols: dict[str, list[np.ndarray]],
-    day_rows: list[np.ndarray],
-    mrr_daily: list[np.ndarray],
-    tickets: list[dict[str, np.ndarray]],
-    invoices: list[dict[str, np.ndarray]],
-    nps_rows: list[dict[str, np.ndarray]],
+    trace: _Trace,
 ) -> CustomerBlock:
     day0 = pd.Timestamp(cfg.start_date, tz="UTC")
-    rows = np.concatenate(day_rows)
+    rows = np.concatenate(trace.day_rows)
     daily = pd.DataFrame(
         {
             "customer_id": ids[rows[:, 0]],
             "date": day0 + pd.to_timedelta(rows[:, 1], unit="D"),
             "seats_purchased": cust["seats_purchased"].to_numpy()[rows[:, 0]],
-            "mrr": np.concatenate(mrr_daily),
-            **{k: np.concatenate(v) for k, v in daily_cols.items()},
+            "mrr": np.concatenate(trace.mrr),
+            **{k: np.concatenate(v) for k, v in trace.daily.items()},
         }
     )
     ticket_cols = ["_idx", "created_at", "category", "severity", "resolution_hours", "escalated", "csat"]
-    t = _stack(tickets, ticket_cols)
+    t = _stack(trace.tickets, ticket_cols)
     ticket_df = pd.DataFrame({c: t.get(c, np.array([])) for c in ticket_cols})
     ticket_df.insert(0, "customer_id", ids[ticket_df.pop("_idx").to_numpy(dtype=np.int64)])
     ticket_df["created_at"] = pd.to_datetime(ticket_df["created_at"], utc=True)
@@ -404,13 +409,13 @@ def _assemble_block(
     ticket_df.insert(0, "ticket_id", [f"T{cfg.seed}-{cid}-{i}" for i, cid in enumerate(ticket_df["customer_id"])])
 
     inv_cols = ["_idx", "invoice_date", "amount", "status", "days_late"]
-    v = _stack(invoices, inv_cols)
+    v = _stack(trace.invoices, inv_cols)
     inv_df = pd.DataFrame({c: v.get(c, np.array([])) for c in inv_cols})
     inv_df.insert(0, "customer_id", ids[inv_df.pop("_idx").to_numpy(dtype=np.int64)])
     inv_df["invoice_date"] = pd.to_datetime(inv_df["invoice_date"], utc=True)
 
     nps_cols = ["_idx", "responded_at", "score"]
-    s = _stack(nps_rows, nps_cols)
+    s = _stack(trace.nps, nps_cols)
     nps_df = pd.DataFrame({c: s.get(c, np.array([])) for c in nps_cols})
     nps_df.insert(0, "customer_id", ids[nps_df.pop("_idx").to_numpy(dtype=np.int64)])
     nps_df["responded_at"] = pd.to_datetime(nps_df["responded_at"], utc=True)
@@ -464,7 +469,7 @@ def generate_blocks(cfg: GeneratorConfig) -> Iterator[CustomerBlock]:
         yield _simulate_block(cfg, block_index, first, min(cfg.block_size, cfg.n_customers - first))
 
 
-def write_raw(cfg: GeneratorConfig, out_dir: Path, progress: Callable[[int], None] | None = None) -> dict[str, int]:
+def write_raw(cfg: GeneratorConfig, out_dir: Path, progress: Callable[[int], object] | None = None) -> dict[str, int]:
     """Generate and write each raw table as ``out_dir/<table>/part-NNNNN.parquet``.
 
     Returns the number of rows written per table.

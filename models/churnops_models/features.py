@@ -21,13 +21,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from churnops_models.data import RAW_TABLES, TICKET_CATEGORIES, GeneratorConfig
+from churnops_models.data import DAILY_METRICS, RAW_TABLES, TICKET_CATEGORIES, GeneratorConfig
 
 ENTITY = "customer_id"
 TIMESTAMP = "event_timestamp"
 DOMAINS = ("demographic", "billing", "usage", "support", "engagement")
 WINDOWS = (7, 30, 90)
-USAGE_METRICS = ("active_users", "logins", "session_minutes", "api_calls", "features_used", "reports_created")
+USAGE_METRICS = DAILY_METRICS
 RECENCY_CAP_DAYS = 365  # "never seen in the history" is reported as this many days
 EPS = 1e-9
 
@@ -47,21 +47,91 @@ def _usage_specs() -> list[FeatureSpec]:
     for m in USAGE_METRICS:
         label = m.replace("_", " ")
         for w in WINDOWS:
-            specs.append(FeatureSpec(f"{m}_mean_{w}d", "usage", "float64", f"Mean daily {label} over the last {w} days", f"account_daily.{m}: mean over days [ts-{w}d, ts)"))
-        specs.append(FeatureSpec(f"{m}_trend_7_30", "usage", "float64", f"Ratio of the 7-day to the 30-day mean of daily {label} (below 1: declining)", f"account_daily.{m}: mean 7d / mean 30d"))
-        specs.append(FeatureSpec(f"{m}_trend_30_90", "usage", "float64", f"Ratio of the 30-day to the 90-day mean of daily {label}", f"account_daily.{m}: mean 30d / mean 90d"))
+            specs.append(
+                FeatureSpec(
+                    f"{m}_mean_{w}d",
+                    "usage",
+                    "float64",
+                    f"Mean daily {label} over the last {w} days",
+                    f"account_daily.{m}: mean over days [ts-{w}d, ts)",
+                )
+            )
+        specs.append(
+            FeatureSpec(
+                f"{m}_trend_7_30",
+                "usage",
+                "float64",
+                f"Ratio of the 7-day to the 30-day mean of daily {label} (below 1: declining)",
+                f"account_daily.{m}: mean 7d / mean 30d",
+            )
+        )
+        specs.append(
+            FeatureSpec(
+                f"{m}_trend_30_90",
+                "usage",
+                "float64",
+                f"Ratio of the 30-day to the 90-day mean of daily {label}",
+                f"account_daily.{m}: mean 30d / mean 90d",
+            )
+        )
     for m in ("logins", "active_users"):
-        specs.append(FeatureSpec(f"{m}_std_30d", "usage", "float64", f"Standard deviation of daily {m.replace('_', ' ')} over 30 days", f"account_daily.{m}: std over [ts-30d, ts)"))
+        specs.append(
+            FeatureSpec(
+                f"{m}_std_30d",
+                "usage",
+                "float64",
+                f"Standard deviation of daily {m.replace('_', ' ')} over 30 days",
+                f"account_daily.{m}: std over [ts-30d, ts)",
+            )
+        )
     for m, col in (("login", "logins"), ("report", "reports_created"), ("api_call", "api_calls")):
-        specs.append(FeatureSpec(f"days_since_last_{m}", "usage", "int64", f"Days since the last day with any {m.replace('_', ' ')} (capped at {RECENCY_CAP_DAYS})", f"account_daily.{col} > 0: last day before ts"))
+        specs.append(
+            FeatureSpec(
+                f"days_since_last_{m}",
+                "usage",
+                "int64",
+                f"Days since the last day with any {m.replace('_', ' ')} (capped at {RECENCY_CAP_DAYS})",
+                f"account_daily.{col} > 0: last day before ts",
+            )
+        )
     for w in WINDOWS:
-        specs.append(FeatureSpec(f"seat_utilization_{w}d", "usage", "float64", f"Mean daily active users per purchased seat over {w} days", f"account_daily.active_users / seats_purchased, mean over {w}d"))
+        specs.append(
+            FeatureSpec(
+                f"seat_utilization_{w}d",
+                "usage",
+                "float64",
+                f"Mean daily active users per purchased seat over {w} days",
+                f"account_daily.active_users / seats_purchased, mean over {w}d",
+            )
+        )
     for w in WINDOWS:
-        specs.append(FeatureSpec(f"active_days_{w}d", "usage", "int64", f"Days with at least one login in the last {w} days", f"account_daily.logins > 0, count over {w}d"))
+        specs.append(
+            FeatureSpec(
+                f"active_days_{w}d",
+                "usage",
+                "int64",
+                f"Days with at least one login in the last {w} days",
+                f"account_daily.logins > 0, count over {w}d",
+            )
+        )
     specs += [
-        FeatureSpec("active_users_max_30d", "usage", "float64", "Peak daily active users over 30 days", "account_daily.active_users: max over 30d"),
-        FeatureSpec("weekend_login_share_30d", "usage", "float64", "Share of 30-day logins made on weekends", "account_daily.logins on Sat/Sun / all logins, 30d"),
-        FeatureSpec("active_users_slope_30d", "usage", "float64", "Least-squares slope of daily active users over 30 days, relative to their mean (per day)", "account_daily.active_users: OLS slope / mean, 30d"),
+        FeatureSpec(
+            "active_users_max_30d", "usage", "float64", "Peak daily active users over 30 days", "account_daily.active_users: max over 30d"
+        ),
+        FeatureSpec(
+            "weekend_login_share_30d",
+            "usage",
+            "float64",
+            "Share of 30-day logins made on weekends",
+            "account_daily.logins on Sat/Sun / all logins, 30d",
+        ),
+        FeatureSpec(
+            "active_users_slope_30d",
+            "usage",
+            "float64",
+            "Least-squares slope of daily active users over 30 days, relative to their mean (per day)",
+            "account_daily.active_users: OLS slope / mean, 30d",
+        ),
     ]
     return specs
 
@@ -79,10 +149,14 @@ _DEMOGRAPHIC = [
     FeatureSpec("tenure_days", "demographic", "int64", "Days since signup", "ts - customers.signup_date"),
     FeatureSpec("tenure_months", "demographic", "float64", "Months since signup", "(ts - customers.signup_date) / 30.44d"),
     FeatureSpec("is_new_customer", "demographic", "int64", "1 when the customer signed up less than 180 days ago", "tenure_days < 180"),
-    FeatureSpec("has_dedicated_csm", "demographic", "int64", "1 when a customer success manager is assigned", "customers.has_dedicated_csm"),
+    FeatureSpec(
+        "has_dedicated_csm", "demographic", "int64", "1 when a customer success manager is assigned", "customers.has_dedicated_csm"
+    ),
     FeatureSpec("onboarding_completed", "demographic", "int64", "1 when onboarding was completed", "customers.onboarding_completed"),
     FeatureSpec("auto_renew", "demographic", "int64", "1 when the contract renews automatically", "customers.auto_renew"),
-    FeatureSpec("days_to_renewal", "demographic", "int64", "Days until the next contract renewal", "customers.renewal_date, contract_length_days"),
+    FeatureSpec(
+        "days_to_renewal", "demographic", "int64", "Days until the next contract renewal", "customers.renewal_date, contract_length_days"
+    ),
     FeatureSpec("renewal_within_30d", "demographic", "int64", "1 when the contract renews within 30 days", "days_to_renewal < 30"),
     FeatureSpec("renewal_within_90d", "demographic", "int64", "1 when the contract renews within 90 days", "days_to_renewal < 90"),
 ]
@@ -99,51 +173,167 @@ _BILLING = [
     FeatureSpec("invoices_90d", "billing", "int64", "Invoices issued in the last 90 days", "invoices: count over 90d"),
     FeatureSpec("failed_payments_30d", "billing", "int64", "Failed payments in the last 30 days", "invoices.status == failed, 30d"),
     FeatureSpec("failed_payments_90d", "billing", "int64", "Failed payments in the last 90 days", "invoices.status == failed, 90d"),
-    FeatureSpec("failed_payment_rate_90d", "billing", "float64", "Share of invoices that failed in 90 days", "failed_payments_90d / invoices_90d"),
-    FeatureSpec("days_since_last_failed_payment", "billing", "int64", f"Days since the last failed payment (capped at {RECENCY_CAP_DAYS})", "invoices.status == failed: last before ts"),
+    FeatureSpec(
+        "failed_payment_rate_90d", "billing", "float64", "Share of invoices that failed in 90 days", "failed_payments_90d / invoices_90d"
+    ),
+    FeatureSpec(
+        "days_since_last_failed_payment",
+        "billing",
+        "int64",
+        f"Days since the last failed payment (capped at {RECENCY_CAP_DAYS})",
+        "invoices.status == failed: last before ts",
+    ),
     FeatureSpec("avg_days_late_90d", "billing", "float64", "Mean days late of paid invoices in 90 days", "invoices.days_late, paid, 90d"),
     FeatureSpec("max_days_late_90d", "billing", "int64", "Maximum days late of an invoice in 90 days", "invoices.days_late: max over 90d"),
     FeatureSpec("amount_billed_90d", "billing", "float64", "Amount invoiced in 90 days", "invoices.amount: sum over 90d"),
-    FeatureSpec("amount_failed_90d", "billing", "float64", "Amount of failed invoices in 90 days", "invoices.amount where failed: sum over 90d"),
-    FeatureSpec("billed_to_mrr_ratio_90d", "billing", "float64", "Amount billed in 90 days relative to 3 x MRR", "amount_billed_90d / (3 * mrr)"),
+    FeatureSpec(
+        "amount_failed_90d", "billing", "float64", "Amount of failed invoices in 90 days", "invoices.amount where failed: sum over 90d"
+    ),
+    FeatureSpec(
+        "billed_to_mrr_ratio_90d", "billing", "float64", "Amount billed in 90 days relative to 3 x MRR", "amount_billed_90d / (3 * mrr)"
+    ),
 ]
 
 _SUPPORT = (
-    [FeatureSpec(f"tickets_{w}d", "support", "int64", f"Support tickets opened in the last {w} days", f"tickets.created_at in [ts-{w}d, ts)") for w in WINDOWS]
-    + [FeatureSpec(f"high_severity_tickets_{w}d", "support", "int64", f"High or critical tickets opened in the last {w} days", f"tickets.severity in (high, critical), {w}d") for w in (30, 90)]
+    [
+        FeatureSpec(
+            f"tickets_{w}d", "support", "int64", f"Support tickets opened in the last {w} days", f"tickets.created_at in [ts-{w}d, ts)"
+        )
+        for w in WINDOWS
+    ]
+    + [
+        FeatureSpec(
+            f"high_severity_tickets_{w}d",
+            "support",
+            "int64",
+            f"High or critical tickets opened in the last {w} days",
+            f"tickets.severity in (high, critical), {w}d",
+        )
+        for w in (30, 90)
+    ]
     + [
         FeatureSpec("critical_tickets_90d", "support", "int64", "Critical tickets opened in 90 days", "tickets.severity == critical, 90d"),
-        FeatureSpec("avg_resolution_hours_30d", "support", "float64", "Mean resolution time of tickets resolved in 30 days", "tickets.resolution_hours, resolved_at in 30d", nullable=True),
-        FeatureSpec("avg_resolution_hours_90d", "support", "float64", "Mean resolution time of tickets resolved in 90 days", "tickets.resolution_hours, resolved_at in 90d", nullable=True),
-        FeatureSpec("max_resolution_hours_90d", "support", "float64", "Longest resolution time of a ticket resolved in 90 days (0 when none)", "tickets.resolution_hours: max, resolved_at in 90d"),
+        FeatureSpec(
+            "avg_resolution_hours_30d",
+            "support",
+            "float64",
+            "Mean resolution time of tickets resolved in 30 days",
+            "tickets.resolution_hours, resolved_at in 30d",
+            nullable=True,
+        ),
+        FeatureSpec(
+            "avg_resolution_hours_90d",
+            "support",
+            "float64",
+            "Mean resolution time of tickets resolved in 90 days",
+            "tickets.resolution_hours, resolved_at in 90d",
+            nullable=True,
+        ),
+        FeatureSpec(
+            "max_resolution_hours_90d",
+            "support",
+            "float64",
+            "Longest resolution time of a ticket resolved in 90 days (0 when none)",
+            "tickets.resolution_hours: max, resolved_at in 90d",
+        ),
         FeatureSpec("escalations_90d", "support", "int64", "Escalated tickets opened in 90 days", "tickets.escalated, 90d"),
         FeatureSpec("open_tickets", "support", "int64", "Tickets open at the snapshot", "tickets.created_at < ts <= tickets.resolved_at"),
-        FeatureSpec("csat_mean_90d", "support", "float64", "Mean CSAT (1-5) of tickets resolved in 90 days", "tickets.csat, resolved_at in 90d", nullable=True),
+        FeatureSpec(
+            "csat_mean_90d",
+            "support",
+            "float64",
+            "Mean CSAT (1-5) of tickets resolved in 90 days",
+            "tickets.csat, resolved_at in 90d",
+            nullable=True,
+        ),
         FeatureSpec("csat_responses_90d", "support", "int64", "CSAT answers on tickets resolved in 90 days", "tickets.csat not null, 90d"),
         FeatureSpec("low_csat_90d", "support", "int64", "CSAT answers of 1 or 2 in 90 days", "tickets.csat <= 2, 90d"),
-        FeatureSpec("days_since_last_ticket", "support", "int64", f"Days since the last ticket (capped at {RECENCY_CAP_DAYS})", "tickets.created_at: last before ts"),
-        FeatureSpec("ticket_trend_30_90", "support", "float64", "Tickets in 30 days relative to a third of the tickets in 90 days", "tickets_30d / (tickets_90d / 3)"),
+        FeatureSpec(
+            "days_since_last_ticket",
+            "support",
+            "int64",
+            f"Days since the last ticket (capped at {RECENCY_CAP_DAYS})",
+            "tickets.created_at: last before ts",
+        ),
+        FeatureSpec(
+            "ticket_trend_30_90",
+            "support",
+            "float64",
+            "Tickets in 30 days relative to a third of the tickets in 90 days",
+            "tickets_30d / (tickets_90d / 3)",
+        ),
         FeatureSpec("tickets_per_seat_90d", "support", "float64", "Tickets in 90 days per purchased seat", "tickets_90d / seats_purchased"),
     ]
-    + [FeatureSpec(f"{c}_tickets_90d", "support", "int64", f"Tickets of category {c} in 90 days", f"tickets.category == {c}, 90d") for c in TICKET_CATEGORIES]
+    + [
+        FeatureSpec(f"{c}_tickets_90d", "support", "int64", f"Tickets of category {c} in 90 days", f"tickets.category == {c}, 90d")
+        for c in TICKET_CATEGORIES
+    ]
 )
 
 _ENGAGEMENT = [
     FeatureSpec("nps_last", "engagement", "float64", "Latest NPS answer (0-10)", "nps.score: last before ts", nullable=True),
     FeatureSpec("nps_mean_90d", "engagement", "float64", "Mean NPS answer in 90 days", "nps.score: mean over 90d", nullable=True),
     FeatureSpec("nps_responses_90d", "engagement", "int64", "NPS answers in 90 days", "nps: count over 90d"),
-    FeatureSpec("days_since_last_nps", "engagement", "int64", f"Days since the latest NPS answer (capped at {RECENCY_CAP_DAYS})", "nps.responded_at: last before ts"),
+    FeatureSpec(
+        "days_since_last_nps",
+        "engagement",
+        "int64",
+        f"Days since the latest NPS answer (capped at {RECENCY_CAP_DAYS})",
+        "nps.responded_at: last before ts",
+    ),
     FeatureSpec("is_nps_detractor", "engagement", "int64", "1 when the latest NPS answer is 0-6", "nps_last <= 6"),
     FeatureSpec("is_nps_promoter", "engagement", "int64", "1 when the latest NPS answer is 9-10", "nps_last >= 9"),
-    FeatureSpec("features_used_max_30d", "engagement", "float64", "Most product features used on one day in 30 days", "account_daily.features_used: max over 30d"),
-    FeatureSpec("feature_adoption_rate_30d", "engagement", "float64", "Share of the product's features used at peak in 30 days", "features_used_max_30d / 20"),
-    FeatureSpec("feature_breadth_trend_30_90", "engagement", "float64", "Peak features used in 30 days relative to 90 days", "max 30d / max 90d of account_daily.features_used"),
-    FeatureSpec("logins_per_active_user_30d", "engagement", "float64", "Logins per active user-day in 30 days", "sum logins / sum active_users, 30d"),
-    FeatureSpec("minutes_per_login_30d", "engagement", "float64", "Session minutes per login in 30 days", "sum session_minutes / sum logins, 30d"),
-    FeatureSpec("reports_per_active_user_30d", "engagement", "float64", "Reports created per active user-day in 30 days", "sum reports_created / sum active_users, 30d"),
-    FeatureSpec("api_calls_per_seat_30d", "engagement", "float64", "API calls per seat per day in 30 days", "mean api_calls 30d / seats_purchased"),
-    FeatureSpec("inactive_streak_days", "engagement", "int64", f"Consecutive days without logins up to the snapshot (capped at {RECENCY_CAP_DAYS})", "account_daily.logins == 0 streak ending at ts-1d"),
-    FeatureSpec("engagement_score", "engagement", "float64", "Composite health score 0-100 from utilization, adoption, recency and NPS", "seat_utilization_30d, feature_adoption_rate_30d, days_since_last_login, nps_last"),
+    FeatureSpec(
+        "features_used_max_30d",
+        "engagement",
+        "float64",
+        "Most product features used on one day in 30 days",
+        "account_daily.features_used: max over 30d",
+    ),
+    FeatureSpec(
+        "feature_adoption_rate_30d",
+        "engagement",
+        "float64",
+        "Share of the product's features used at peak in 30 days",
+        "features_used_max_30d / 20",
+    ),
+    FeatureSpec(
+        "feature_breadth_trend_30_90",
+        "engagement",
+        "float64",
+        "Peak features used in 30 days relative to 90 days",
+        "max 30d / max 90d of account_daily.features_used",
+    ),
+    FeatureSpec(
+        "logins_per_active_user_30d", "engagement", "float64", "Logins per active user-day in 30 days", "sum logins / sum active_users, 30d"
+    ),
+    FeatureSpec(
+        "minutes_per_login_30d", "engagement", "float64", "Session minutes per login in 30 days", "sum session_minutes / sum logins, 30d"
+    ),
+    FeatureSpec(
+        "reports_per_active_user_30d",
+        "engagement",
+        "float64",
+        "Reports created per active user-day in 30 days",
+        "sum reports_created / sum active_users, 30d",
+    ),
+    FeatureSpec(
+        "api_calls_per_seat_30d", "engagement", "float64", "API calls per seat per day in 30 days", "mean api_calls 30d / seats_purchased"
+    ),
+    FeatureSpec(
+        "inactive_streak_days",
+        "engagement",
+        "int64",
+        f"Consecutive days without logins up to the snapshot (capped at {RECENCY_CAP_DAYS})",
+        "account_daily.logins == 0 streak ending at ts-1d",
+    ),
+    FeatureSpec(
+        "engagement_score",
+        "engagement",
+        "float64",
+        "Composite health score 0-100 from utilization, adoption, recency and NPS",
+        "seat_utilization_30d, feature_adoption_rate_30d, days_since_last_login, nps_last",
+    ),
 ]
 
 FEATURES: tuple[FeatureSpec, ...] = tuple(_DEMOGRAPHIC + _BILLING + _usage_specs() + _SUPPORT + _ENGAGEMENT)
@@ -169,7 +359,8 @@ class _Cube:
 
     def wsum(self, name: str, s: int, w: int) -> np.ndarray:
         """Sum over days [s-w, s)."""
-        return self.cs[name][:, s] - self.cs[name][:, max(s - w, 0)]
+        out: np.ndarray = self.cs[name][:, s] - self.cs[name][:, max(s - w, 0)]
+        return out
 
 
 @dataclass(frozen=True)
@@ -224,7 +415,11 @@ def compute_block_features(cfg: GeneratorConfig, tables: dict[str, pd.DataFrame]
     dpos = index.get_indexer(daily["customer_id"])
     dday = _day_index(daily["date"], day0)
     for m in USAGE_METRICS:
-        cube.add(m, _bin(dpos, dday, n, days, daily[m].to_numpy(float)), keep_raw=m in ("active_users", "logins", "features_used", "reports_created", "api_calls"))
+        cube.add(
+            m,
+            _bin(dpos, dday, n, days, daily[m].to_numpy(float)),
+            keep_raw=m in ("active_users", "logins", "features_used", "reports_created", "api_calls"),
+        )
     cube.add("logins_sq", cube.raw["logins"] ** 2)
     cube.add("active_users_sq", cube.raw["active_users"] ** 2)
     cube.add("active_day", (cube.raw["logins"] > 0).astype(float))
@@ -279,12 +474,13 @@ def compute_block_features(cfg: GeneratorConfig, tables: dict[str, pd.DataFrame]
 
     events = _Events(tpos, tday, rday, t["resolution_hours"].to_numpy(float), ipos, iday, late)
     last = {k: _last_day(cube.raw[k]) for k in ("logins", "reports_created", "api_calls", "failed", "tickets", "nps_n")}
+    block = _Block(cust, cube, mrr_m, seats_m, last, nps_score_m, events)
     churn = cust["churn_date"]
     out: dict[str, list[pd.DataFrame]] = {d: [] for d in DOMAINS}
     for s in snapshot_days:
         ts = day0 + pd.Timedelta(days=s)
         active = (churn.isna() | (churn >= ts)).to_numpy()
-        cols = _snapshot_columns(cust, cube, s, ts, mrr_m, seats_m, last, nps_score_m, events)
+        cols = _snapshot_columns(block, s, ts)
         base = pd.DataFrame({ENTITY: cust[ENTITY].to_numpy()[active], TIMESTAMP: ts})
         for domain in DOMAINS:
             frame = base.copy()
@@ -302,24 +498,36 @@ def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def _window_max(values: np.ndarray, pos: np.ndarray, day: np.ndarray, n: int, lo: int, hi: int) -> np.ndarray:
+def _window_max(values: np.ndarray, pos: np.ndarray, day: np.ndarray, *, n: int, lo: int, hi: int) -> np.ndarray:
     out = np.zeros(n)
     ok = (day >= lo) & (day < hi) & (pos >= 0)
     np.maximum.at(out, pos[ok], values[ok])
     return out
 
 
-def _snapshot_columns(
-    cust: pd.DataFrame,
-    cube: _Cube,
-    s: int,
-    ts: pd.Timestamp,
-    mrr_m: np.ndarray,
-    seats_m: np.ndarray,
-    last: dict[str, np.ndarray],
-    nps_score_m: np.ndarray,
-    ev: _Events,
-) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class _Block:
+    """Everything about one block of customers that snapshot features are read from."""
+
+    cust: pd.DataFrame
+    cube: _Cube
+    mrr: np.ndarray  # (customer, day) MRR
+    seats: np.ndarray  # (customer, day) purchased seats
+    last: dict[str, np.ndarray]  # (customer, day) -> last day with activity of a kind
+    nps_score: np.ndarray  # (customer, day) NPS answer or NaN
+    events: _Events
+
+
+def _snapshot_columns(block: _Block, s: int, ts: pd.Timestamp) -> dict[str, np.ndarray]:
+    cust, cube, mrr_m, seats_m, last, nps_score_m, ev = (
+        block.cust,
+        block.cube,
+        block.mrr,
+        block.seats,
+        block.last,
+        block.nps_score,
+        block.events,
+    )
     n = cube.n
     c: dict[str, np.ndarray] = {}
     # Demographic / firmographic
@@ -357,7 +565,7 @@ def _snapshot_columns(
     c["failed_payment_rate_90d"] = _ratio(c["failed_payments_90d"], inv90)
     c["days_since_last_failed_payment"] = _days_since(last["failed"], s)
     c["avg_days_late_90d"] = _ratio(cube.wsum("late_sum", s, 90), cube.wsum("paid", s, 90))
-    c["max_days_late_90d"] = _window_max(ev.days_late, ev.ipos, ev.iday, n, s - 90, s)
+    c["max_days_late_90d"] = _window_max(ev.days_late, ev.ipos, ev.iday, n=n, lo=s - 90, hi=s)
     c["amount_billed_90d"] = cube.wsum("amount", s, 90)
     c["amount_failed_90d"] = cube.wsum("amount_failed", s, 90)
     c["billed_to_mrr_ratio_90d"] = _ratio(c["amount_billed_90d"], 3 * mrr)
@@ -392,7 +600,7 @@ def _snapshot_columns(
     c["critical_tickets_90d"] = cube.wsum("critical", s, 90)
     c["avg_resolution_hours_30d"] = _ratio(cube.wsum("resolution_h", s, 30), cube.wsum("resolved", s, 30), np.nan)
     c["avg_resolution_hours_90d"] = _ratio(cube.wsum("resolution_h", s, 90), cube.wsum("resolved", s, 90), np.nan)
-    c["max_resolution_hours_90d"] = _window_max(ev.resolution_hours, ev.tpos, ev.rday, n, s - 90, s)
+    c["max_resolution_hours_90d"] = _window_max(ev.resolution_hours, ev.tpos, ev.rday, n=n, lo=s - 90, hi=s)
     c["escalations_90d"] = cube.wsum("escalated", s, 90)
     c["open_tickets"] = np.bincount(ev.tpos[(ev.tday < s) & (ev.rday >= s) & (ev.tpos >= 0)], minlength=n)
     c["csat_responses_90d"] = cube.wsum("csat_n", s, 90)
@@ -442,7 +650,7 @@ def feature_schema(domain: str) -> pa.Schema:
     return pa.schema(fields)
 
 
-def build_features(cfg: GeneratorConfig, raw_dir: Path, out_dir: Path, progress: Callable[[int], None] | None = None) -> dict[str, int]:
+def build_features(cfg: GeneratorConfig, raw_dir: Path, out_dir: Path, progress: Callable[[int], object] | None = None) -> dict[str, int]:
     """Compute all snapshots' features block by block into ``out_dir/<domain>.parquet``.
 
     Raw parts are processed one block at a time (a block holds whole customer

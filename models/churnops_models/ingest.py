@@ -94,7 +94,9 @@ def _parse_target(col: pd.Series, name: str) -> pd.Series:
         )
     target = text.isin(_TRUE).astype(np.int64)
     if target.nunique() < 2:
-        raise IngestError(f"target column {name!r} has a single class ({int(target.iloc[0])}); a churn model needs churned and retained rows")
+        raise IngestError(
+            f"target column {name!r} has a single class ({int(target.iloc[0])}); a churn model needs churned and retained rows"
+        )
     return target
 
 
@@ -143,7 +145,13 @@ def ingest(path: Path, id_column: str, time_column: str, target_column: str) -> 
     if ids.isna().any():
         raise IngestError(f"id column {id_column!r} has {int(ids.isna().sum())} missing values, e.g. at rows {_examples(ids[ids.isna()])}")
 
-    out = pd.DataFrame({id_column: ids, time_column: _parse_time(frame[time_column], time_column), target_column: _parse_target(frame[target_column], target_column)})
+    out = pd.DataFrame(
+        {
+            id_column: ids,
+            time_column: _parse_time(frame[time_column], time_column),
+            target_column: _parse_target(frame[target_column], target_column),
+        }
+    )
     dup = out.duplicated([id_column, time_column], keep=False)
     if dup.any():
         pairs = out.loc[dup, [id_column, time_column]].head(MAX_EXAMPLES)

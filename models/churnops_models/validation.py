@@ -18,6 +18,7 @@ import great_expectations as gx
 import great_expectations.expectations as gxe
 import pandas as pd
 from great_expectations.data_context.types.base import DataContextConfig, InMemoryStoreBackendDefaults, ProgressBarsConfig
+from great_expectations.expectations.expectation import Expectation
 
 from churnops_models.data import (
     CHANNELS,
@@ -32,8 +33,6 @@ from churnops_models.data import (
     TICKET_CATEGORIES,
 )
 from churnops_models.features import ENTITY, RECENCY_CAP_DAYS, TIMESTAMP, FeatureSpec, features_of
-
-Expectation = gxe.Expectation
 
 
 class DataValidationError(RuntimeError):
@@ -127,7 +126,24 @@ def _between(col: str, lo: float | None, hi: float | None, mostly: float = 1.0) 
 def raw_suites() -> dict[str, list[Expectation]]:
     """Expectations of each generated (or ingested in the same shape) raw table."""
     customers = [
-        *_columns([ENTITY, "signup_date", "segment", "plan", "region", "industry", "company_size", "contract_type", "payment_method", "seats_purchased", "discount_pct", "mrr", "churn_date", "renewal_date"]),
+        *_columns(
+            [
+                ENTITY,
+                "signup_date",
+                "segment",
+                "plan",
+                "region",
+                "industry",
+                "company_size",
+                "contract_type",
+                "payment_method",
+                "seats_purchased",
+                "discount_pct",
+                "mrr",
+                "churn_date",
+                "renewal_date",
+            ]
+        ),
         *_not_null([ENTITY, "signup_date", "segment", "plan", "seats_purchased", "mrr", "renewal_date"]),
         gxe.ExpectColumnValuesToBeUnique(column=ENTITY),
         _in_set("segment", SEGMENTS),
@@ -144,7 +160,20 @@ def raw_suites() -> dict[str, list[Expectation]]:
         gxe.ExpectColumnMeanToBeBetween(column="discount_pct", min_value=0, max_value=30),
     ]
     daily = [
-        *_columns([ENTITY, "date", "seats_purchased", "mrr", "active_users", "logins", "session_minutes", "api_calls", "features_used", "reports_created"]),
+        *_columns(
+            [
+                ENTITY,
+                "date",
+                "seats_purchased",
+                "mrr",
+                "active_users",
+                "logins",
+                "session_minutes",
+                "api_calls",
+                "features_used",
+                "reports_created",
+            ]
+        ),
         *_not_null([ENTITY, "date", "active_users", "logins"]),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=[ENTITY, "date"]),
         _between("active_users", 0, None),
@@ -215,7 +244,15 @@ def feature_suite(domain: str) -> list[Expectation]:
         bound = _feature_bounds(s)
         if bound is not None:
             exps.append(bound)
-    allowed = {"segment": SEGMENTS, "plan": PLANS, "region": REGIONS, "industry": INDUSTRIES, "contract_type": CONTRACTS, "payment_method": PAYMENT_METHODS, "acquisition_channel": CHANNELS}
+    allowed = {
+        "segment": SEGMENTS,
+        "plan": PLANS,
+        "region": REGIONS,
+        "industry": INDUSTRIES,
+        "contract_type": CONTRACTS,
+        "payment_method": PAYMENT_METHODS,
+        "acquisition_channel": CHANNELS,
+    }
     exps += [_in_set(c, v) for c, v in allowed.items() if any(s.name == c for s in specs)]
     # Distribution bounds: a healthy population never averages outside these.
     distribution = {
@@ -224,7 +261,11 @@ def feature_suite(domain: str) -> list[Expectation]:
         "tickets_per_seat_90d": (0.0, 2.0),
         "engagement_score": (20.0, 90.0),
     }
-    exps += [gxe.ExpectColumnMeanToBeBetween(column=c, min_value=lo, max_value=hi) for c, (lo, hi) in distribution.items() if any(s.name == c for s in specs)]
+    exps += [
+        gxe.ExpectColumnMeanToBeBetween(column=c, min_value=lo, max_value=hi)
+        for c, (lo, hi) in distribution.items()
+        if any(s.name == c for s in specs)
+    ]
     return exps
 
 

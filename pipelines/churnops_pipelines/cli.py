@@ -21,7 +21,9 @@ from churnops_pipelines.foundation import Layout
 
 
 def _generator_config(args: argparse.Namespace) -> GeneratorConfig:
-    cfg = GeneratorConfig(n_customers=args.customers, seed=args.seed, history_days=args.history_days, block_size=args.block_size, end_date=args.end_date)
+    cfg = GeneratorConfig(
+        n_customers=args.customers, seed=args.seed, history_days=args.history_days, block_size=args.block_size, end_date=args.end_date
+    )
     return with_drift(cfg, args.drift, args.drift_start_day)
 
 
@@ -79,9 +81,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         summary = foundation.run_foundation(_generator_config(args), layout, args.mode, env)
         print(json.dumps(summary, indent=2, default=str))
-        print(f"\nData foundation ready: {summary['customers']:,} customers, {summary['features']} features in service "
-              f"'{summary['feature_service']}', 30-day churn rate {summary['churn_rate_30d']:.1%}, "
-              f"online store serving {summary['online_features_returned']} features per customer. Reports in {layout.reports}/")
+        print(
+            f"\nData foundation ready: {summary['customers']:,} customers, {summary['features']} features in service "
+            f"'{summary['feature_service']}', 30-day churn rate {summary['churn_rate_30d']:.1%}, "
+            f"online store serving {summary['online_features_returned']} features per customer. Reports in {layout.reports}/"
+        )
         return 0
     if args.command == "data":
         if args.action == "generate":
@@ -92,8 +96,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         elif args.action == "ingest":
             table = ingest(args.path, args.id_column, args.time_column, args.target_column)
             s = table.schema
-            print(f"{len(table.frame):,} rows; target rate {table.frame[s.target_column].mean():.1%}; "
-                  f"{len(s.numeric)} numeric and {len(s.categorical)} categorical features")
+            print(
+                f"{len(table.frame):,} rows; target rate {table.frame[s.target_column].mean():.1%}; "
+                f"{len(s.numeric)} numeric and {len(s.categorical)} categorical features"
+            )
             print(f"numeric: {', '.join(s.numeric) or '-'}\ncategorical: {', '.join(s.categorical) or '-'}")
             if args.out is not None:
                 args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from churnops_features import store as feast_store
@@ -134,18 +135,14 @@ def active_customers(layout: Layout, how_many: int) -> list[int]:
 
 def plot_profile(layout: Layout) -> Path:
     """Churn rate by snapshot and segment, and engagement of churned vs retained customers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = read_raw(layout.raw, "labels")
     demo = pd.read_parquet(layout.features / "demographic.parquet", columns=["customer_id", "event_timestamp", "segment"])
     eng = pd.read_parquet(layout.features / "engagement.parquet", columns=["customer_id", "event_timestamp", "engagement_score"])
     joined = labels.merge(demo, on=["customer_id", "event_timestamp"]).merge(eng, on=["customer_id", "event_timestamp"])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))  # object API: no pyplot global state, no display backend
+    ax1, ax2 = fig.subplots(1, 2)
     rate = joined.pivot_table(index="event_timestamp", columns="segment", values="churned_30d", aggfunc="mean")
-    rate.index = rate.index.strftime("%Y-%m-%d")
+    rate.index = [pd.Timestamp(t).strftime("%Y-%m-%d") for t in rate.index]
     rate.plot(kind="bar", ax=ax1, rot=0)
     ax1.set(title="30-day churn rate by snapshot and segment", ylabel="churn rate", xlabel="snapshot")
     for value, name in ((0, "retained"), (1, "churned")):
@@ -156,7 +153,6 @@ def plot_profile(layout: Layout) -> Path:
     out = layout.reports / "data_profile.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
@@ -202,4 +198,3 @@ def run_foundation(cfg: GeneratorConfig, layout: Layout, mode: feast_store.Mode,
     }
     (layout.reports / "foundation.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return summary
-

@@ -22,7 +22,12 @@ from churnops_pipelines.foundation import Layout
 def cluster_env(redis_url: str, pg_database: str) -> dict[str, str]:
     client = redis.Redis.from_url(f"redis://{redis_url}")
     client.flushall()
-    return {"CHURNOPS_REDIS": redis_url, "CHURNOPS_PG_DATABASE": pg_database, "CHURNOPS_PG_HOST": "127.0.0.1", "CHURNOPS_PG_USER": "postgres"}
+    return {
+        "CHURNOPS_REDIS": redis_url,
+        "CHURNOPS_PG_DATABASE": pg_database,
+        "CHURNOPS_PG_HOST": "127.0.0.1",
+        "CHURNOPS_PG_USER": "postgres",
+    }
 
 
 @pytest.fixture
@@ -85,7 +90,9 @@ def test_postgres_keeps_entity_rows_without_a_match(published: Layout, cluster_e
     """Unlike the file store, PostgreSQL returns unmatched rows with NULL features (no silent drop)."""
     store = fs.open_store("cluster", cluster_env, published.data_dir)
     labels = read_raw(published.raw, "labels").head(50)
-    entity_df = pd.concat([labels[[ENTITY, TIMESTAMP]], pd.DataFrame({ENTITY: [1], TIMESTAMP: [labels[TIMESTAMP].iloc[0]]})], ignore_index=True)
+    entity_df = pd.concat(
+        [labels[[ENTITY, TIMESTAMP]], pd.DataFrame({ENTITY: [1], TIMESTAMP: [labels[TIMESTAMP].iloc[0]]})], ignore_index=True
+    )
     got = fs.historical_features(store, entity_df, TRAINING_SERVICE)
     assert len(got) == 51
     assert got.loc[got[ENTITY] == 1, "mrr"].isna().all()

@@ -82,7 +82,9 @@ def test_historical_retrieval_is_point_in_time_correct(published: Layout) -> Non
     s1, s2 = cfg.day_timestamp(cfg.snapshot_days()[0]), cfg.day_timestamp(cfg.snapshot_days()[1])
     both = set(usage.loc[usage[TIMESTAMP] == s1, ENTITY]) & set(usage.loc[usage[TIMESTAMP] == s2, ENTITY])
     ids = sorted(both)[:20]
-    entity_df = pd.DataFrame({ENTITY: ids * 3, TIMESTAMP: [s2 - pd.Timedelta(seconds=1)] * 20 + [s2] * 20 + [s1 + pd.Timedelta(days=10)] * 20})
+    entity_df = pd.DataFrame(
+        {ENTITY: ids * 3, TIMESTAMP: [s2 - pd.Timedelta(seconds=1)] * 20 + [s2] * 20 + [s1 + pd.Timedelta(days=10)] * 20}
+    )
     got = fs.historical_features(store, entity_df, TRAINING_SERVICE).set_index([ENTITY, TIMESTAMP])
     at = usage.set_index([ENTITY, TIMESTAMP])["logins_mean_30d"]
     for cid in ids:

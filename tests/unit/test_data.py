@@ -96,7 +96,11 @@ def test_unknown_drift_preset_is_rejected() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"n_customers": 0}, "n_customers must be positive"), ({"history_days": 100}, "history_days=100 is too short"), ({"block_size": -1}, "block_size")],
+    [
+        ({"n_customers": 0}, "n_customers must be positive"),
+        ({"history_days": 100}, "history_days=100 is too short"),
+        ({"block_size": -1}, "block_size"),
+    ],
 )
 def test_bad_generator_config_is_rejected(kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -106,7 +106,7 @@ def test_header_only_file_has_no_rows(tmp_path: Path, suffix: str) -> None:
 
 def test_unsupported_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "d.xlsx").write_text("x")
-    with pytest.raises(IngestError, match="unsupported file type '.xlsx'"):
+    with pytest.raises(IngestError, match=r"unsupported file type '\.xlsx'"):
         ingest(tmp_path / "d.xlsx", **KEYS)
     with pytest.raises(IngestError, match="file not found"):
         ingest(tmp_path / "nope.csv", **KEYS)

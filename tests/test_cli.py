@@ -1,0 +1,66 @@
+"""The churnops command line, end to end on a small data set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from churnops_features.catalog import render_catalog
+from churnops_features.store import default_repo_dir
+from churnops_pipelines.cli import main
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--data-dir", str(tmp_path), "demo", "--customers", "1200", "--block-size", "600", "--seed", "5"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Data foundation ready: 1,200 customers, 116 features in service 'churn_v1'" in out
+    summary = json.loads((tmp_path / "reports" / "foundation.json").read_text())
+    assert summary["validation_pass_rate"] == {"raw": 1.0, "features": 1.0}
+    assert summary["online_features_returned"] == 116
+    assert len(summary["online_sample"]["customer_id"]) == 3
+    assert all(v is not None for v in summary["online_sample"]["mrr"])
+    assert (tmp_path / "reports" / "data_profile.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "reports" / "validation_raw.json").read_text())["success"] is True
+
+
+def test_failed_validation_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--data-dir", str(tmp_path), "data", "generate", "--customers", "300"]) == 0
+    part = tmp_path / "raw" / "nps" / "part-00000.parquet"
+    nps = pd.read_parquet(part)
+    nps.loc[0, "score"] = 42
+    nps.to_parquet(part)
+    code = main(["--data-dir", str(tmp_path), "data", "validate"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "[FAIL] nps" in captured.out and "column 'score'" in captured.err
+    assert json.loads((tmp_path / "reports" / "validation_raw.json").read_text())["pass_rate"] < 1.0
+
+
+def test_ingest_reports_bad_files_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mine.csv"
+    pd.DataFrame({"id": [1, 2], "ts": ["2026-01-01", "2026-01-02"], "mrr": [1.0, 2.0]}).to_csv(path, index=False)
+    code = main(["data", "ingest", str(path), "--id-column", "id", "--time-column", "ts", "--target-column", "churn"])
+    assert code == 2
+    assert "missing column(s) ['churn']" in capsys.readouterr().err
+
+
+def test_ingest_writes_typed_parquet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "mine.csv"
+    pd.DataFrame({"id": [1, 2, 3], "ts": ["2026-01-01"] * 3, "churn": [0, 1, 0], "plan": ["a", "b", "a"], "mrr": [1, 2, 3]}).to_csv(
+        path, index=False
+    )
+    out = tmp_path / "typed.parquet"
+    assert (
+        main(["data", "ingest", str(path), "--id-column", "id", "--time-column", "ts", "--target-column", "churn", "--out", str(out)]) == 0
+    )
+    assert "1 numeric and 1 categorical" in capsys.readouterr().out
+    assert pd.read_parquet(out)["churn"].tolist() == [0, 1, 0]
+
+
+def test_checked_in_feature_catalog_is_current() -> None:
+    assert (default_repo_dir() / "FEATURES.md").read_text() == render_catalog(), "run `churnops features catalog`"
+    assert main(["features", "catalog", "--check"]) == 0

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import pytest
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import PostgreSQLOfflineStoreConfig
+from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+
+from churnops_features.store import expand_env, load_config
+
+
+def test_expand_env_uses_values_then_defaults() -> None:
+    assert expand_env("a=${A:-1} b=${B:-two}", {"A": "x"}) == "a=x b=two"
+    assert expand_env("${EMPTY:-fallback}", {"EMPTY": ""}) == "fallback"
+
+
+def test_expand_env_names_a_missing_variable() -> None:
+    with pytest.raises(KeyError, match="SECRET_TOKEN"):
+        expand_env("token: ${SECRET_TOKEN}", {})
+
+
+def test_embedded_config_is_sqlite_and_files() -> None:
+    cfg = load_config("embedded", {"CHURNOPS_DATA_DIR": "/srv/churn"})
+    assert isinstance(cfg.online_store, SqliteOnlineStoreConfig)
+    assert cfg.online_store.path == "/srv/churn/feast/online_store.db"
+    assert cfg.offline_store.type == "file"
+
+
+def test_cluster_config_reads_the_environment() -> None:
+    env = {
+        "CHURNOPS_REDIS": "redis.churn:6379",
+        "CHURNOPS_PG_HOST": "pg.churn",
+        "CHURNOPS_PG_PASSWORD": "s3cret",
+        "CHURNOPS_PG_SSLMODE": "require",
+    }
+    cfg = load_config("cluster", env)
+    assert isinstance(cfg.online_store, RedisOnlineStoreConfig)
+    assert cfg.online_store.connection_string == "redis.churn:6379"
+    assert isinstance(cfg.offline_store, PostgreSQLOfflineStoreConfig)
+    assert (cfg.offline_store.host, cfg.offline_store.password, cfg.offline_store.sslmode) == ("pg.churn", "s3cret", "require")
+    assert cfg.registry.path.startswith("postgresql+psycopg://postgres:s3cret@pg.churn:5432/churnops")
+
+
+def test_cluster_defaults_work_without_environment() -> None:
+    cfg = load_config("cluster", {})
+    assert cfg.offline_store.password == ""
+    assert cfg.offline_store.sslmode == "disable"
