@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -19,7 +20,8 @@ from churnops_models.features import build_features
 from churnops_pipelines.foundation import Layout
 
 SMALL = GeneratorConfig(n_customers=2_000, block_size=1_000, seed=7)
-PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+# Override to point the tests at another server (the account needs CREATEDB).
+PG_ADMIN_DSN = os.environ.get("CHURNOPS_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5")
 
 
 @pytest.fixture(scope="session")

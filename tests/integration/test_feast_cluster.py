@@ -38,7 +38,10 @@ def published(layout_copy: Layout, cluster_env: dict[str, str]) -> Layout:
 
 def _redis_snapshot(url: str) -> dict[bytes, dict[bytes, bytes]]:
     client = redis.Redis.from_url(f"redis://{url}")
-    return {key: client.hgetall(key) for key in sorted(client.scan_iter(count=1000))}
+    snapshot: dict[bytes, dict[bytes, bytes]] = {}
+    for key in sorted(client.scan_iter(count=1000)):
+        snapshot[key] = client.hgetall(key)  # type: ignore[assignment]  # sync client: a dict, not an Awaitable
+    return snapshot
 
 
 def test_features_are_loaded_into_postgres(published: Layout, cluster_env: dict[str, str]) -> None:

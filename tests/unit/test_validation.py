@@ -26,7 +26,7 @@ def test_generated_data_passes_every_suite(small_layout: Layout) -> None:
 def test_broken_raw_data_fails_with_readable_report(small_layout: Layout) -> None:
     customers = read_raw(small_layout.raw, "customers")
     customers.loc[0:9, "segment"] = "government"
-    customers.loc[3, "customer_id"] = customers.loc[4, "customer_id"]
+    customers.loc[3, "customer_id"] = int(customers["customer_id"].iloc[4])
     customers.loc[5, "discount_pct"] = 140.0
     report = validate(customers, "customers", raw_suites()["customers"])
     run = ValidationRun([report])

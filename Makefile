@@ -1,0 +1,93 @@
+# ChurnOps — run `make` or `make help` for the list of targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON     ?= python3
+DATA_DIR   ?= data
+UV_VERSION := 0.13.8
+TOOLS      := .tools
+UV         := $(TOOLS)/bin/uv
+VENV       := .venv
+BIN        := $(VENV)/bin
+# Compile .pyc at install time: where PYTHONDONTWRITEBYTECODE is set, every start would otherwise
+# recompile Feast, Great Expectations and pandas (about 10 s).
+export UV_COMPILE_BYTECODE := 1
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+##@ General
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} \
+		/^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
+		/^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Setup
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	@touch $@
+
+.PHONY: install
+install: $(VENV)/.installed ## Create .venv with the locked dependencies (uv.lock)
+
+.PHONY: lock
+lock: | $(UV) ## Re-resolve uv.lock after changing pyproject.toml
+	$(UV) lock
+
+##@ Run
+
+.PHONY: demo
+demo: install ## Main job: data -> validation -> features -> Feast (embedded) -> online lookup
+	$(BIN)/churnops --data-dir $(DATA_DIR) demo
+
+.PHONY: demo-cluster-store
+demo-cluster-store: install ## Same, on the cluster store (Redis + PostgreSQL from CHURNOPS_* variables)
+	$(BIN)/churnops --data-dir $(DATA_DIR) demo --mode cluster
+
+.PHONY: catalog
+catalog: install ## Regenerate feature_repo/FEATURES.md from the feature definitions
+	$(BIN)/churnops features catalog
+
+##@ Quality
+
+.PHONY: lint
+lint: install ## ruff (lint, format), mypy --strict, feature catalog up to date
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/churnops features catalog --check
+
+.PHONY: test
+test: lint ## The whole suite: lint + unit + integration (needs redis-server and PostgreSQL on 127.0.0.1)
+	$(BIN)/pytest
+
+.PHONY: format
+format: install ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+##@ Benchmarks
+
+.PHONY: bench-features
+bench-features: install ## Online read p50/p99 (SQLite, Redis) and materialization rows/s; BENCH_CUSTOMERS=20000
+	$(BIN)/python tests/benchmarks/bench_features.py
+
+##@ Kubernetes (needs Docker and kind)
+
+.PHONY: kind-up
+kind-up: ## Create a local kind cluster from kind-config.yaml
+	@command -v kind >/dev/null || { echo "kind is not installed: see https://kind.sigs.k8s.io (needs Docker)"; exit 1; }
+	kind create cluster --name churnops --config kind-config.yaml
+
+.PHONY: kind-down
+kind-down: ## Delete the kind cluster
+	kind delete cluster --name churnops
+
+.PHONY: clean
+clean: ## Remove generated data and caches (keeps .venv)
+	rm -rf $(DATA_DIR) .pytest_cache .mypy_cache .ruff_cache
