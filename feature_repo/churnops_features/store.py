@@ -32,6 +32,10 @@ def default_repo_dir() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+class ConfigError(ValueError):
+    """The feature store configuration cannot be built (e.g. a required variable is unset)."""
+
+
 def expand_env(text: str, env: Mapping[str, str]) -> str:
     """Expand ``${VAR}`` and ``${VAR:-default}``; an unset variable without default is an error."""
 
@@ -40,7 +44,7 @@ def expand_env(text: str, env: Mapping[str, str]) -> str:
         if name in env and env[name] != "":
             return env[name]
         if default is None:
-            raise KeyError(f"feature store config needs the environment variable {name}")
+            raise ConfigError(f"feature store config needs the environment variable {name}")
         return default
 
     return _VAR.sub(sub, text)

@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     feats = sub.add_parser("features", help="feature engineering and the Feast store").add_subparsers(dest="action", required=True)
     feats.add_parser("build", help="compute point-in-time features from the raw tables")
     feats.add_parser("validate", help="validate the feature tables (Great Expectations)")
-    for name, text in (("publish", "apply Feast objects and backfill the online store"),):
-        _add_store_args(feats.add_parser(name, help=text))
+    publish = feats.add_parser("publish", help="apply Feast objects and backfill the online store")
+    _add_store_args(publish)
+    publish.add_argument("--incremental", action="store_true", help="only load rows newer than the last materialization")
     online = feats.add_parser("online", help="read online features of customers")
     _add_store_args(online)
     online.add_argument("customer_ids", type=int, nargs="+")
@@ -111,8 +112,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.action == "validate":
         foundation.check(foundation.validate_features(layout), layout, "features")
     elif args.action == "publish":
-        seconds, rows = foundation.publish(layout, args.mode, env)
-        print(f"materialized {rows:,} feature rows in {seconds:.1f} s ({rows / seconds:,.0f} rows/s)")
+        if args.incremental:
+            seconds = foundation.publish_incremental(layout, args.mode, env)
+            print(f"incremental materialization done in {seconds:.1f} s")
+        else:
+            seconds, rows = foundation.publish(layout, args.mode, env)
+            print(f"materialized {rows:,} feature rows in {seconds:.1f} s ({rows / seconds:,.0f} rows/s)")
     elif args.action == "online":
         print(json.dumps(foundation.lookup(layout, args.mode, env, args.customer_ids), indent=2, default=str))
     elif args.action == "catalog":
@@ -133,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _dispatch(args)
-    except (IngestError, DataValidationError, FileNotFoundError, ValueError, KeyError) as e:
+    except (IngestError, DataValidationError, FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"churnops: error: {e}", file=sys.stderr)
         return 2
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -51,8 +52,11 @@ class Layout:
 class StepTimes:
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def record(self, step: str, start: float) -> None:
-        self.seconds[step] = round(time.perf_counter() - start, 2)
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
 
 
 def generate(cfg: GeneratorConfig, layout: Layout) -> dict[str, int]:
@@ -113,6 +117,15 @@ def publish(layout: Layout, mode: feast_store.Mode, env: Mapping[str, str]) -> t
     return seconds, len(served_customers(layout, cfg)) * len(DOMAINS)
 
 
+def publish_incremental(layout: Layout, mode: feast_store.Mode, env: Mapping[str, str]) -> float:
+    """Materialize rows that arrived since the last run, up to the end of the history."""
+    cfg = load_manifest(layout.raw)
+    store = feast_store.open_store(mode, env, layout.data_dir)
+    began = time.perf_counter()
+    feast_store.materialize_incremental(store, serving_window(cfg)[1])
+    return time.perf_counter() - began
+
+
 def served_customers(layout: Layout, cfg: GeneratorConfig) -> set[int]:
     """Customers whose latest snapshot falls in the serving window."""
     start, end = serving_window(cfg)
@@ -145,6 +158,8 @@ def plot_profile(layout: Layout) -> Path:
     rate.index = [pd.Timestamp(t).strftime("%Y-%m-%d") for t in rate.index]
     rate.plot(kind="bar", ax=ax1, rot=0)
     ax1.set(title="30-day churn rate by snapshot and segment", ylabel="churn rate", xlabel="snapshot")
+    ax1.set_ylim(0, float(rate.to_numpy().max()) * 1.35)  # head room for the legend
+    ax1.legend(title="segment", ncols=3, loc="upper center", fontsize=8)
     for value, name in ((0, "retained"), (1, "churned")):
         ax2.hist(joined.loc[joined["churned_30d"] == value, "engagement_score"], bins=40, alpha=0.6, density=True, label=name)
     ax2.set(title="Engagement score at snapshot", xlabel="engagement_score", ylabel="density")
@@ -159,23 +174,18 @@ def plot_profile(layout: Layout) -> Path:
 def run_foundation(cfg: GeneratorConfig, layout: Layout, mode: feast_store.Mode, env: Mapping[str, str]) -> dict[str, Any]:
     """The whole foundation end to end; returns a summary (also written to reports/foundation.json)."""
     times = StepTimes()
-    t = time.perf_counter()
-    counts = generate(cfg, layout)
-    times.record("generate", t)
-    t = time.perf_counter()
-    raw_run = validate_raw(layout)
-    check(raw_run, layout, "raw")
-    times.record("validate_raw", t)
-    t = time.perf_counter()
-    feature_rows = features(layout)
-    times.record("features", t)
-    t = time.perf_counter()
-    feature_run = validate_features(layout)
-    check(feature_run, layout, "features")
-    times.record("validate_features", t)
-    t = time.perf_counter()
-    mat_seconds, mat_rows = publish(layout, mode, env)
-    times.record("feast_apply_materialize", t)
+    with times.step("generate"):
+        counts = generate(cfg, layout)
+    with times.step("validate_raw"):
+        raw_run = validate_raw(layout)
+        check(raw_run, layout, "raw")
+    with times.step("features"):
+        feature_rows = features(layout)
+    with times.step("validate_features"):
+        feature_run = validate_features(layout)
+        check(feature_run, layout, "features")
+    with times.step("feast_apply_materialize"):
+        mat_seconds, mat_rows = publish(layout, mode, env)
     ids = active_customers(layout, 3)
     online = lookup(layout, mode, env, ids)
     profile = plot_profile(layout)

@@ -17,18 +17,13 @@ import argparse
 import os
 import random
 import shutil
-import socket
 import sqlite3
-import subprocess
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import redis
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -36,13 +31,12 @@ from feast.protos.feast.types.Value_pb2 import Value
 
 from churnops_features import store as fs
 from churnops_features.definitions import TRAINING_SERVICE
+from churnops_features.local_services import private_redis, temporary_database
 from churnops_features.online import redis_reader, sqlite_reader
 from churnops_models.data import GeneratorConfig, load_manifest, save_manifest, write_raw
 from churnops_models.features import ENTITY, build_features
 from churnops_pipelines import foundation
 from churnops_pipelines.foundation import Layout
-
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 
 
 def percentiles(samples_ms: list[float]) -> str:
@@ -61,43 +55,6 @@ def time_calls(fn: Callable[[int], object], ids: list[int], repeats: int, warmup
         fn(cid)
         out.append((time.perf_counter_ns() - t) / 1e6)
     return out
-
-
-@contextmanager
-def private_redis() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tempfile.mkdtemp(prefix="bench-redis-")
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-@contextmanager
-def temp_database() -> Iterator[str]:
-    name = f"churnops_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield name
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def entity_key(cid: int) -> bytes:
@@ -153,7 +110,7 @@ def main() -> None:
     print("SQLite  floor: raw SELECTs        :", percentiles(time_calls(sqlite_raw, ids, args.requests)))
 
     # Cluster: Redis online store, PostgreSQL offline store
-    with private_redis() as redis_url, temp_database() as dbname:
+    with private_redis() as redis_url, temporary_database(prefix="churnops_bench") as dbname:
         env = {"CHURNOPS_REDIS": redis_url, "CHURNOPS_PG_DATABASE": dbname}
         seconds, mat_rows = foundation.publish(layout, "cluster", env)
         print(f"\nmaterialize -> Redis : {mat_rows:,} feature-view rows in {seconds:.1f} s = {mat_rows / seconds:,.0f} rows/s")

@@ -103,3 +103,18 @@ def test_training_set_from_labels(published: Layout) -> None:
     assert frame["churned_30d"].sum() == labels["churned_30d"].sum()
     assert frame["segment"].notna().all()
     assert set(DOMAINS) == {"demographic", "billing", "usage", "support", "engagement"}
+
+
+def test_incremental_materialization_loads_only_newer_rows(layout_copy: Layout) -> None:
+    cfg = load_manifest(layout_copy.raw)
+    store = fs.open_store("embedded", {}, layout_copy.data_dir)
+    fs.apply(store, fs.objects_for("embedded", layout_copy.features))
+    previous = cfg.day_timestamp(cfg.snapshot_days()[-2])
+    start, _ = foundation.serving_window(cfg)
+    fs.materialize(store, start - pd.Timedelta(days=30), previous + pd.Timedelta(seconds=1))
+    demo = pd.read_parquet(layout_copy.features / "demographic.parquet").set_index([ENTITY, TIMESTAMP])["tenure_days"]
+    latest = cfg.day_timestamp(cfg.history_days)
+    cid = next(c for c, ts in demo.index if ts == latest and (c, previous) in demo.index)
+    assert foundation.lookup(layout_copy, "embedded", {}, [cid])["tenure_days"] == [demo[(cid, previous)]]
+    foundation.publish_incremental(layout_copy, "embedded", {})
+    assert foundation.lookup(layout_copy, "embedded", {}, [cid])["tenure_days"] == [demo[(cid, latest)]]

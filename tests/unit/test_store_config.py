@@ -5,7 +5,7 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import P
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 
-from churnops_features.store import expand_env, load_config
+from churnops_features.store import ConfigError, expand_env, load_config
 
 
 def test_expand_env_uses_values_then_defaults() -> None:
@@ -14,7 +14,7 @@ def test_expand_env_uses_values_then_defaults() -> None:
 
 
 def test_expand_env_names_a_missing_variable() -> None:
-    with pytest.raises(KeyError, match="SECRET_TOKEN"):
+    with pytest.raises(ConfigError, match="SECRET_TOKEN"):
         expand_env("token: ${SECRET_TOKEN}", {})
 
 
