@@ -13,10 +13,15 @@ from pathlib import Path
 
 from churnops_features import store as feast_store
 from churnops_features.catalog import render_catalog
+from churnops_models import registry
+from churnops_models.automl import SearchBudget
 from churnops_models.data import GeneratorConfig, with_drift
+from churnops_models.gates import GateConfig, QualityGateError
 from churnops_models.ingest import IngestError, ingest
+from churnops_models.registry import CHALLENGER, CHAMPION, RegistryConfig
+from churnops_models.train import TrainingConfig, TrainingOutcome
 from churnops_models.validation import DataValidationError
-from churnops_pipelines import foundation
+from churnops_pipelines import foundation, training
 from churnops_pipelines.foundation import Layout
 
 
@@ -39,6 +44,32 @@ def _add_generator_args(p: argparse.ArgumentParser) -> None:
 
 def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["embedded", "cluster"], default="embedded", help="feature store configuration (default embedded)")
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--trials", type=int, default=40, help="AutoML trial budget (default 40)")
+    p.add_argument("--budget-minutes", type=float, default=10.0, help="AutoML wall-clock budget (default 10)")
+    p.add_argument("--min-auc", type=float, default=0.80, help="quality gate on holdout ROC-AUC")
+    p.add_argument("--max-brier", type=float, default=0.15, help="quality gate on holdout Brier score")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: embedded SQLite under --data-dir)")
+
+
+def _training_config(args: argparse.Namespace) -> TrainingConfig:
+    budget = SearchBudget(n_trials=args.trials, timeout_s=args.budget_minutes * 60)
+    return TrainingConfig(seed=args.seed, budget=budget, gates=GateConfig(min_auc=args.min_auc, max_brier=args.max_brier))
+
+
+def _registry(args: argparse.Namespace) -> RegistryConfig:
+    return RegistryConfig(tracking_uri=args.tracking_uri) if args.tracking_uri else RegistryConfig.embedded(args.data_dir)
+
+
+def _print_training(outcome: TrainingOutcome) -> None:
+    print(json.dumps(outcome.summary, indent=2, default=str))
+    print(
+        f"\nRegistered {outcome.summary['model_uri']} as '{CHALLENGER}': holdout AUC {outcome.evaluation.roc_auc:.3f}, "
+        f"Brier {outcome.evaluation.brier:.3f}. Model card: {outcome.card}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +101,25 @@ def build_parser() -> argparse.ArgumentParser:
     online = feats.add_parser("online", help="read online features of customers")
     _add_store_args(online)
     online.add_argument("customer_ids", type=int, nargs="+")
+    train = sub.add_parser("train", help="AutoML training, evaluation, quality gates and MLflow registration")
+    _add_store_args(train)
+    _add_training_args(train)
+    own = train.add_argument_group("bring your own data (instead of the platform's Feast features)")
+    own.add_argument("--data", type=Path, default=None, help="CSV or Parquet file to train on")
+    own.add_argument("--id-column")
+    own.add_argument("--time-column")
+    own.add_argument("--target-column")
+    own.add_argument("--segment-column", default=None, help="report fairness across this column's values")
+    own.add_argument("--revenue-column", default=None, help="monthly revenue per row, for business metrics")
+    own.add_argument("--horizon-days", type=int, default=30, help="label horizon: gap kept before the holdout")
+
+    model = sub.add_parser("model", help="the model registry").add_subparsers(dest="action", required=True)
+    prom = model.add_parser("promote", help="move the champion alias to a version (default: the challenger)")
+    prom.add_argument("--version", default=None)
+    prom.add_argument("--reason", default="manual promotion")
+    for p in (prom,):
+        p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: embedded SQLite under --data-dir)")
+
     cat = feats.add_parser("catalog", help="write (or --check) the feature catalog")
     cat.add_argument("--out", type=Path, default=feast_store.default_repo_dir() / "FEATURES.md")
     cat.add_argument("--check", action="store_true", help="fail if the file differs from the catalog")
@@ -87,6 +137,37 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"'{summary['feature_service']}', 30-day churn rate {summary['churn_rate_30d']:.1%}, "
             f"online store serving {summary['online_features_returned']} features per customer. Reports in {layout.reports}/"
         )
+        return 0
+    if args.command == "train":
+        cfg, reg = _training_config(args), _registry(args)
+        if args.data is not None:
+            for flag in ("id_column", "time_column", "target_column"):
+                if getattr(args, flag) is None:
+                    raise ValueError(f"--data needs --{flag.replace('_', '-')}")
+            out = layout.reports / "training"
+            outcome = training.train_own_data(
+                args.data,
+                args.id_column,
+                args.time_column,
+                args.target_column,
+                args.segment_column,
+                args.revenue_column,
+                args.horizon_days,
+                out,
+                cfg,
+                reg,
+            )
+        else:
+            outcome = training.train_platform(layout, args.mode, env, cfg, reg)
+        _print_training(outcome)
+        return 0
+    if args.command == "model":
+        reg = _registry(args)
+        version = args.version or registry.alias_version(reg, CHALLENGER)
+        if version is None:
+            raise ValueError("no --version given and no challenger registered")
+        done = registry.promote(reg, version, args.reason)
+        print(f"{reg.model_name} v{done.version} is now '{CHAMPION}' (was {done.previous or 'none'}) at {done.time}")
         return 0
     if args.command == "data":
         if args.action == "generate":
@@ -138,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _dispatch(args)
-    except (IngestError, DataValidationError, FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
+    except (IngestError, DataValidationError, QualityGateError, FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
         print(f"churnops: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,139 @@
+"""Combine the best AutoML candidates by stacking or blending, then calibrate.
+
+All choices are made on out-of-fold predictions of the training rows (never
+on the holdout): blending weights minimise log-loss, the stacker is a
+logistic regression on the members' logits, and the winner among the best
+single model, the blend and the stack is the one with the highest OOF AUC.
+An isotonic (or, on little data, Platt) calibrator fitted on the winner's OOF
+scores maps them to probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from sklearn.base import clone
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.model_selection import cross_val_predict
+
+from churnops_models.automl import Candidate, build_pipeline, positive_proba
+from churnops_models.dataset import DatasetSpec, feature_matrix
+
+EPS = 1e-6
+ISOTONIC_MIN_ROWS = 5_000
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, EPS, 1 - EPS)
+    return np.asarray(np.log(q / (1 - q)), dtype=float)
+
+
+def blend_weights(oof: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative weights summing to one that minimise the log-loss of the weighted mean."""
+    k = oof.shape[1]
+
+    def loss(z: np.ndarray) -> float:
+        w = np.exp(z) / np.exp(z).sum()
+        return float(log_loss(y, np.clip(oof @ w, EPS, 1 - EPS)))
+
+    result = minimize(loss, np.zeros(k), method="Nelder-Mead", options={"maxiter": 400, "xatol": 1e-4, "fatol": 1e-7})
+    w = np.exp(result.x) / np.exp(result.x).sum()
+    return np.asarray(w, dtype=float)
+
+
+@dataclass
+class Combiner:
+    """How member probabilities become one score: 'single', 'blend' or 'stack'."""
+
+    kind: str
+    weights: np.ndarray | None = None
+    stacker: LogisticRegression | None = None
+
+    def combine(self, member_probas: np.ndarray) -> np.ndarray:
+        if self.kind == "stack":
+            assert self.stacker is not None
+            return np.asarray(self.stacker.predict_proba(_logit(member_probas))[:, 1], dtype=float)
+        assert self.weights is not None
+        return np.asarray(member_probas @ self.weights, dtype=float)
+
+
+@dataclass
+class ChurnEnsemble:
+    """The deployable model: fitted member pipelines, a combiner and a calibrator."""
+
+    members: list[Any]
+    families: list[str]
+    combiner: Combiner
+    calibrator: IsotonicRegression | LogisticRegression
+    feature_names: list[str]
+    categorical: list[str]
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Calibrated churn probability per row (1-D); ``frame`` may hold extra columns."""
+        x = feature_matrix(frame, self.feature_names, self.categorical)
+        probas = np.column_stack([positive_proba(m, x) for m in self.members])
+        raw = self.combiner.combine(probas)
+        if isinstance(self.calibrator, IsotonicRegression):
+            return np.asarray(self.calibrator.predict(raw), dtype=float)
+        return np.asarray(self.calibrator.predict_proba(_logit(raw)[:, None])[:, 1], dtype=float)
+
+
+@dataclass
+class EnsembleChoice:
+    combiner: Combiner
+    members: list[Candidate]
+    oof_scores: dict[str, float]  # OOF AUC of each option considered
+    oof: np.ndarray  # calibrated OOF probabilities of the chosen option
+
+
+def choose(candidates: list[Candidate], y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], top_k: int = 4) -> EnsembleChoice:
+    members = candidates[:top_k]
+    oof = np.column_stack([c.oof for c in members])
+    options: dict[str, tuple[Combiner, np.ndarray]] = {"single": (Combiner("single", weights=np.eye(len(members))[0]), oof[:, 0])}
+    if len(members) > 1:
+        w = blend_weights(oof, y)
+        options["blend"] = (Combiner("blend", weights=w), oof @ w)
+        stacker = LogisticRegression(C=1.0, max_iter=1000)
+        stack_oof = cross_val_predict(stacker, _logit(oof), y, cv=_fold_iter(folds), method="predict_proba")[:, 1]
+        options["stack"] = (Combiner("stack", stacker=clone(stacker).fit(_logit(oof), y)), stack_oof)
+    scores = {name: float(roc_auc_score(y, scores)) for name, (_, scores) in options.items()}
+    # prefer the simpler option unless a combination is clearly better
+    best = max(scores, key=lambda n: scores[n] - (0.001 if n != "single" else 0.0))
+    combiner, raw = options[best]
+    if best == "single":
+        members = members[:1]
+        combiner = Combiner("single", weights=np.ones(1))
+    calibrator = fit_calibrator(raw, y)
+    return EnsembleChoice(combiner, members, scores, calibrate(calibrator, raw))
+
+
+def _fold_iter(folds: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(tr, va) for tr, va in folds]
+
+
+def fit_calibrator(raw: np.ndarray, y: np.ndarray) -> IsotonicRegression | LogisticRegression:
+    if len(y) >= ISOTONIC_MIN_ROWS:
+        return IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(raw, y)
+    return LogisticRegression().fit(_logit(raw)[:, None], y)
+
+
+def calibrate(calibrator: IsotonicRegression | LogisticRegression, raw: np.ndarray) -> np.ndarray:
+    if isinstance(calibrator, IsotonicRegression):
+        return np.asarray(calibrator.predict(raw), dtype=float)
+    return np.asarray(calibrator.predict_proba(_logit(raw)[:, None])[:, 1], dtype=float)
+
+
+def fit_final(choice: EnsembleChoice, x: pd.DataFrame, y: np.ndarray, spec: DatasetSpec, seed: int) -> ChurnEnsemble:
+    """Refit the chosen members on all training rows; keep the OOF-fitted combiner and calibrator."""
+    members = [build_pipeline(spec, c.family, c.params, seed).fit(x, y) for c in choice.members]
+    raw_oof = np.column_stack([c.oof for c in choice.members])
+    calibrator = fit_calibrator(choice.combiner.combine(raw_oof), y)
+    return ChurnEnsemble(
+        members, [c.family for c in choice.members], choice.combiner, calibrator, list(spec.features), list(spec.categorical)
+    )

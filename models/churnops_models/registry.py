@@ -1,0 +1,167 @@
+"""MLflow tracking and model registry for churn models.
+
+A run logs parameters, metrics, plots, the feature service, dataset lineage
+and the sha256 of every model artifact. The model is logged as a pyfunc whose
+``predict`` returns churn probabilities (not labels), registered, and aliased
+``challenger``. ``promote`` moves the ``champion`` alias and records who was
+replaced. Embedded default: SQLite + local artifacts; any tracking server URI
+works the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+from mlflow.pyfunc.model import PythonModel
+from mlflow.tracking import MlflowClient
+
+from churnops_models.ensemble import ChurnEnsemble
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_FILE = "model.joblib"
+DEFAULT_MODEL_NAME = "churn-classifier"
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    tracking_uri: str
+    experiment: str = "churn-training"
+    model_name: str = DEFAULT_MODEL_NAME
+    artifact_location: str | None = None  # only used when the experiment is created
+
+    @staticmethod
+    def embedded(data_dir: Path) -> RegistryConfig:
+        root = (data_dir / "mlflow").resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return RegistryConfig(tracking_uri=f"sqlite:///{root / 'mlflow.db'}", artifact_location=(root / "artifacts").as_uri())
+
+
+class ChurnPyfunc(PythonModel):
+    """MLflow wrapper: ``predict`` returns a DataFrame with ``churn_probability``."""
+
+    def load_context(self, context: Any) -> None:
+        self.model: ChurnEnsemble = joblib.load(context.artifacts["model"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        return pd.DataFrame({"churn_probability": self.model.predict_proba(model_input)})
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Registered:
+    run_id: str
+    version: str
+    model_uri: str
+    sha256: dict[str, str]
+
+
+def log_and_register(
+    cfg: RegistryConfig,
+    model: ChurnEnsemble,
+    example: pd.DataFrame,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    artifacts: dict[str, Path],
+) -> Registered:
+    """Log one training run and register its model as the new ``challenger``."""
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    client = MlflowClient(cfg.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    experiment_id = (
+        experiment.experiment_id if experiment else client.create_experiment(cfg.experiment, artifact_location=cfg.artifact_location)
+    )
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment_id) as run:
+        model_path = Path(tmp) / MODEL_FILE
+        joblib.dump(model, model_path)
+        digests = {MODEL_FILE: sha256_file(model_path)}
+        mlflow.log_params({k: (json.dumps(v) if isinstance(v, dict | list) else v) for k, v in params.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.set_tags({**tags, **{f"sha256.{k}": v for k, v in digests.items()}})
+        for name, path in artifacts.items():
+            mlflow.log_artifact(str(path), artifact_path=name)
+        # Integer feature columns stay integer in the signature: they are never null in the catalog,
+        # and MLflow refuses to cast int64 inputs to a float64 schema.
+        output = pd.DataFrame({"churn_probability": model.predict_proba(example)})
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=ChurnPyfunc(),
+            artifacts={"model": str(model_path)},
+            signature=infer_signature(example, output),
+            input_example=example.head(3),
+            pip_requirements=["churnops"],  # the serving image installs this project
+        )
+        version = mlflow.register_model(info.model_uri, cfg.model_name, tags={f"sha256.{k}": v for k, v in digests.items()})
+    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version.version)
+    client.set_model_version_tag(cfg.model_name, version.version, "run_id", run.info.run_id)
+    return Registered(run.info.run_id, str(version.version), f"models:/{cfg.model_name}/{version.version}", digests)
+
+
+def alias_version(cfg: RegistryConfig, alias: str) -> str | None:
+    client = MlflowClient(cfg.tracking_uri)
+    try:
+        return str(client.get_model_version_by_alias(cfg.model_name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def load_model(cfg: RegistryConfig, version: str) -> ChurnEnsemble:
+    """The fitted ensemble of a registered version (verifying its recorded sha256)."""
+    client = MlflowClient(cfg.tracking_uri)
+    mv = client.get_model_version(cfg.model_name, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{cfg.model_name}/{version}", dst_path=tmp, tracking_uri=cfg.tracking_uri
+            )
+        )
+        local = root / "artifacts" / MODEL_FILE
+        expected = mv.tags.get(f"sha256.{MODEL_FILE}")
+        actual = sha256_file(local)
+        if expected != actual:
+            raise ValueError(f"model {cfg.model_name} v{version}: artifact sha256 {actual} does not match the registered {expected}")
+        model: ChurnEnsemble = joblib.load(local)
+    return model
+
+
+@dataclass(frozen=True)
+class Promotion:
+    version: str
+    previous: str | None
+    time: str
+    reason: str
+
+
+def promote(cfg: RegistryConfig, version: str, reason: str) -> Promotion:
+    """Move ``champion`` to ``version`` (staging -> production) and record the change on both versions."""
+    client = MlflowClient(cfg.tracking_uri)
+    previous = alias_version(cfg, CHAMPION)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+    client.set_model_version_tag(cfg.model_name, version, "promoted_at", when)
+    client.set_model_version_tag(cfg.model_name, version, "promotion_reason", reason)
+    if previous is not None and previous != version:
+        client.set_model_version_tag(cfg.model_name, previous, "replaced_at", when)
+        client.set_model_version_tag(cfg.model_name, previous, "replaced_by", version)
+    if alias_version(cfg, CHALLENGER) == version:
+        client.delete_registered_model_alias(cfg.model_name, CHALLENGER)
+    return Promotion(version, previous, when, reason)

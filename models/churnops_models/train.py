@@ -1,0 +1,186 @@
+"""Training end to end on one table: split, select, search, ensemble, evaluate, gate, register, card.
+
+The KFP pipeline runs the same steps as separate components; this module is
+the single-process path (CLI, bring-your-own-data, DVC).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from churnops_models import automl, ensemble, registry, selection
+from churnops_models.dataset import DatasetSpec, Split, cv_folds, time_holdout, xy
+from churnops_models.evaluation import BusinessConfig, Comparison, Evaluation, bootstrap_auc_delta, choose_threshold, evaluate
+from churnops_models.gates import GateConfig, GateResult, check_gates, enforce
+from churnops_models.model_card import CardInputs, plot_evaluation, write_card
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    seed: int = 42
+    budget: automl.SearchBudget = field(default_factory=automl.SearchBudget)
+    holdout_fraction: float = 0.25
+    max_features: int = 60
+    top_k: int = 4
+    gates: GateConfig = field(default_factory=GateConfig)
+    business: BusinessConfig = field(default_factory=BusinessConfig)
+
+
+@dataclass
+class TrainingOutcome:
+    evaluation: Evaluation
+    gates: list[GateResult]
+    comparison: Comparison | None
+    registered: registry.Registered | None
+    card: Path | None
+    summary: dict[str, Any]
+
+
+@dataclass
+class FittedModel:
+    model: ensemble.ChurnEnsemble
+    spec: DatasetSpec
+    split: Split
+    threshold: float
+    selection: selection.Selection
+    search: automl.SearchResult
+    choice: ensemble.EnsembleChoice
+
+
+def fit(frame: pd.DataFrame, spec: DatasetSpec, cfg: TrainingConfig, progress: Any = None) -> FittedModel:
+    """Everything up to a fitted, calibrated model and its decision threshold (training rows only)."""
+    split = time_holdout(frame, spec, cfg.holdout_fraction)
+    x_all, y = xy(split.train, spec)
+    chosen = selection.select(x_all, y, spec, cfg.seed, max_features=cfg.max_features)
+    spec_sel = spec.with_features(chosen.selected)
+    x, _ = xy(split.train, spec_sel)
+    folds = cv_folds(split.train, spec_sel, cfg.budget.n_folds, cfg.seed)
+    result = automl.search(x, y, spec_sel, folds, cfg.budget, cfg.seed, progress)
+    choice = ensemble.choose(result.ranked(), y, folds, cfg.top_k)
+    model = ensemble.fit_final(choice, x, y, spec_sel, cfg.seed)
+    mrr = split.train[spec.revenue_column].to_numpy(float) if spec.revenue_column else None
+    threshold = choose_threshold(y, choice.oof, mrr, cfg.business)
+    return FittedModel(model, spec_sel, split, threshold, chosen, result, choice)
+
+
+def assess(
+    fitted: FittedModel, cfg: TrainingConfig, champion: ensemble.ChurnEnsemble | None, champion_version: str | None
+) -> tuple[Evaluation, Comparison | None, list[GateResult]]:
+    """Evaluate on the holdout, compare with the champion, and apply the gates (no side effects)."""
+    spec, holdout = fitted.spec, fitted.split.holdout
+    x, y = xy(holdout, spec)
+    p = fitted.model.predict_proba(x)
+    mrr = holdout[spec.revenue_column].to_numpy(float) if spec.revenue_column else None
+    segments = holdout[spec.segment_column].to_numpy() if spec.segment_column else None
+    ev = evaluate(y, p, fitted.threshold, mrr, segments, cfg.business, cfg.gates.max_fairness_gap)
+    comparison = None
+    if champion is not None and champion_version is not None:
+        p_old = champion.predict_proba(holdout)
+        comparison = bootstrap_auc_delta(y, p, p_old, champion_version, seed=cfg.seed)
+    return ev, comparison, check_gates(ev, cfg.gates, comparison)
+
+
+def summarize(fitted: FittedModel, ev: Evaluation) -> dict[str, Any]:
+    s = fitted.search
+    return {
+        "training_rows": len(fitted.split.train),
+        "holdout_rows": len(fitted.split.holdout),
+        "holdout_from": str(fitted.split.cutoff),
+        "rows_dropped_for_label_gap": fitted.split.dropped_for_gap,
+        "features_selected": len(fitted.selection.selected),
+        "trials": {"completed": s.trials_completed, "pruned": s.trials_pruned, "failed": s.trials_failed, "seconds": round(s.seconds, 1)},
+        "cv_auc_by_family": {c.family: round(c.cv_auc, 4) for c in s.ranked()},
+        "ensemble": {"kind": fitted.choice.combiner.kind, "members": fitted.model.families, "oof_auc": fitted.choice.oof_scores},
+        "threshold": fitted.threshold,
+        "holdout": ev.headline(),
+    }
+
+
+def train_and_register(
+    frame: pd.DataFrame,
+    spec: DatasetSpec,
+    cfg: TrainingConfig,
+    reg: registry.RegistryConfig,
+    out_dir: Path,
+    lineage: dict[str, Any],
+    progress: Any = None,
+) -> TrainingOutcome:
+    """Train; if every gate passes, log to MLflow, register as challenger and write the model card.
+
+    A failed gate raises ``QualityGateError`` after the evaluation and card are written to ``out_dir``.
+    """
+    fitted = fit(frame, spec, cfg, progress)
+    champion_version = registry.alias_version(reg, registry.CHAMPION)
+    champion = registry.load_model(reg, champion_version) if champion_version else None
+    ev, comparison, gates = assess(fitted, cfg, champion, champion_version)
+    summary = summarize(fitted, ev)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "evaluation.json").write_text(
+        json.dumps({"evaluation": ev.to_dict(), "gates": [asdict(g) for g in gates], "summary": summary}, indent=2, default=str) + "\n"
+    )
+    (out_dir / "selection.json").write_text(json.dumps(fitted.selection.to_dict(), indent=2) + "\n")
+    plots = plot_evaluation(ev, fitted.selection.importance, out_dir)
+    training_info = {
+        k: summary[k]
+        for k in (
+            "training_rows",
+            "holdout_rows",
+            "holdout_from",
+            "features_selected",
+            "trials",
+            "cv_auc_by_family",
+            "ensemble",
+            "threshold",
+        )
+    }
+    card_inputs = CardInputs(reg.model_name, None, ev, gates, comparison, lineage, training_info, plots)
+    write_card(card_inputs, out_dir)
+    enforce(gates)
+
+    params = {
+        "seed": cfg.seed,
+        "n_trials": cfg.budget.n_trials,
+        "timeout_s": cfg.budget.timeout_s,
+        "families": list(cfg.budget.families),
+        "max_features": cfg.max_features,
+        "ensemble": fitted.choice.combiner.kind,
+        "threshold": fitted.threshold,
+    }
+    metrics = {**ev.headline(), **{f"cv_auc_{k}": v for k, v in summary["cv_auc_by_family"].items()}}
+    if comparison is not None:
+        metrics["delta_auc_vs_champion"] = comparison.delta_auc
+    tags = {k: str(v) for k, v in lineage.items()}
+    example = fitted.split.holdout[list(fitted.spec.features)].head(20)
+    registered = registry.log_and_register(reg, fitted.model, example, params, metrics, tags, {"evaluation": out_dir})
+    card, _ = write_card(
+        CardInputs(
+            reg.model_name,
+            registered.version,
+            ev,
+            gates,
+            comparison,
+            {**lineage, "mlflow_run": registered.run_id, "model_sha256": registered.sha256},
+            training_info,
+            plots,
+        ),
+        out_dir,
+    )
+    return TrainingOutcome(
+        ev, gates, comparison, registered, card, {**summary, "model_version": registered.version, "model_uri": registered.model_uri}
+    )
+
+
+def shuffled(frame: pd.DataFrame, spec: DatasetSpec, seed: int) -> pd.DataFrame:
+    """The same table with the target permuted (a model must not learn from it)."""
+    out = frame.copy()
+    out[spec.target_column] = np.random.default_rng(seed).permutation(out[spec.target_column].to_numpy())
+    return out
