@@ -49,6 +49,10 @@ demo: install ## Main job: data -> validation -> features -> Feast (embedded) ->
 demo-cluster-store: install ## Same, on the cluster store (Redis + PostgreSQL from CHURNOPS_* variables)
 	$(BIN)/churnops --data-dir $(DATA_DIR) demo --mode cluster
 
+.PHONY: pipelines
+pipelines: install ## Compile the KFP training pipeline to pipelines/compiled/churn_training.yaml
+	$(BIN)/python -c "from churnops_pipelines.kfp_training import compile_pipeline; compile_pipeline('pipelines/compiled/churn_training.yaml')"
+
 .PHONY: catalog
 catalog: install ## Regenerate feature_repo/FEATURES.md from the feature definitions
 	$(BIN)/churnops features catalog
@@ -76,6 +80,10 @@ format: install ## Apply ruff fixes and formatting
 .PHONY: bench-features
 bench-features: install ## Online read p50/p99 (SQLite, Redis) and materialization rows/s; BENCH_CUSTOMERS=20000
 	$(BIN)/python tests/benchmarks/bench_features.py
+
+.PHONY: bench-train
+bench-train: install ## Full AutoML on 50,000 customers: wall time, peak memory, trials, vs a LightGBM baseline
+	$(BIN)/python tests/benchmarks/bench_train.py
 
 ##@ Kubernetes (needs Docker and kind)
 

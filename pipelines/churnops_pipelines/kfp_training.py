@@ -1,0 +1,346 @@
+"""The training pipeline for Kubeflow Pipelines v2 (and ``kfp.local`` on one machine).
+
+Each component is a small typed function running in the ChurnOps image (the
+project and its locked dependencies are installed there, nothing is pip-installed
+at run time). Components exchange Datasets, Models and Artifacts; lineage goes
+into each artifact's metadata. The pipeline function only wires tasks.
+"""
+
+from kfp import compiler, dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+IMAGE = "ghcr.io/churnops/churnops:0.1.0"
+PIPELINE_NAME = "churn-training"
+
+
+def _component(func):  # type: ignore[no-untyped-def]
+    """Components run in the ChurnOps image, which already has kfp and the project installed."""
+    return dsl.component(base_image=IMAGE, install_kfp_package=False)(func)
+
+
+@_component
+def load_training_data(data_dir: str, store_mode: str, dataset: Output[Dataset]) -> None:
+    """Labels joined point-in-time with FeatureService churn_v1 (Feast historical retrieval)."""
+    import os
+    from pathlib import Path
+
+    from churnops_features.definitions import TRAINING_SERVICE
+    from churnops_pipelines.foundation import Layout
+    from churnops_pipelines.training import frame_digest, training_frame
+
+    frame = training_frame(Layout(Path(data_dir)), store_mode, dict(os.environ))  # type: ignore[arg-type]
+    frame.to_parquet(dataset.path, index=False)
+    dataset.metadata.update({"rows": len(frame), "sha256": frame_digest(frame), "feature_service": TRAINING_SERVICE, "store": store_mode})
+
+
+@_component
+def validate_training_data(dataset: Input[Dataset], report: Output[Metrics]) -> float:
+    """Great Expectations on the joined table: labels and every feature domain."""
+    import pandas as pd
+
+    from churnops_models.features import DOMAINS, ENTITY, TIMESTAMP, features_of
+    from churnops_models.validation import ValidationRun, feature_suite, raw_suites, validate
+
+    frame = pd.read_parquet(dataset.path)
+    run = ValidationRun([validate(frame[[ENTITY, TIMESTAMP, "churned_30d"]].assign(mrr=frame["mrr"]), "labels", raw_suites()["labels"])])
+    for domain in DOMAINS:
+        cols = [ENTITY, TIMESTAMP, *(f.name for f in features_of(domain))]
+        run.reports.append(validate(frame[cols], f"features_{domain}", feature_suite(domain)))
+    report.log_metric("pass_rate", run.pass_rate)
+    report.log_metric("expectations", run.evaluated)
+    print(run.render())
+    run.raise_for_failures()
+    return run.pass_rate
+
+
+@_component
+def split_data(dataset: Input[Dataset], holdout_fraction: float, train: Output[Dataset], holdout: Output[Dataset]) -> None:
+    """Time-based holdout with a label-horizon gap."""
+    import pandas as pd
+
+    from churnops_models.dataset import churn_spec, time_holdout
+
+    split = time_holdout(pd.read_parquet(dataset.path), churn_spec(), holdout_fraction)
+    split.train.to_parquet(train.path, index=False)
+    split.holdout.to_parquet(holdout.path, index=False)
+    train.metadata.update(
+        {"rows": len(split.train), "until": str(split.cutoff), "dropped_for_gap": split.dropped_for_gap, "source": dataset.uri}
+    )
+    holdout.metadata.update({"rows": len(split.holdout), "from": str(split.cutoff), "source": dataset.uri})
+
+
+@_component
+def select_features(train: Input[Dataset], seed: int, max_features: int, selection: Output[Artifact]) -> int:
+    """LightGBM gain and mutual information rankings, with a correlation filter."""
+    import json
+
+    import pandas as pd
+
+    from churnops_models.dataset import churn_spec, xy
+    from churnops_models.selection import select
+
+    spec = churn_spec()
+    x, y = xy(pd.read_parquet(train.path), spec)
+    chosen = select(x, y, spec, seed, max_features=max_features)
+    with open(selection.path, "w") as f:
+        json.dump(chosen.to_dict(), f)
+    selection.metadata.update({"selected": len(chosen.selected), "methods": "lightgbm_gain,mutual_information,correlation_filter"})
+    return len(chosen.selected)
+
+
+@_component
+def automl_search(
+    train: Input[Dataset],
+    selection: Input[Artifact],
+    seed: int,
+    n_trials: int,
+    timeout_s: float,
+    n_folds: int,
+    candidates: Output[Artifact],
+    metrics: Output[Metrics],
+) -> float:
+    """Optuna TPE search with pruning over six model families; keeps each family's best trial."""
+    import json
+
+    import joblib
+    import pandas as pd
+
+    from churnops_models.automl import SearchBudget, search
+    from churnops_models.dataset import churn_spec, cv_folds, xy
+
+    frame = pd.read_parquet(train.path)
+    with open(selection.path) as f:
+        spec = churn_spec().with_features(json.load(f)["selected"])
+    x, y = xy(frame, spec)
+    folds = cv_folds(frame, spec, n_folds, seed)
+    result = search(x, y, spec, folds, SearchBudget(n_trials=n_trials, timeout_s=timeout_s or None, n_folds=n_folds), seed)
+    joblib.dump({"result": result, "folds": folds}, candidates.path)
+    for c in result.ranked():
+        metrics.log_metric(f"cv_auc_{c.family}", c.cv_auc)
+    metrics.log_metric("trials_completed", result.trials_completed)
+    metrics.log_metric("trials_pruned", result.trials_pruned)
+    return result.ranked()[0].cv_auc
+
+
+@_component
+def build_ensemble(
+    train: Input[Dataset], selection: Input[Artifact], candidates: Input[Artifact], seed: int, top_k: int, model: Output[Model]
+) -> str:
+    """Stacking vs blending vs best single model on OOF predictions, calibrated, refit on all rows."""
+    import json
+
+    import joblib
+    import pandas as pd
+
+    from churnops_models.dataset import churn_spec, xy
+    from churnops_models.ensemble import choose, fit_final
+    from churnops_models.evaluation import BusinessConfig, choose_threshold
+
+    frame = pd.read_parquet(train.path)
+    with open(selection.path) as f:
+        spec = churn_spec().with_features(json.load(f)["selected"])
+    found = joblib.load(candidates.path)
+    x, y = xy(frame, spec)
+    choice = choose(found["result"].ranked(), y, found["folds"], top_k)
+    fitted = fit_final(choice, x, y, spec, seed)
+    threshold = choose_threshold(y, choice.oof, frame["mrr"].to_numpy(float), BusinessConfig())
+    joblib.dump({"model": fitted, "threshold": threshold, "oof_scores": choice.oof_scores}, model.path)
+    model.metadata.update(
+        {"ensemble": choice.combiner.kind, "members": ",".join(fitted.families), "threshold": threshold, "train": train.uri}
+    )
+    return choice.combiner.kind
+
+
+@_component
+def evaluate_model(
+    model: Input[Model], holdout: Input[Dataset], tracking_uri: str, evaluation: Output[Artifact], metrics: Output[Metrics]
+) -> float:
+    """Holdout metrics, business value, fairness, and a bootstrap comparison with the champion."""
+    import json
+    from dataclasses import asdict
+
+    import joblib
+    import pandas as pd
+
+    from churnops_models import registry
+    from churnops_models.dataset import churn_spec
+    from churnops_models.evaluation import bootstrap_auc_delta, evaluate
+
+    bundle = joblib.load(model.path)
+    frame = pd.read_parquet(holdout.path)
+    spec = churn_spec()
+    y = frame[spec.target_column].to_numpy()
+    p = bundle["model"].predict_proba(frame)
+    ev = evaluate(y, p, bundle["threshold"], frame["mrr"].to_numpy(float), frame["segment"].to_numpy())
+    reg = registry.RegistryConfig(tracking_uri=tracking_uri)
+    champion = registry.alias_version(reg, registry.CHAMPION)
+    comparison = None
+    if champion is not None:
+        comparison = asdict(bootstrap_auc_delta(y, p, registry.load_model(reg, champion).predict_proba(frame), champion))
+    with open(evaluation.path, "w") as f:
+        json.dump({"evaluation": ev.to_dict(), "comparison": comparison}, f, default=str)
+    for k, v in ev.headline().items():
+        metrics.log_metric(k, v)
+    return ev.roc_auc
+
+
+@_component
+def quality_gates(evaluation: Input[Artifact], min_auc: float, max_brier: float, max_fairness_gap: float, max_auc_regression: float) -> str:
+    """Fail the run, with the reasons, when any gate fails."""
+    import json
+
+    from churnops_models.evaluation import Comparison, Evaluation
+    from churnops_models.gates import GateConfig, check_gates, enforce
+
+    with open(evaluation.path) as f:
+        doc = json.load(f)
+    ev = Evaluation(**doc["evaluation"])
+    comparison = Comparison(**doc["comparison"]) if doc["comparison"] else None
+    gate_cfg = GateConfig(min_auc=min_auc, max_brier=max_brier, max_fairness_gap=max_fairness_gap, max_auc_regression=max_auc_regression)
+    results = check_gates(ev, gate_cfg, comparison)
+    for r in results:
+        print(("PASS " if r.passed else "FAIL ") + f"{r.name}: {r.reason}")
+    enforce(results)
+    return "passed"
+
+
+@_component
+def register_model(
+    model: Input[Model], holdout: Input[Dataset], evaluation: Input[Artifact], dataset: Input[Dataset], tracking_uri: str, gates: str
+) -> str:
+    """Log the run to MLflow and register the model as the new challenger."""
+    import json
+
+    import joblib
+    import pandas as pd
+
+    from churnops_models import registry
+
+    bundle = joblib.load(model.path)
+    with open(evaluation.path) as f:
+        ev = json.load(f)["evaluation"]
+    example = pd.read_parquet(holdout.path)[bundle["model"].feature_names].head(20)
+    metrics = {k: ev[k] for k in ("roc_auc", "pr_auc", "precision", "recall", "f1", "brier", "log_loss")}
+    tags = {
+        "feature_service": str(dataset.metadata.get("feature_service")),
+        "dataset_sha256": str(dataset.metadata.get("sha256")),
+        "dataset_uri": dataset.uri,
+        "gates": gates,
+    }
+    reg = registry.RegistryConfig(tracking_uri=tracking_uri)
+    registered = registry.log_and_register(
+        reg, bundle["model"], example, {"threshold": bundle["threshold"], "ensemble": bundle["model"].combiner.kind}, metrics, tags, {}
+    )
+    return registered.version
+
+
+@_component
+def write_model_card(
+    evaluation: Input[Artifact],
+    selection: Input[Artifact],
+    dataset: Input[Dataset],
+    version: str,
+    card: Output[HTML],
+    card_markdown: Output[Markdown],
+) -> None:
+    """Model card (Markdown and HTML with plots) for the registered version."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from churnops_models.evaluation import Comparison, Evaluation
+    from churnops_models.gates import GateConfig, check_gates
+    from churnops_models.model_card import CardInputs, plot_evaluation, render_html, render_markdown
+
+    with open(evaluation.path) as f:
+        doc = json.load(f)
+    with open(selection.path) as f:
+        chosen = json.load(f)
+    ev = Evaluation(**doc["evaluation"])
+    comparison = Comparison(**doc["comparison"]) if doc["comparison"] else None
+    plots = plot_evaluation(ev, chosen["importance"], Path(tempfile.mkdtemp()))
+    lineage = {
+        "feature_service": dataset.metadata.get("feature_service"),
+        "dataset_sha256": dataset.metadata.get("sha256"),
+        "dataset": dataset.uri,
+    }
+    inputs = CardInputs(
+        "churn-classifier",
+        version,
+        ev,
+        check_gates(ev, GateConfig(), comparison),
+        comparison,
+        lineage,
+        {"features_selected": len(chosen["selected"])},
+        plots,
+    )
+    text = render_markdown(inputs)
+    Path(card_markdown.path).write_text(text)
+    Path(card.path).write_text(render_html(text, plots))
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Feast features -> validation -> split -> selection -> AutoML -> ensemble -> evaluation -> gates -> MLflow -> model card",
+)
+def churn_training(
+    data_dir: str = "/data",
+    store_mode: str = "cluster",
+    tracking_uri: str = "http://mlflow.churnops:5000",
+    seed: int = 42,
+    holdout_fraction: float = 0.25,
+    max_features: int = 60,
+    n_trials: int = 40,
+    timeout_s: float = 600.0,
+    n_folds: int = 3,
+    top_k: int = 4,
+    min_auc: float = 0.80,
+    max_brier: float = 0.15,
+    max_fairness_gap: float = 0.25,
+    max_auc_regression: float = 0.01,
+) -> None:
+    data = load_training_data(data_dir=data_dir, store_mode=store_mode)
+    checked = validate_training_data(dataset=data.outputs["dataset"])
+    split = split_data(dataset=data.outputs["dataset"], holdout_fraction=holdout_fraction).after(checked)
+    chosen = select_features(train=split.outputs["train"], seed=seed, max_features=max_features)
+    searched = automl_search(
+        train=split.outputs["train"],
+        selection=chosen.outputs["selection"],
+        seed=seed,
+        n_trials=n_trials,
+        timeout_s=timeout_s,
+        n_folds=n_folds,
+    )
+    built = build_ensemble(
+        train=split.outputs["train"],
+        selection=chosen.outputs["selection"],
+        candidates=searched.outputs["candidates"],
+        seed=seed,
+        top_k=top_k,
+    )
+    evaluated = evaluate_model(model=built.outputs["model"], holdout=split.outputs["holdout"], tracking_uri=tracking_uri)
+    gated = quality_gates(
+        evaluation=evaluated.outputs["evaluation"],
+        min_auc=min_auc,
+        max_brier=max_brier,
+        max_fairness_gap=max_fairness_gap,
+        max_auc_regression=max_auc_regression,
+    )
+    registered = register_model(
+        model=built.outputs["model"],
+        holdout=split.outputs["holdout"],
+        evaluation=evaluated.outputs["evaluation"],
+        dataset=data.outputs["dataset"],
+        tracking_uri=tracking_uri,
+        gates=gated.output,
+    )
+    write_model_card(
+        evaluation=evaluated.outputs["evaluation"],
+        selection=chosen.outputs["selection"],
+        dataset=data.outputs["dataset"],
+        version=registered.output,
+    )
+
+
+def compile_pipeline(path: str) -> None:
+    compiler.Compiler().compile(churn_training, package_path=path)
