@@ -14,10 +14,11 @@ from churnops_pipelines.cli import main
 
 
 def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["--data-dir", str(tmp_path), "demo", "--customers", "1200", "--block-size", "600", "--seed", "5"])
+    args = ["--data-dir", str(tmp_path), "demo", "--customers", "1500", "--block-size", "750", "--seed", "5"]
+    code = main([*args, "--trials", "6", "--budget-minutes", "2", "--min-auc", "0.7"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "Data foundation ready: 1,200 customers, 116 features in service 'churn_v1'" in out
+    assert "Data foundation ready: 1,500 customers, 116 features in service 'churn_v1'" in out
     summary = json.loads((tmp_path / "reports" / "foundation.json").read_text())
     assert summary["validation_pass_rate"] == {"raw": 1.0, "features": 1.0}
     assert summary["online_features_returned"] == 116
@@ -25,6 +26,10 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert all(v is not None for v in summary["online_sample"]["mrr"])
     assert (tmp_path / "reports" / "data_profile.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "reports" / "validation_raw.json").read_text())["success"] is True
+    # then training: registered, gated, promoted as the first champion, with a model card
+    assert "Registered models:/churn-classifier/1 as 'challenger'" in out
+    assert "churn-classifier v1 promoted to 'champion'" in out
+    assert (tmp_path / "reports" / "training" / "model_card.html").exists()
 
 
 def test_failed_validation_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -127,6 +127,7 @@ def train_and_register(
     (out_dir / "evaluation.json").write_text(
         json.dumps({"evaluation": ev.to_dict(), "gates": [asdict(g) for g in gates], "summary": summary}, indent=2, default=str) + "\n"
     )
+    (out_dir / "metrics.json").write_text(json.dumps({**ev.headline(), "gates_passed": all(g.passed for g in gates)}, indent=2) + "\n")
     (out_dir / "selection.json").write_text(json.dumps(fitted.selection.to_dict(), indent=2) + "\n")
     plots = plot_evaluation(ev, fitted.selection.importance, out_dir)
     training_info = {

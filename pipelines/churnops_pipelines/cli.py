@@ -46,17 +46,19 @@ def _add_store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["embedded", "cluster"], default="embedded", help="feature store configuration (default embedded)")
 
 
-def _add_training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--trials", type=int, default=40, help="AutoML trial budget (default 40)")
-    p.add_argument("--budget-minutes", type=float, default=10.0, help="AutoML wall-clock budget (default 10)")
+def _add_training_args(p: argparse.ArgumentParser, seed: bool = True, trials: int = 40, budget_minutes: float = 10.0) -> None:
+    if seed:  # the demo shares --seed with the data generator
+        p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--trials", type=int, default=trials, help=f"AutoML trial budget (default {trials})")
+    p.add_argument("--budget-minutes", type=float, default=budget_minutes, help=f"AutoML wall-clock budget (default {budget_minutes:g})")
     p.add_argument("--min-auc", type=float, default=0.80, help="quality gate on holdout ROC-AUC")
     p.add_argument("--max-brier", type=float, default=0.15, help="quality gate on holdout Brier score")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: embedded SQLite under --data-dir)")
 
 
 def _training_config(args: argparse.Namespace) -> TrainingConfig:
-    budget = SearchBudget(n_trials=args.trials, timeout_s=args.budget_minutes * 60)
+    # 0 minutes: no time cap, only the trial budget (fully reproducible runs)
+    budget = SearchBudget(n_trials=args.trials, timeout_s=args.budget_minutes * 60 if args.budget_minutes > 0 else None)
     return TrainingConfig(seed=args.seed, budget=budget, gates=GateConfig(min_auc=args.min_auc, max_brier=args.max_brier))
 
 
@@ -81,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run everything end to end on embedded defaults")
     _add_generator_args(demo)
     _add_store_args(demo)
+    _add_training_args(demo, seed=False, trials=30, budget_minutes=4.0)
 
     data = sub.add_parser("data", help="customer data").add_subparsers(dest="action", required=True)
     _add_generator_args(data.add_parser("generate", help="generate synthetic customer data"))
@@ -137,6 +140,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"'{summary['feature_service']}', 30-day churn rate {summary['churn_rate_30d']:.1%}, "
             f"online store serving {summary['online_features_returned']} features per customer. Reports in {layout.reports}/"
         )
+        reg = _registry(args)
+        outcome = training.train_platform(layout, args.mode, env, _training_config(args), reg)
+        _print_training(outcome)
+        if registry.alias_version(reg, CHAMPION) is None and outcome.registered is not None:
+            done = registry.promote(reg, outcome.registered.version, "first model to pass the quality gates")
+            print(f"{reg.model_name} v{done.version} promoted to '{CHAMPION}' (no champion before).")
         return 0
     if args.command == "train":
         cfg, reg = _training_config(args), _registry(args)

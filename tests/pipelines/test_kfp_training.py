@@ -57,6 +57,7 @@ def test_pipeline_runs_locally_and_registers_a_challenger(layout_copy: Layout) -
     )
     assert registry.alias_version(reg, registry.CHALLENGER) == "1"
     version = mlflow.tracking.MlflowClient(reg.tracking_uri).get_model_version(reg.model_name, "1")
+    assert version.run_id is not None
     run = mlflow.tracking.MlflowClient(reg.tracking_uri).get_run(version.run_id)
     assert run.data.tags["feature_service"] == "churn_v1"
     assert len(run.data.tags["dataset_sha256"]) == 64
