@@ -143,7 +143,8 @@ def build_ensemble(
     x, y = xy(frame, spec)
     choice = choose(found["result"].ranked(), y, found["folds"], top_k)
     fitted = fit_final(choice, x, y, spec, seed)
-    threshold = choose_threshold(y, choice.oof, frame["mrr"].to_numpy(float), BusinessConfig())
+    revenue = frame[spec.revenue_column].to_numpy(float) if spec.revenue_column else None
+    threshold = choose_threshold(y, choice.oof, revenue, BusinessConfig())
     joblib.dump({"model": fitted, "threshold": threshold, "oof_scores": choice.oof_scores}, model.path)
     model.metadata.update(
         {"ensemble": choice.combiner.kind, "members": ",".join(fitted.families), "threshold": threshold, "train": train.uri}
@@ -171,7 +172,9 @@ def evaluate_model(
     spec = churn_spec()
     y = frame[spec.target_column].to_numpy()
     p = bundle["model"].predict_proba(frame)
-    ev = evaluate(y, p, bundle["threshold"], frame["mrr"].to_numpy(float), frame["segment"].to_numpy())
+    revenue = frame[spec.revenue_column].to_numpy(float) if spec.revenue_column else None
+    segments = frame[spec.segment_column].to_numpy() if spec.segment_column else None
+    ev = evaluate(y, p, bundle["threshold"], revenue, segments)
     reg = registry.RegistryConfig(tracking_uri=tracking_uri)
     champion = registry.alias_version(reg, registry.CHAMPION)
     comparison = None

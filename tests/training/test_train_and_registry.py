@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from churnops_models import registry
 from churnops_models.automl import FAMILIES, SearchBudget
@@ -144,3 +145,18 @@ def test_bring_your_own_data_command(churn_table: pd.DataFrame, tmp_path: Path, 
     assert evaluation["evaluation"]["roc_auc"] > 0.75
     assert main(["--data-dir", str(tmp_path / "d"), "model", "promote"]) == 0
     assert "v1 is now 'champion'" in capsys.readouterr().out
+
+
+def test_tracking_server_works_the_same(churn_table: pd.DataFrame, mlflow_server: str, tmp_path: Path) -> None:
+    reg = registry.RegistryConfig(tracking_uri=mlflow_server, experiment="server-test")
+    outcome = train_and_register(churn_table, churn_spec(), FAST, reg, tmp_path / "out", {"feature_service": "churn_v1"})
+    assert outcome.registered is not None
+    version = outcome.registered.version
+    assert registry.alias_version(reg, registry.CHALLENGER) == version
+    model = registry.load_model(reg, version)  # artifacts come back through the server, sha256 checked
+    holdout = churn_table[churn_table["event_timestamp"] == churn_table["event_timestamp"].max()]
+    p = model.predict_proba(holdout)
+    assert ((p >= 0) & (p <= 1)).all()
+    assert abs(roc_auc_score(holdout["churned_30d"], p) - outcome.evaluation.roc_auc) < 1e-9
+    assert registry.promote(reg, version, "server promotion").version == version
+    assert registry.alias_version(reg, registry.CHAMPION) == version
