@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,7 +230,9 @@ def search(
     progress: Callable[[int, float], None] | None = None,
 ) -> SearchResult:
     """Run the study; returns the best candidate of each family that completed a trial."""
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=len(budget.families))
+    with warnings.catch_warnings():  # grouped multivariate TPE is "experimental" but fits a conditional space
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=len(budget.families))
     pruner = optuna.pruners.MedianPruner(n_startup_trials=len(budget.families), n_warmup_steps=0)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     for family in budget.families:

@@ -30,6 +30,7 @@ class BusinessConfig:
     contact_cost: float = 1_000.0  # cost of one retention play (CSM time plus the offer)
     save_rate: float = 0.25  # share of contacted churners that stay
     months_saved: float = 6.0  # revenue months kept when a churner is saved
+    max_contact_share: float = 0.25  # customer-success capacity: at most this share of customers per campaign
 
 
 @dataclass
@@ -80,11 +81,15 @@ def business_curve(
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray, mrr: np.ndarray | None, cfg: BusinessConfig) -> float:
-    """The threshold with the best net savings (or F1 without revenue); pick it on training OOF scores."""
-    grid = np.round(np.linspace(0.05, 0.95, 91), 3)
+    """The threshold with the best net savings within the team's contact capacity (or the best F1
+    without revenue). Pick it on training OOF scores, never on the holdout."""
+    grid = np.round(np.linspace(0.01, 0.95, 95), 3)
+    feasible = np.array([t for t in grid if (p >= t).mean() <= cfg.max_contact_share]) if mrr is not None else grid
+    if feasible.size == 0:
+        feasible = grid[-1:]
     if mrr is None:
-        return float(grid[int(np.argmax([f1_score(y, p >= t, zero_division=0) for t in grid]))])
-    return float(grid[int(np.argmax([campaign_value(y, p, mrr, float(t), cfg)["net_savings"] for t in grid]))])
+        return float(feasible[int(np.argmax([f1_score(y, p >= t, zero_division=0) for t in feasible]))])
+    return float(feasible[int(np.argmax([campaign_value(y, p, mrr, float(t), cfg)["net_savings"] for t in feasible]))])
 
 
 def fairness(y: np.ndarray, p: np.ndarray, segments: np.ndarray, threshold: float, max_gap: float) -> dict[str, Any]:

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import optuna
+
 from churnops_features import store as feast_store
 from churnops_features.catalog import render_catalog
 from churnops_models import registry
@@ -226,6 +228,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Optuna logs every trial at INFO on its own handler; the progress bar already shows them.
+    optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)
     try:
         return _dispatch(args)
     except (IngestError, DataValidationError, QualityGateError, FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError

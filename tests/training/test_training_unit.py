@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from churnops_models.dataset import churn_spec, cv_folds, time_holdout, xy
-from churnops_models.evaluation import BusinessConfig, bootstrap_auc_delta, campaign_value, evaluate
+from churnops_models.evaluation import BusinessConfig, bootstrap_auc_delta, campaign_value, choose_threshold, evaluate
 from churnops_models.gates import GateConfig, QualityGateError, check_gates, enforce
 from churnops_models.model_card import CardInputs, plot_evaluation, render_html, render_markdown
 from churnops_models.selection import select
@@ -113,3 +113,14 @@ def test_model_card_has_every_section(tmp_path: Path) -> None:
         assert section in text
     page = render_html(text, plots)
     assert page.count("data:image/png;base64,") == len(plots) == 4
+
+
+def test_threshold_respects_contact_capacity() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 4000)
+    p = np.clip(y * 0.3 + rng.random(4000) * 0.7, 0, 1)
+    mrr = np.full(4000, 10_000.0)  # contacting is so profitable that only capacity limits it
+    cfg = BusinessConfig(max_contact_share=0.2)
+    t = choose_threshold(y, p, mrr, cfg)
+    assert (p >= t).mean() <= 0.2
+    assert (p >= t - 0.01).mean() > 0.2 - 0.02  # the bound is what stops it, not the economics
