@@ -78,10 +78,7 @@ class ChurnEnsemble:
         """Calibrated churn probability per row (1-D); ``frame`` may hold extra columns."""
         x = feature_matrix(frame, self.feature_names, self.categorical)
         probas = np.column_stack([positive_proba(m, x) for m in self.members])
-        raw = self.combiner.combine(probas)
-        if isinstance(self.calibrator, IsotonicRegression):
-            return np.asarray(self.calibrator.predict(raw), dtype=float)
-        return np.asarray(self.calibrator.predict_proba(_logit(raw)[:, None])[:, 1], dtype=float)
+        return calibrate(self.calibrator, self.combiner.combine(probas))
 
 
 @dataclass
@@ -89,18 +86,19 @@ class EnsembleChoice:
     combiner: Combiner
     members: list[Candidate]
     oof_scores: dict[str, float]  # OOF AUC of each option considered
+    calibrator: IsotonicRegression | LogisticRegression  # fitted on the chosen option's OOF scores
     oof: np.ndarray  # calibrated OOF probabilities of the chosen option
 
 
 def choose(candidates: list[Candidate], y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], top_k: int = 4) -> EnsembleChoice:
     members = candidates[:top_k]
     oof = np.column_stack([c.oof for c in members])
-    options: dict[str, tuple[Combiner, np.ndarray]] = {"single": (Combiner("single", weights=np.eye(len(members))[0]), oof[:, 0])}
+    options: dict[str, tuple[Combiner, np.ndarray]] = {"single": (Combiner("single", weights=np.ones(1)), oof[:, 0])}
     if len(members) > 1:
         w = blend_weights(oof, y)
         options["blend"] = (Combiner("blend", weights=w), oof @ w)
         stacker = LogisticRegression(C=1.0, max_iter=1000)
-        stack_oof = cross_val_predict(stacker, _logit(oof), y, cv=_fold_iter(folds), method="predict_proba")[:, 1]
+        stack_oof = cross_val_predict(stacker, _logit(oof), y, cv=folds, method="predict_proba")[:, 1]
         options["stack"] = (Combiner("stack", stacker=clone(stacker).fit(_logit(oof), y)), stack_oof)
     scores = {name: float(roc_auc_score(y, scores)) for name, (_, scores) in options.items()}
     # prefer the simpler option unless a combination is clearly better
@@ -108,13 +106,8 @@ def choose(candidates: list[Candidate], y: np.ndarray, folds: list[tuple[np.ndar
     combiner, raw = options[best]
     if best == "single":
         members = members[:1]
-        combiner = Combiner("single", weights=np.ones(1))
     calibrator = fit_calibrator(raw, y)
-    return EnsembleChoice(combiner, members, scores, calibrate(calibrator, raw))
-
-
-def _fold_iter(folds: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(tr, va) for tr, va in folds]
+    return EnsembleChoice(combiner, members, scores, calibrator, calibrate(calibrator, raw))
 
 
 def fit_calibrator(raw: np.ndarray, y: np.ndarray) -> IsotonicRegression | LogisticRegression:
@@ -132,8 +125,6 @@ def calibrate(calibrator: IsotonicRegression | LogisticRegression, raw: np.ndarr
 def fit_final(choice: EnsembleChoice, x: pd.DataFrame, y: np.ndarray, spec: DatasetSpec, seed: int) -> ChurnEnsemble:
     """Refit the chosen members on all training rows; keep the OOF-fitted combiner and calibrator."""
     members = [build_pipeline(spec, c.family, c.params, seed).fit(x, y) for c in choice.members]
-    raw_oof = np.column_stack([c.oof for c in choice.members])
-    calibrator = fit_calibrator(choice.combiner.combine(raw_oof), y)
     return ChurnEnsemble(
-        members, [c.family for c in choice.members], choice.combiner, calibrator, list(spec.features), list(spec.categorical)
+        members, [c.family for c in choice.members], choice.combiner, choice.calibrator, list(spec.features), list(spec.categorical)
     )
