@@ -67,25 +67,42 @@ def fit(frame: pd.DataFrame, spec: DatasetSpec, cfg: TrainingConfig, progress: A
     result = automl.search(x, y, spec_sel, folds, cfg.budget, cfg.seed, progress)
     choice = ensemble.choose(result.ranked(), y, folds, cfg.top_k)
     model = ensemble.fit_final(choice, x, y, spec_sel, cfg.seed)
-    mrr = split.train[spec.revenue_column].to_numpy(float) if spec.revenue_column else None
-    threshold = choose_threshold(y, choice.oof, mrr, cfg.business)
+    threshold = decision_threshold(choice, split.train, spec, cfg.business)
     return FittedModel(model, spec_sel, split, threshold, chosen, result, choice)
+
+
+def _revenue_and_segments(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
+    revenue = frame[spec.revenue_column].to_numpy(float) if spec.revenue_column else None
+    segments = frame[spec.segment_column].to_numpy() if spec.segment_column else None
+    return revenue, segments
+
+
+def decision_threshold(choice: ensemble.EnsembleChoice, train: pd.DataFrame, spec: DatasetSpec, business: BusinessConfig) -> float:
+    """The campaign threshold, chosen on the training rows' calibrated OOF scores."""
+    revenue, _ = _revenue_and_segments(train, spec)
+    return choose_threshold(train[spec.target_column].to_numpy(dtype=np.int64), choice.oof, revenue, business)
+
+
+def holdout_evaluation(
+    model: ensemble.ChurnEnsemble, threshold: float, holdout: pd.DataFrame, spec: DatasetSpec, business: BusinessConfig, max_gap: float
+) -> tuple[Evaluation, np.ndarray]:
+    """Evaluation of ``model`` on the holdout rows, and its scores there."""
+    y = holdout[spec.target_column].to_numpy(dtype=np.int64)
+    p = model.predict_proba(holdout)
+    revenue, segments = _revenue_and_segments(holdout, spec)
+    return evaluate(y, p, threshold, revenue, segments, business, max_gap), p
 
 
 def assess(
     fitted: FittedModel, cfg: TrainingConfig, champion: ensemble.ChurnEnsemble | None, champion_version: str | None
 ) -> tuple[Evaluation, Comparison | None, list[GateResult]]:
     """Evaluate on the holdout, compare with the champion, and apply the gates (no side effects)."""
-    spec, holdout = fitted.spec, fitted.split.holdout
-    x, y = xy(holdout, spec)
-    p = fitted.model.predict_proba(x)
-    mrr = holdout[spec.revenue_column].to_numpy(float) if spec.revenue_column else None
-    segments = holdout[spec.segment_column].to_numpy() if spec.segment_column else None
-    ev = evaluate(y, p, fitted.threshold, mrr, segments, cfg.business, cfg.gates.max_fairness_gap)
+    holdout = fitted.split.holdout
+    ev, p = holdout_evaluation(fitted.model, fitted.threshold, holdout, fitted.spec, cfg.business, cfg.gates.max_fairness_gap)
     comparison = None
     if champion is not None and champion_version is not None:
-        p_old = champion.predict_proba(holdout)
-        comparison = bootstrap_auc_delta(y, p, p_old, champion_version, seed=cfg.seed)
+        y = holdout[fitted.spec.target_column].to_numpy(dtype=np.int64)
+        comparison = bootstrap_auc_delta(y, p, champion.predict_proba(holdout), champion_version, seed=cfg.seed)
     return ev, comparison, check_gates(ev, cfg.gates, comparison)
 
 

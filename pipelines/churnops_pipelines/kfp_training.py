@@ -134,7 +134,8 @@ def build_ensemble(
 
     from churnops_models.dataset import churn_spec, xy
     from churnops_models.ensemble import choose, fit_final
-    from churnops_models.evaluation import BusinessConfig, choose_threshold
+    from churnops_models.evaluation import BusinessConfig
+    from churnops_models.train import decision_threshold
 
     frame = pd.read_parquet(train.path)
     with open(selection.path) as f:
@@ -143,8 +144,7 @@ def build_ensemble(
     x, y = xy(frame, spec)
     choice = choose(found["result"].ranked(), y, found["folds"], top_k)
     fitted = fit_final(choice, x, y, spec, seed)
-    revenue = frame[spec.revenue_column].to_numpy(float) if spec.revenue_column else None
-    threshold = choose_threshold(y, choice.oof, revenue, BusinessConfig())
+    threshold = decision_threshold(choice, frame, spec, BusinessConfig())
     joblib.dump({"model": fitted, "threshold": threshold, "oof_scores": choice.oof_scores}, model.path)
     model.metadata.update(
         {"ensemble": choice.combiner.kind, "members": ",".join(fitted.families), "threshold": threshold, "train": train.uri}
@@ -165,16 +165,15 @@ def evaluate_model(
 
     from churnops_models import registry
     from churnops_models.dataset import churn_spec
-    from churnops_models.evaluation import bootstrap_auc_delta, evaluate
+    from churnops_models.evaluation import BusinessConfig, bootstrap_auc_delta
+    from churnops_models.gates import GateConfig
+    from churnops_models.train import holdout_evaluation
 
     bundle = joblib.load(model.path)
     frame = pd.read_parquet(holdout.path)
     spec = churn_spec()
     y = frame[spec.target_column].to_numpy()
-    p = bundle["model"].predict_proba(frame)
-    revenue = frame[spec.revenue_column].to_numpy(float) if spec.revenue_column else None
-    segments = frame[spec.segment_column].to_numpy() if spec.segment_column else None
-    ev = evaluate(y, p, bundle["threshold"], revenue, segments)
+    ev, p = holdout_evaluation(bundle["model"], bundle["threshold"], frame, spec, BusinessConfig(), GateConfig().max_fairness_gap)
     reg = registry.RegistryConfig(tracking_uri=tracking_uri)
     champion = registry.alias_version(reg, registry.CHAMPION)
     comparison = None
@@ -188,9 +187,17 @@ def evaluate_model(
 
 
 @_component
-def quality_gates(evaluation: Input[Artifact], min_auc: float, max_brier: float, max_fairness_gap: float, max_auc_regression: float) -> str:
-    """Fail the run, with the reasons, when any gate fails."""
+def quality_gates(
+    evaluation: Input[Artifact],
+    min_auc: float,
+    max_brier: float,
+    max_fairness_gap: float,
+    max_auc_regression: float,
+    gate_report: Output[Artifact],
+) -> str:
+    """Fail the run, with the reasons, when any gate fails; the results go to ``gate_report`` for the model card."""
     import json
+    from dataclasses import asdict
 
     from churnops_models.evaluation import Comparison, Evaluation
     from churnops_models.gates import GateConfig, check_gates, enforce
@@ -203,6 +210,8 @@ def quality_gates(evaluation: Input[Artifact], min_auc: float, max_brier: float,
     results = check_gates(ev, gate_cfg, comparison)
     for r in results:
         print(("PASS " if r.passed else "FAIL ") + f"{r.name}: {r.reason}")
+    with open(gate_report.path, "w") as f:
+        json.dump([asdict(r) for r in results], f)
     enforce(results)
     return "passed"
 
@@ -240,6 +249,7 @@ def register_model(
 @_component
 def write_model_card(
     evaluation: Input[Artifact],
+    gate_report: Input[Artifact],
     selection: Input[Artifact],
     dataset: Input[Dataset],
     version: str,
@@ -252,13 +262,15 @@ def write_model_card(
     from pathlib import Path
 
     from churnops_models.evaluation import Comparison, Evaluation
-    from churnops_models.gates import GateConfig, check_gates
+    from churnops_models.gates import GateResult
     from churnops_models.model_card import CardInputs, plot_evaluation, render_html, render_markdown
 
     with open(evaluation.path) as f:
         doc = json.load(f)
     with open(selection.path) as f:
         chosen = json.load(f)
+    with open(gate_report.path) as f:
+        gates = [GateResult(**g) for g in json.load(f)]  # as applied, with the run's thresholds
     ev = Evaluation(**doc["evaluation"])
     comparison = Comparison(**doc["comparison"]) if doc["comparison"] else None
     plots = plot_evaluation(ev, chosen["importance"], Path(tempfile.mkdtemp()))
@@ -271,7 +283,7 @@ def write_model_card(
         "churn-classifier",
         version,
         ev,
-        check_gates(ev, GateConfig(), comparison),
+        gates,
         comparison,
         lineage,
         {"features_selected": len(chosen["selected"])},
@@ -335,10 +347,11 @@ def churn_training(
         evaluation=evaluated.outputs["evaluation"],
         dataset=data.outputs["dataset"],
         tracking_uri=tracking_uri,
-        gates=gated.output,
+        gates=gated.outputs["Output"],
     )
     write_model_card(
         evaluation=evaluated.outputs["evaluation"],
+        gate_report=gated.outputs["gate_report"],
         selection=chosen.outputs["selection"],
         dataset=data.outputs["dataset"],
         version=registered.output,

@@ -64,4 +64,6 @@ def test_pipeline_runs_locally_and_registers_a_challenger(layout_copy: Layout) -
     assert run.data.metrics["roc_auc"] > 0.7
     cards = list(outputs.rglob("card"))
     assert cards and "data:image/png;base64," in cards[0].read_text()
-    assert "# Model card: churn-classifier v1" in next(outputs.rglob("card_markdown")).read_text()
+    card_text = next(outputs.rglob("card_markdown")).read_text()
+    assert "# Model card: churn-classifier v1" in card_text
+    assert "holdout ROC-AUC" in card_text and ">= 0.7000" in card_text  # the gates as applied in this run
