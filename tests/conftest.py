@@ -1,17 +1,22 @@
-"""Shared fixtures: a small generated data set, and private Redis / PostgreSQL databases."""
+"""Shared fixtures: small generated data sets, private Redis / PostgreSQL databases, an MLflow server."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from churnops_features.local_services import DEFAULT_ADMIN_DSN, private_redis, temporary_database
-from churnops_models.data import GeneratorConfig, save_manifest, write_raw
-from churnops_models.features import build_features
+from churnops_features.local_services import DEFAULT_ADMIN_DSN, free_port, private_redis, temporary_database
+from churnops_models.data import GeneratorConfig, generate_blocks, save_manifest, write_raw
+from churnops_models.features import DOMAINS, ENTITY, TIMESTAMP, build_features, compute_block_features
 from churnops_pipelines.foundation import Layout
 
 SMALL = GeneratorConfig(n_customers=2_000, block_size=1_000, seed=7)
@@ -48,3 +53,46 @@ def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
     with temporary_database(PG_ADMIN_DSN, prefix="churnops_test") as name:
         yield name
+
+
+TRAIN_DATA = GeneratorConfig(n_customers=3_000, block_size=3_000, seed=21)
+
+
+@pytest.fixture(scope="session")
+def churn_table() -> pd.DataFrame:
+    """Labels joined with all features at each labelled snapshot (what Feast's historical retrieval returns)."""
+    block = next(generate_blocks(TRAIN_DATA))
+    feats = compute_block_features(TRAIN_DATA, block.tables, TRAIN_DATA.labelled_snapshot_days())
+    frame = block.labels[[ENTITY, TIMESTAMP, "churned_30d"]]
+    for domain in DOMAINS:
+        frame = frame.merge(feats[domain], on=[ENTITY, TIMESTAMP], validate="one_to_one")
+    return frame
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server (SQLite backend, proxied artifacts) on a free loopback port."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    cmd = [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd += ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()

@@ -26,10 +26,9 @@ from mlflow.models import infer_signature
 from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 
+from churnops_models.contract import CHALLENGER, CHAMPION
 from churnops_models.ensemble import ChurnEnsemble
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 MODEL_FILE = "model.joblib"
 DEFAULT_MODEL_NAME = "churn-classifier"
 
@@ -56,6 +55,11 @@ class ChurnPyfunc(PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         return pd.DataFrame({"churn_probability": self.model.predict_proba(model_input)})
+
+
+def _client(cfg: RegistryConfig) -> MlflowClient:
+    # the registry lives with the tracking store; never fall back to a process-wide default
+    return MlflowClient(cfg.tracking_uri, registry_uri=cfg.tracking_uri)
 
 
 def sha256_file(path: Path) -> str:
@@ -85,7 +89,7 @@ def log_and_register(
 ) -> Registered:
     """Log one training run and register its model as the new ``challenger``."""
     mlflow.set_tracking_uri(cfg.tracking_uri)
-    client = MlflowClient(cfg.tracking_uri)
+    client = _client(cfg)
     experiment = client.get_experiment_by_name(cfg.experiment)
     experiment_id = (
         experiment.experiment_id if experiment else client.create_experiment(cfg.experiment, artifact_location=cfg.artifact_location)
@@ -117,28 +121,59 @@ def log_and_register(
 
 
 def alias_version(cfg: RegistryConfig, alias: str) -> str | None:
-    client = MlflowClient(cfg.tracking_uri)
+    client = _client(cfg)
     try:
         return str(client.get_model_version_by_alias(cfg.model_name, alias).version)
     except mlflow.exceptions.MlflowException:
         return None
 
 
+class ModelIntegrityError(ValueError):
+    """A downloaded artifact does not match the sha256 recorded at registration."""
+
+
+def resolve_version(cfg: RegistryConfig, ref: str) -> str:
+    """A version number from ``ref``: a version ("7"), an alias ("champion") or a URI ("models:/name/7", "models:/name@alias")."""
+    if ref.startswith("models:/"):
+        name, _, rest = ref[len("models:/") :].partition("@")
+        if rest:
+            ref = rest
+        else:
+            name, _, ref = name.partition("/")
+        if name != cfg.model_name:
+            raise ValueError(f"model URI {ref!r} names {name!r}, not the configured registered model {cfg.model_name!r}")
+    if ref.isdigit():
+        return ref
+    version = alias_version(cfg, ref)
+    if version is None:
+        raise LookupError(f"registered model {cfg.model_name!r} has no alias {ref!r}")
+    return version
+
+
+def version_info(cfg: RegistryConfig, version: str) -> dict[str, Any]:
+    """Run parameters and tags of a version that serving needs (threshold, feature service, digests)."""
+    client = _client(cfg)
+    mv = client.get_model_version(cfg.model_name, version)
+    run = client.get_run(mv.run_id) if mv.run_id else None
+    params = run.data.params if run else {}
+    return {"threshold": float(params.get("threshold", "0.5")), "run_id": mv.run_id, "tags": dict(mv.tags), "aliases": list(mv.aliases)}
+
+
 def load_model(cfg: RegistryConfig, version: str) -> ChurnEnsemble:
     """The fitted ensemble of a registered version (verifying its recorded sha256)."""
-    client = MlflowClient(cfg.tracking_uri)
+    client = _client(cfg)
     mv = client.get_model_version(cfg.model_name, version)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{cfg.model_name}/{version}", dst_path=tmp, tracking_uri=cfg.tracking_uri
-            )
-        )
+        # resolve the version's storage location through this registry, not the process-wide default one
+        source = client.get_model_version_download_uri(cfg.model_name, version)
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=cfg.tracking_uri))
         local = root / "artifacts" / MODEL_FILE
         expected = mv.tags.get(f"sha256.{MODEL_FILE}")
         actual = sha256_file(local)
         if expected != actual:
-            raise ValueError(f"model {cfg.model_name} v{version}: artifact sha256 {actual} does not match the registered {expected}")
+            raise ModelIntegrityError(
+                f"model {cfg.model_name} v{version}: artifact sha256 {actual} does not match the registered {expected}"
+            )
         model: ChurnEnsemble = joblib.load(local)
     return model
 
@@ -153,7 +188,7 @@ class Promotion:
 
 def promote(cfg: RegistryConfig, version: str, reason: str) -> Promotion:
     """Move ``champion`` to ``version`` (staging -> production) and record the change on both versions."""
-    client = MlflowClient(cfg.tracking_uri)
+    client = _client(cfg)
     previous = alias_version(cfg, CHAMPION)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     client.set_registered_model_alias(cfg.model_name, CHAMPION, version)

@@ -23,7 +23,7 @@ from churnops_models.ingest import IngestError, ingest
 from churnops_models.registry import CHALLENGER, CHAMPION, RegistryConfig
 from churnops_models.train import TrainingConfig, TrainingOutcome
 from churnops_models.validation import DataValidationError
-from churnops_pipelines import foundation, training
+from churnops_pipelines import cli_serving, foundation, training
 from churnops_pipelines.foundation import Layout
 
 
@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (prom,):
         p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: embedded SQLite under --data-dir)")
 
+    cli_serving.add_commands(sub)
+
     cat = feats.add_parser("catalog", help="write (or --check) the feature catalog")
     cat.add_argument("--out", type=Path, default=feast_store.default_repo_dir() / "FEATURES.md")
     cat.add_argument("--check", action="store_true", help="fail if the file differs from the catalog")
@@ -134,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _dispatch(args: argparse.Namespace) -> int:
     layout = Layout(args.data_dir)
     env = dict(os.environ)
+    if args.command in ("serve", "score", "token", "audit"):
+        return cli_serving.dispatch(args, env)
     if args.command == "demo":
         summary = foundation.run_foundation(_generator_config(args), layout, args.mode, env)
         print(json.dumps(summary, indent=2, default=str))
@@ -232,7 +236,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.DEBUG if args.verbose else optuna.logging.WARNING)
     try:
         return _dispatch(args)
-    except (IngestError, DataValidationError, QualityGateError, FileNotFoundError, ValueError) as e:  # ConfigError is a ValueError
+    except (
+        IngestError,
+        DataValidationError,
+        QualityGateError,
+        FileNotFoundError,
+        LookupError,
+        ValueError,
+    ) as e:  # ConfigError is a ValueError
         print(f"churnops: error: {e}", file=sys.stderr)
         return 2
 
