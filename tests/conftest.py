@@ -55,6 +55,12 @@ def pg_database() -> Iterator[str]:
         yield name
 
 
+@pytest.fixture
+def pg_dsn(pg_database: str) -> str:
+    """A libpq connection string for the test's fresh database."""
+    return f"{PG_ADMIN_DSN} dbname={pg_database}"
+
+
 TRAIN_DATA = GeneratorConfig(n_customers=3_000, block_size=3_000, seed=21)
 
 

@@ -104,6 +104,7 @@ def start_server(
 ) -> Server:
     """Run `churnops serve` as its own process (KServe holds process-wide state) and wait until it is live."""
     port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
     secret = tmp / "jwt.key"
     secret.write_text(SECRET)
     audit_log = tmp / "audit" / "predictions.jsonl"

@@ -56,10 +56,17 @@ def _batches(path: Path, model: CompiledModel, chunk_rows: int) -> tuple[Iterato
                 read_options=pacsv.ReadOptions(block_size=1 << 22),
                 convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True),
             )
-            return iter(reader), None
+            return _rechunk(reader, chunk_rows), None
     except (pa.ArrowInvalid, OSError) as e:
         raise BatchInputError(f"{path}: cannot read: {e}") from None
     raise BatchInputError(f"{path}: unsupported file type {suffix!r}; use .parquet or .csv")
+
+
+def _rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """CSV blocks are sized in bytes; slice them (zero-copy) to at most ``rows`` rows."""
+    for batch in batches:
+        for start in range(0, batch.num_rows, rows):
+            yield batch.slice(start, rows)
 
 
 def _check_columns(frame: pd.DataFrame, model: CompiledModel, path: Path) -> None:

@@ -1,0 +1,87 @@
+"""Batch scoring: streamed chunks give the same scores and reasons as online scoring; bad files fail clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnops_models.ensemble import ChurnEnsemble
+from churnops_models.serving.batch import BatchInputError, score_file
+from churnops_models.serving.explain import CompiledModel, top_reasons
+from tests.serving.support import Registered
+
+
+@pytest.fixture(scope="module")
+def table(churn_table: pd.DataFrame) -> pd.DataFrame:
+    return churn_table.drop(columns=["churned_30d"]).tail(2_500).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_batch_equals_online_scoring(tree_stack: ChurnEnsemble, table: pd.DataFrame, tmp_path: Path, suffix: str) -> None:
+    src = tmp_path / f"in{suffix}"
+    table.to_parquet(src) if suffix == ".parquet" else table.to_csv(src, index=False)
+    model = CompiledModel(tree_stack)
+    progress: list[tuple[int, int | None]] = []
+    report = score_file(model, 0.3, src, tmp_path / "out.parquet", chunk_rows=700, top_k=3, progress=lambda d, t: progress.append((d, t)))
+    out = pd.read_parquet(report.output)
+    assert report.rows == len(out) == len(table) and report.explained
+    assert progress[-1][0] == len(table) and len(progress) >= 2  # streamed in chunks
+    assert out["customer_id"].tolist() == table["customer_id"].tolist()
+    expected = tree_stack.predict_proba(table)
+    assert out["churn_probability"].to_numpy() == pytest.approx(expected, abs=1e-6)
+    assert set(out["risk_band"]) <= {"low", "medium", "high"}
+    rows = table[model.features].astype(object).where(table[model.features].notna(), None).to_numpy()
+    scored = model.explain(rows[:20])
+    assert scored.contributions is not None
+    for r in range(20):
+        online = top_reasons(model, rows[r], scored.contributions[r], 3)
+        assert [out.at[r, f"reason_{i + 1}_feature"] for i in range(3)] == [x.feature for x in online]
+        assert [out.at[r, f"reason_{i + 1}_contribution"] for i in range(3)] == pytest.approx([x.contribution for x in online], abs=1e-5)
+
+
+def test_scores_only(xgb_single: ChurnEnsemble, table: pd.DataFrame, tmp_path: Path) -> None:
+    table.to_parquet(tmp_path / "in.parquet")
+    report = score_file(CompiledModel(xgb_single), 0.3, tmp_path / "in.parquet", tmp_path / "out.parquet", top_k=0)
+    out = pd.read_parquet(report.output)
+    assert not report.explained and list(out.columns) == ["customer_id", "event_timestamp", "churn_probability", "risk_band"]
+
+
+def test_bad_files_fail_clearly_and_leave_no_output(xgb_single: ChurnEnsemble, table: pd.DataFrame, tmp_path: Path) -> None:
+    model = CompiledModel(xgb_single)
+    out = tmp_path / "out.parquet"
+    table.drop(columns=["tenure_days"]).to_parquet(tmp_path / "missing.parquet")
+    with pytest.raises(BatchInputError, match="missing feature column.*tenure_days"):
+        score_file(model, 0.3, tmp_path / "missing.parquet", out)
+    text = table.astype({"tenure_days": str})
+    text.loc[5, "tenure_days"] = "lots"
+    text.to_parquet(tmp_path / "text.parquet")
+    with pytest.raises(BatchInputError, match="'tenure_days' must be numeric"):
+        score_file(model, 0.3, tmp_path / "text.parquet", out)
+    inf = table.copy()
+    inf.loc[3, "mrr"] = np.inf
+    inf.to_parquet(tmp_path / "inf.parquet")
+    with pytest.raises(BatchInputError, match="'mrr' has 1 infinite"):
+        score_file(model, 0.3, tmp_path / "inf.parquet", out)
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(BatchInputError, match="unsupported file type"):
+        score_file(model, 0.3, tmp_path / "x.json", out)
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(BatchInputError, match="cannot read"):
+        score_file(model, 0.3, tmp_path / "broken.parquet", out)
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_cli_scores_a_registered_model(registered: Registered, table: pd.DataFrame, tmp_path: Path) -> None:
+    table.head(500).to_parquet(tmp_path / "in.parquet")
+    cli = [str(Path(sys.executable).parent / "churnops"), "score", str(tmp_path / "in.parquet"), "--out", str(tmp_path / "scores.parquet")]
+    run = subprocess.run([*cli, "--tracking-uri", registered.cfg.tracking_uri, "--model", "challenger"], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert '"rows": 500' in run.stdout and '"version": "3"' in run.stdout
+    assert len(pd.read_parquet(tmp_path / "scores.parquet")) == 500
+    bad = subprocess.run([*cli, "--tracking-uri", registered.cfg.tracking_uri, "--model", "2"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "does not match the registered" in bad.stderr  # the corrupted version is refused

@@ -1,0 +1,142 @@
+"""Pure decision code of the predictor: input validation, JWT, roles, rate limits, circuit breaker."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from churnops_models.serving.inputs import FeatureSchema, InputError, parse_v1, parse_v2
+from churnops_models.serving.scoring import Breaker, risk_band
+from churnops_models.serving.security import AuthConfig, AuthError, RateLimiter, Role, authenticate, issue_token, json_problem, required_role
+
+SCHEMA = FeatureSchema(("tenure_days", "plan"), frozenset({"plan"}), frozenset({"mrr"}))
+CFG = AuthConfig(key="k" * 40)
+
+
+def test_v1_accepts_ids_records_and_extra_catalog_features() -> None:
+    req = parse_v1(
+        SCHEMA,
+        {"instances": [{"customer_id": 3}, {"features": {"tenure_days": None, "plan": "pro", "mrr": 10}}], "parameters": {"top_k": 2}},
+    )
+    assert req.top_k == 2
+    assert req.instances[0].customer_id == 3 and req.instances[0].features is None
+    assert req.instances[1].features == {"tenure_days": None, "plan": "pro"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"instances": [{"features": {"tenure_days": float("nan"), "plan": None}}]}, "instances[0].features.tenure_days"),
+        ({"instances": [{"features": {"tenure_days": 1e39, "plan": None}}]}, "instances[0].features.tenure_days"),
+        ({"instances": [{"features": {"tenure_days": "3", "plan": None}}]}, "instances[0].features.tenure_days"),
+        ({"instances": [{"features": {"tenure_days": 3, "plan": 7}}]}, "instances[0].features.plan"),
+        ({"instances": [{"features": {"tenure_days": 3}}]}, "instances[0].features.plan"),
+        ({"instances": [{"features": {"tenure_days": 3, "plan": "x", "colour": 1}}]}, "instances[0].features.colour"),
+        ({"instances": [{"customer_id": -4}]}, "instances[0].customer_id"),
+        ({"instances": [{"customer_id": 2**63}]}, "instances[0].customer_id"),
+        ({"instances": [5]}, "instances[0]"),
+        ({"instances": [{"customer_id": 1}] * 1001}, "instances"),
+        ({"instances": [{"customer_id": 1}], "parameters": {"top_k": 3}}, "parameters.top_k"),
+        ([1, 2], "body"),
+    ],
+)
+def test_v1_errors_name_the_field(body: object, field: str) -> None:
+    with pytest.raises(InputError) as e:
+        parse_v1(SCHEMA, body)
+    assert e.value.field == field and e.value.status == 422
+
+
+def test_v2_columns_become_instances() -> None:
+    req = parse_v2(SCHEMA, [("tenure_days", [2], [1.0, None]), ("plan", [2, 1], ["a", "b"]), ("customer_id", [2], [7, 8])], {})
+    assert [i.customer_id for i in req.instances] == [7, 8]
+    assert req.instances[1].features == {"tenure_days": None, "plan": "b"}
+    with pytest.raises(InputError, match="same length"):
+        parse_v2(SCHEMA, [("tenure_days", [2], [1.0, 2.0]), ("plan", [1], ["a"])], {})
+    with pytest.raises(InputError, match="does not match"):
+        parse_v2(SCHEMA, [("customer_id", [3], [1])], {})
+
+
+def test_json_problems_name_the_field() -> None:
+    assert json_problem(b'{"a": [1, 2]}') is None
+    assert json_problem(b'{"instances": [{"x": NaN}]}') == (422, "instances[0].x: NaN, Infinity and numbers beyond float range are not valid JSON numbers")
+    status, message = json_problem(b'{"a": -1e999}') or (0, "")
+    assert status == 422 and message.startswith("a:")
+    status, message = json_problem(b"{'a': 1}") or (0, "")
+    assert status == 400 and "not valid JSON" in message
+
+
+def _claims(**over: object) -> dict[str, object]:
+    return {"sub": "ann", "aud": "churnops", "exp": int(time.time()) + 60, "roles": ["deployer"], **over}
+
+
+def test_authenticate_takes_the_strongest_known_role() -> None:
+    tok = jwt.encode(_claims(roles=["viewer", "deployer", "wizard"]), CFG.key, algorithm="HS256")
+    principal = authenticate(CFG, f"Bearer {tok}")
+    assert principal.subject == "ann" and principal.role is Role.deployer
+    assert authenticate(CFG, f"Bearer {issue_token(CFG, 'bob', ['viewer'])}").role is Role.viewer
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "message"),
+    [
+        (None, 401, "missing bearer token"),
+        ("Basic abc", 401, "Bearer"),
+        ("Bearer " + jwt.encode(_claims(), None, algorithm="none"), 401, "invalid token"),  # type: ignore[arg-type]
+        ("Bearer " + jwt.encode(_claims(exp=int(time.time()) - 60), "k" * 40, algorithm="HS256"), 401, "expired"),
+        ("Bearer " + jwt.encode(_claims(aud="x"), "k" * 40, algorithm="HS256"), 401, "audience"),
+        ("Bearer " + jwt.encode({"sub": "a", "aud": "churnops"}, "k" * 40, algorithm="HS256"), 401, "'exp'"),
+        ("Bearer " + jwt.encode(_claims(), "k" * 40, algorithm="HS512"), 401, "invalid token"),  # algorithm is pinned
+        ("Bearer " + jwt.encode(_claims(roles=[]), "k" * 40, algorithm="HS256"), 403, "roles"),
+    ],
+)
+def test_authenticate_rejects(header: str | None, status: int, message: str) -> None:
+    with pytest.raises(AuthError) as e:
+        authenticate(CFG, header)
+    assert e.value.status == status and message in e.value.message
+
+
+def test_weak_or_none_configuration_is_refused() -> None:
+    with pytest.raises(ValueError, match="none"):
+        AuthConfig(key="k" * 40, algorithm="none")
+    with pytest.raises(ValueError, match="32 characters"):
+        AuthConfig(key="short")
+    with pytest.raises(ValueError, match="unknown role"):
+        issue_token(CFG, "x", ["root"])
+
+
+def test_route_policy() -> None:
+    assert required_role("GET", "/v2/health/live") is None
+    assert required_role("GET", "/metrics") is None
+    assert required_role("POST", "/v1/models/champion:predict") is Role.predictor
+    assert required_role("POST", "/v2/models/champion/versions/3/infer") is Role.predictor
+    assert required_role("GET", "/v2/models/champion") is Role.viewer
+    assert required_role("POST", "/v2/repository/models/champion/load") is Role.deployer
+    assert required_role("DELETE", "/anything") is Role.admin
+
+
+def test_token_bucket_per_subject() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate=2.0, burst=3, clock=lambda: now[0])
+    assert [limiter.acquire("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.acquire("a") == pytest.approx(0.5)
+    assert limiter.acquire("b") == 0.0
+    now[0] = 0.5
+    assert limiter.acquire("a") == 0.0
+
+
+def test_breaker_opens_then_lets_a_probe_through() -> None:
+    now = [10.0]
+    breaker = Breaker(cooldown_s=2.0, clock=lambda: now[0])
+    assert breaker.allow()
+    breaker.failure()
+    assert not breaker.allow() and breaker.retry_after() == 2
+    now[0] = 12.0
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.allow()
+
+
+def test_risk_bands() -> None:
+    assert [risk_band(p, 0.4) for p in (0.1, 0.2, 0.39, 0.4, 0.9)] == ["low", "medium", "medium", "high", "high"]
