@@ -42,16 +42,21 @@ lock: | $(UV) ## Re-resolve uv.lock after changing pyproject.toml
 ##@ Run
 
 .PHONY: demo
-demo: install ## Main job: data -> validation -> features -> Feast (embedded) -> online lookup
+demo: install ## Main job: data -> features -> Feast -> AutoML -> registry -> batch + online scoring with reasons
 	$(BIN)/churnops --data-dir $(DATA_DIR) demo
 
 .PHONY: demo-cluster-store
 demo-cluster-store: install ## Same, on the cluster store (Redis + PostgreSQL from CHURNOPS_* variables)
 	$(BIN)/churnops --data-dir $(DATA_DIR) demo --mode cluster
 
+.PHONY: serve
+serve: install ## Online predictor for the champion on :8080 (after `make demo`); tokens: churnops token --help
+	OMP_NUM_THREADS=1 $(BIN)/churnops --data-dir $(DATA_DIR) serve --model champion --model challenger
+
 .PHONY: pipelines
-pipelines: install ## Compile the KFP training pipeline to pipelines/compiled/churn_training.yaml
+pipelines: install ## Compile the KFP pipelines (training, batch scoring) into pipelines/compiled/
 	$(BIN)/python -c "from churnops_pipelines.kfp_training import compile_pipeline; compile_pipeline('pipelines/compiled/churn_training.yaml')"
+	$(BIN)/python -c "from churnops_pipelines.kfp_scoring import compile_pipeline; compile_pipeline('pipelines/compiled/churn_batch_scoring.yaml')"
 
 .PHONY: catalog
 catalog: install ## Regenerate feature_repo/FEATURES.md from the feature definitions
@@ -80,6 +85,11 @@ format: install ## Apply ruff fixes and formatting
 .PHONY: bench-features
 bench-features: install ## Online read p50/p99 (SQLite, Redis) and materialization rows/s; BENCH_CUSTOMERS=20000
 	$(BIN)/python tests/benchmarks/bench_features.py
+
+.PHONY: bench-serving
+bench-serving: install ## Online p50/p95/p99 + req/s vs mlflow models serve and bare KServe; batch rows/min (needs wrk)
+	@command -v wrk >/dev/null || { echo "bench-serving needs wrk (Debian: apt-get install wrk)"; exit 1; }
+	$(BIN)/python tests/benchmarks/bench_serving.py --data-dir $(DATA_DIR)
 
 .PHONY: bench-train
 bench-train: install ## Full AutoML on 50,000 customers: wall time, peak memory, trials, vs a LightGBM baseline

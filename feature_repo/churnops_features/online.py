@@ -41,6 +41,14 @@ class ServiceLayout:
     def views(self) -> list[str]:
         return list(dict.fromkeys(v for v, _ in self.features))
 
+    def subset(self, names: list[str]) -> ServiceLayout:
+        """The same service restricted to ``names`` (in that order): a model needs fewer features than its service."""
+        where = {f: (v, f) for v, f in self.features}
+        unknown = [n for n in names if n not in where]
+        if unknown:
+            raise KeyError(f"features {unknown[:5]} are not in the service")
+        return ServiceLayout(self.project, tuple(where[n] for n in names), self.key_version)
+
 
 def service_layout(store: FeatureStore, service: str) -> ServiceLayout:
     fs = store.get_feature_service(service)
@@ -127,11 +135,13 @@ class SqliteFeatureReader:
         return [self.read(cid) for cid in customer_ids]
 
 
-def redis_reader(store: FeatureStore, service: str, client: redis.Redis) -> RedisFeatureReader:
-    return RedisFeatureReader(client, service_layout(store, service))
-
-
-def sqlite_reader(store: FeatureStore, service: str) -> SqliteFeatureReader:
+def redis_reader(store: FeatureStore, service: str, client: redis.Redis, only: list[str] | None = None) -> RedisFeatureReader:
     layout = service_layout(store, service)
+    return RedisFeatureReader(client, layout.subset(only) if only is not None else layout)
+
+
+def sqlite_reader(store: FeatureStore, service: str, only: list[str] | None = None) -> SqliteFeatureReader:
+    layout = service_layout(store, service)
+    layout = layout.subset(only) if only is not None else layout
     tables = {v: compute_table_id(layout.project, store.get_feature_view(v)) for v in layout.views}
     return SqliteFeatureReader(store.config.online_store.path, layout, tables)

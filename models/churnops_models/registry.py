@@ -26,9 +26,11 @@ from mlflow.models import infer_signature
 from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 
-from churnops_models.contract import CHALLENGER, CHAMPION
+from churnops_models import contract
 from churnops_models.ensemble import ChurnEnsemble
 
+CHAMPION = contract.CHAMPION  # aliases are defined once, in contract
+CHALLENGER = contract.CHALLENGER
 MODEL_FILE = "model.joblib"
 DEFAULT_MODEL_NAME = "churn-classifier"
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from tests.serving.support import Registered, Server, fit_ensemble, register, start_server
 
 from churnops_models import registry
 from churnops_models.ensemble import ChurnEnsemble
 from churnops_pipelines import foundation
 from churnops_pipelines.foundation import Layout
+from tests.serving.support import Registered, Server, fit_ensemble, register, start_server
 
 
 @pytest.fixture(scope="session")

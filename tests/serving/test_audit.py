@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -161,8 +160,8 @@ def test_postgres_sink_chains_across_writers_and_detects_tampering(pg_dsn: str) 
 def test_fsync_policies_all_produce_valid_logs(tmp_path: Path) -> None:
     for policy in ("always", "interval", "never"):
         path = tmp_path / f"{policy}.jsonl"
-        sink = FileAuditSink(path, fsync=policy)  # type: ignore[arg-type]
+        sink = FileAuditSink(path, fsync=policy)
         sink.append(_entries(5))
         sink.close()
         assert verify_file(path).ok
-        assert os.stat(path).st_size > 0
+        assert path.stat().st_size > 0

@@ -55,7 +55,7 @@ def test_bad_files_fail_clearly_and_leave_no_output(xgb_single: ChurnEnsemble, t
     model = CompiledModel(xgb_single)
     out = tmp_path / "out.parquet"
     table.drop(columns=["tenure_days"]).to_parquet(tmp_path / "missing.parquet")
-    with pytest.raises(BatchInputError, match="missing feature column.*tenure_days"):
+    with pytest.raises(BatchInputError, match=r"missing feature column.*tenure_days"):
         score_file(model, 0.3, tmp_path / "missing.parquet", out)
     text = table.astype({"tenure_days": str})
     text.loc[5, "tenure_days"] = "lots"
@@ -79,7 +79,9 @@ def test_bad_files_fail_clearly_and_leave_no_output(xgb_single: ChurnEnsemble, t
 def test_cli_scores_a_registered_model(registered: Registered, table: pd.DataFrame, tmp_path: Path) -> None:
     table.head(500).to_parquet(tmp_path / "in.parquet")
     cli = [str(Path(sys.executable).parent / "churnops"), "score", str(tmp_path / "in.parquet"), "--out", str(tmp_path / "scores.parquet")]
-    run = subprocess.run([*cli, "--tracking-uri", registered.cfg.tracking_uri, "--model", "challenger"], capture_output=True, text=True, check=False)
+    run = subprocess.run(
+        [*cli, "--tracking-uri", registered.cfg.tracking_uri, "--model", "challenger"], capture_output=True, text=True, check=False
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert '"rows": 500' in run.stdout and '"version": "3"' in run.stdout
     assert len(pd.read_parquet(tmp_path / "scores.parquet")) == 500

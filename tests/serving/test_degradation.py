@@ -32,7 +32,19 @@ class RedisProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir), "--save", "", "--appendonly", "no"]
+        args = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_timeout=1)
         deadline = time.monotonic() + 20
@@ -97,7 +109,9 @@ def test_degrades_when_redis_hangs_or_stops_and_recovers(
     cid = foundation.active_customers(layout_copy, 1)[0]
     common = ["--mode", "cluster", "--store-timeout-ms", "50"]
     degrade = start_server(layout_copy, registered.cfg.tracking_uri, ["champion"], tmp_path / "degrade", common, env)
-    reject = start_server(layout_copy, registered.cfg.tracking_uri, ["champion"], tmp_path / "reject", [*common, "--on-store-failure", "reject"], env)
+    reject = start_server(
+        layout_copy, registered.cfg.tracking_uri, ["champion"], tmp_path / "reject", [*common, "--on-store-failure", "reject"], env
+    )
     try:
         healthy = _ask(degrade, cid)
         assert healthy["degraded"] is False

@@ -8,7 +8,7 @@ import pytest
 import shap
 
 from churnops_models.ensemble import ChurnEnsemble
-from churnops_models.serving.explain import CompiledModel, ExplanationUnavailableError, top_reasons
+from churnops_models.serving.explain import CompiledModel, ExplanationUnavailableError, _TreeMember, top_reasons
 from tests.serving.support import fit_ensemble
 
 
@@ -45,12 +45,13 @@ def test_tree_contributions_equal_shap_tree_explainer(tree_stack: ChurnEnsemble,
     model = CompiledModel(tree_stack)
     rows = _rows(churn_table, model, 100)
     for member in model.members[:2]:  # lightgbm, xgboost
-        x = member.matrix(rows)  # type: ignore[union-attr]
-        booster = member.xgb if member.family == "xgboost" else member.lgb  # type: ignore[union-attr]
+        assert isinstance(member, _TreeMember)
+        x = member.matrix(rows)
+        booster = member.xgb if member.family == "xgboost" else member.lgb
         expected = np.asarray(shap.TreeExplainer(booster).shap_values(x))
         _, contributions, _ = member.evaluate(x, len(model.features), contributions=True)
         assert contributions is not None
-        assert contributions[:, member.columns] == pytest.approx(expected, abs=1e-5)  # type: ignore[union-attr]
+        assert contributions[:, member.columns] == pytest.approx(expected, abs=1e-5)
 
 
 def test_top_reasons_are_the_largest_absolute_contributions(xgb_single: ChurnEnsemble, churn_table: pd.DataFrame) -> None:

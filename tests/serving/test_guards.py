@@ -9,7 +9,16 @@ import pytest
 
 from churnops_models.serving.inputs import FeatureSchema, InputError, parse_v1, parse_v2
 from churnops_models.serving.scoring import Breaker, risk_band
-from churnops_models.serving.security import AuthConfig, AuthError, RateLimiter, Role, authenticate, issue_token, json_problem, required_role
+from churnops_models.serving.security import (
+    AuthConfig,
+    AuthError,
+    RateLimiter,
+    Role,
+    authenticate,
+    issue_token,
+    json_problem,
+    required_role,
+)
 
 SCHEMA = FeatureSchema(("tenure_days", "plan"), frozenset({"plan"}), frozenset({"mrr"}))
 CFG = AuthConfig(key="k" * 40)
@@ -60,7 +69,10 @@ def test_v2_columns_become_instances() -> None:
 
 def test_json_problems_name_the_field() -> None:
     assert json_problem(b'{"a": [1, 2]}') is None
-    assert json_problem(b'{"instances": [{"x": NaN}]}') == (422, "instances[0].x: NaN, Infinity and numbers beyond float range are not valid JSON numbers")
+    assert json_problem(b'{"instances": [{"x": NaN}]}') == (
+        422,
+        "instances[0].x: NaN, Infinity and numbers beyond float range are not valid JSON numbers",
+    )
     status, message = json_problem(b'{"a": -1e999}') or (0, "")
     assert status == 422 and message.startswith("a:")
     status, message = json_problem(b"{'a': 1}") or (0, "")

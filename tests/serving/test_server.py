@@ -17,13 +17,13 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from tests.serving.support import SECRET, Registered, Server, token
 
 from churnops_features import store as feast_store
 from churnops_features.definitions import TRAINING_SERVICE
 from churnops_features.online import sqlite_reader
 from churnops_models.serving.audit import verify_file
 from churnops_pipelines.foundation import Layout
+from tests.serving.support import SECRET, Registered, Server, token
 
 V1 = "/v1/models/{}:predict"
 

@@ -22,12 +22,12 @@ import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import orjson
 import psycopg
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ FsyncPolicy = Literal["always", "interval", "never"]
 
 
 def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """Sorted keys, no whitespace, UTF-8: the bytes that are hashed (orjson: about 10x faster than json)."""
+    return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
 
 
 def chain_hash(prev: str, body: Mapping[str, Any]) -> str:
@@ -114,7 +115,15 @@ class AuditSink(Protocol):
 
 
 class FileAuditSink:
-    """JSON-lines log plus a head file; ``fsync`` decides when bytes must reach the disk."""
+    """JSON-lines log plus a head file.
+
+    ``fsync`` policy: ``always`` syncs the log and the head on every append
+    (nothing acknowledged is ever lost); ``interval`` (default) has a background
+    thread sync both every ``interval_s``, so a power loss costs at most that
+    window while a process crash costs nothing (written bytes are in the
+    kernel); ``never`` leaves it to the OS. The head may trail the log after a
+    crash; ``verify`` reports such records as unacknowledged, not as tampering.
+    """
 
     def __init__(self, path: Path, fsync: FsyncPolicy = "interval", interval_s: float = 1.0) -> None:
         self.path = path
@@ -122,7 +131,6 @@ class FileAuditSink:
         self.fsync = fsync
         self.interval_s = interval_s
         self._lock = threading.Lock()
-        self._last_sync = time.monotonic()
         path.parent.mkdir(parents=True, exist_ok=True)
         recover_torn_tail(path)
         self._head = last_head(path)
@@ -131,26 +139,45 @@ class FileAuditSink:
             # refuse to extend a log that lost records: that would hide the loss
             raise RuntimeError(f"audit log {path} ends at seq {self._head.seq} but its head says {stored.seq}; run `churnops audit verify`")
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._synced: Head | None = stored
+        self._closed = threading.Event()
+        self._syncer: threading.Thread | None = None
+        if fsync == "interval":
+            self._syncer = threading.Thread(target=self._sync_loop, name="audit-fsync", daemon=True)
+            self._syncer.start()
 
     def append(self, entries: list[dict[str, Any]]) -> Head:
         with self._lock:
             sealed, head = seal(entries, self._head)
             data = b"".join(canonical(r) + b"\n" for r in sealed)
             os.write(self._fd, data)  # one write: O_APPEND keeps it contiguous
-            now = time.monotonic()
-            sync = self.fsync == "always" or (self.fsync == "interval" and now - self._last_sync >= self.interval_s)
-            if sync:
-                os.fsync(self._fd)
-                self._last_sync = now
-            write_head(self.head_path, head, sync)
             self._head = head
+            if self.fsync == "always":
+                os.fsync(self._fd)
+                write_head(self.head_path, head, sync=True)
+            elif self.fsync == "never":
+                write_head(self.head_path, head, sync=False)
             return head
 
-    def close(self) -> None:
+    def sync(self) -> None:
+        """Make everything appended so far durable, then move the head file to it."""
         with self._lock:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            write_head(self.head_path, self._head, True)
+            head = self._head
+        os.fsync(self._fd)  # outside the lock: appends continue while the disk works
+        if head != self._synced:
+            write_head(self.head_path, head, sync=True)
+            self._synced = head
+
+    def _sync_loop(self) -> None:
+        while not self._closed.wait(self.interval_s):
+            self.sync()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._syncer is not None:
+            self._syncer.join()
+        self.sync()
+        os.close(self._fd)
 
 
 def head_path_for(log_path: Path) -> Path:

@@ -103,7 +103,7 @@ def score_chunk(model: CompiledModel, frame: pd.DataFrame, threshold: float, top
         order = np.argsort(-np.abs(np.take_along_axis(contrib, idx, axis=1)), axis=1, kind="stable")
         idx = np.take_along_axis(idx, order, axis=1)
         names = np.asarray(model.features, dtype=object)
-        values = frame[model.features].astype("string").to_numpy(dtype=object, na_value=None)
+        values = frame[model.features].astype("string").astype(object).where(frame[model.features].notna(), None).to_numpy()
         rows = np.arange(len(frame))
         for i in range(k):
             col = idx[:, i]

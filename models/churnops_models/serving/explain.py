@@ -197,7 +197,8 @@ class CompiledModel:
             self.unexplainable_reason = "a probability blend is not additive in a margin"
         # linear weights of member margins in the combined margin
         if self.kind == "stack":
-            stacker: LogisticRegression = model.combiner.stacker  # type: ignore[assignment]
+            stacker = model.combiner.stacker
+            assert stacker is not None
             self.weights = np.asarray(stacker.coef_[0], dtype=float)
             self.bias = float(stacker.intercept_[0])
         else:

@@ -33,7 +33,7 @@ def spec(schema: FeatureSchema, model_names: list[str], version: str) -> dict[st
         f: ({"type": ["string", "null"]} if schema.is_categorical(f) else {"type": ["number", "null"]}) for f in schema.features
     }
     model_param = {"name": "model_name", "in": "path", "required": True, "schema": {"type": "string", "enum": model_names}}
-    secured = [{"bearer": []}]
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
     reason = {
         "type": "object",
         "required": ["feature", "value", "contribution"],

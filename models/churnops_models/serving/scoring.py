@@ -121,6 +121,12 @@ class Scorer:
         self.labels = (served.registered_model, served.version)
         if not self.compiled.explainable:
             log.warning("model %s v%s serves without reasons: %s", *self.labels, self.compiled.unexplainable_reason)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Score one empty profile before taking traffic: first calls into the boosters are slow."""
+        rows = np.full((1, len(self.compiled.features)), None, dtype=object)
+        self.compiled.explain(rows) if self.compiled.explainable else self.compiled.predict(rows)
 
     def _stage(self, stage: str, seconds: float) -> None:
         self.metrics.latency.labels(*self.labels, stage).observe(seconds)
@@ -151,7 +157,7 @@ class Scorer:
         return records, None
 
     def _store_down(
-        self, records: list[dict[str, Any] | None], wanted: list[tuple[int, int | None]], reason: str
+        self, records: list[dict[str, Any] | None], wanted: list[tuple[int, int]], reason: str
     ) -> tuple[list[dict[str, Any] | None], str]:
         if self.policy.on_store_failure == "reject":
             raise ServingError(503, "online feature store unavailable", retry_after=self.breaker.retry_after())

@@ -1,0 +1,35 @@
+"""The KFP batch scoring pipeline: golden spec, and a local run against a registered model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from kfp import local
+
+from churnops_pipelines.kfp_scoring import churn_batch_scoring, compile_pipeline
+from tests.serving.support import Registered
+
+GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "churn_batch_scoring.yaml"
+
+
+def test_compiled_pipeline_matches_golden_file(tmp_path: Path) -> None:
+    out = tmp_path / "pipeline.yaml"
+    compile_pipeline(str(out))
+    assert out.read_text() == GOLDEN.read_text(), "pipeline changed: run `make pipelines` and review the diff"
+    assert "comp-batch-score:" in out.read_text() and "comp-summarize-scores:" in out.read_text()
+    assert "pip install" not in out.read_text()
+
+
+@pytest.mark.timeout(600)
+def test_pipeline_scores_a_table_locally(registered: Registered, churn_table: pd.DataFrame, tmp_path: Path) -> None:
+    src = tmp_path / "customers.parquet"
+    churn_table.drop(columns=["churned_30d"]).head(1_500).to_parquet(src)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
+    churn_batch_scoring(input_path=str(src), tracking_uri=registered.cfg.tracking_uri, model_ref="champion", top_k=3, chunk_rows=400)
+    scores = [p for p in (tmp_path / "kfp").rglob("scores") if p.is_file()]
+    assert len(scores) == 1
+    out = pd.read_parquet(scores[0])
+    assert len(out) == 1_500 and {"churn_probability", "risk_band", "reason_3_feature"} <= set(out.columns)
+    assert out["customer_id"].tolist() == churn_table["customer_id"].head(1_500).tolist()
