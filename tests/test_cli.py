@@ -30,6 +30,22 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "Registered models:/churn-classifier/1 as 'challenger'" in out
     assert "churn-classifier v1 promoted to 'champion'" in out
     assert (tmp_path / "reports" / "training" / "model_card.html").exists()
+    # then scoring: every customer's latest snapshot in batch, and three customers through the online predictor
+    scores = pd.read_parquet(tmp_path / "reports" / "scores.parquet")
+    assert len(scores) > 100 and scores["reason_5_feature"].notna().all()
+    assert (tmp_path / "reports" / "scores.png").stat().st_size > 10_000
+    assert out.count("(high) because") + out.count("(medium) because") + out.count("(low) because") == 3
+    assert (tmp_path / "audit" / "demo_predictions.jsonl").read_text().count("\n") == 3
+
+
+def test_token_and_audit_verify_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--data-dir", str(tmp_path), "token", "--subject", "ops", "--role", "viewer"]) == 0
+    assert capsys.readouterr().out.count(".") == 2  # a compact JWT
+    assert (tmp_path / "secrets" / "jwt.key").stat().st_mode & 0o077 == 0  # owner-only secret
+    assert main(["--data-dir", str(tmp_path), "token", "--subject", "ops", "--role", "root"]) == 2
+    assert "unknown role" in capsys.readouterr().err
+    assert main(["--data-dir", str(tmp_path), "audit", "verify"]) == 0  # an empty trail is intact
+    assert "OK: 0 records" in capsys.readouterr().out
 
 
 def test_failed_validation_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

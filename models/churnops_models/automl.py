@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 FAMILIES = ("lightgbm", "xgboost", "random_forest", "logistic_regression", "svm", "mlp")
 TREE_FAMILIES = ("lightgbm", "xgboost", "random_forest")
+# families whose margin the server attributes exactly (native TreeSHAP, linear coefficients)
+ATTRIBUTABLE_FAMILIES = ("lightgbm", "xgboost", "logistic_regression")
 THREADS = 2  # the reference machine has 2 cores; more threads only add contention
 
 

@@ -5,11 +5,14 @@ on the holdout): blending weights minimise log-loss, the stacker is a
 logistic regression on the members' logits, and the winner among the best
 single model, the blend and the stack is the one with the highest OOF AUC.
 An isotonic (or, on little data, Platt) calibrator fitted on the winner's OOF
-scores maps them to probabilities.
+scores maps them to probabilities. By default only exactly attributable
+members and combiners are considered, so that the served model can give exact
+SHAP reasons for every prediction (see ``choose``).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +25,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
-from churnops_models.automl import Candidate, build_pipeline, positive_proba
+from churnops_models.automl import ATTRIBUTABLE_FAMILIES, Candidate, build_pipeline, positive_proba
 from churnops_models.dataset import DatasetSpec, feature_matrix
+
+log = logging.getLogger(__name__)
 
 EPS = 1e-6
 ISOTONIC_MIN_ROWS = 5_000
@@ -90,13 +95,27 @@ class EnsembleChoice:
     oof: np.ndarray  # calibrated OOF probabilities of the chosen option
 
 
-def choose(candidates: list[Candidate], y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], top_k: int = 4) -> EnsembleChoice:
-    members = candidates[:top_k]
+def choose(
+    candidates: list[Candidate], y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], top_k: int = 4, attributable: bool = True
+) -> EnsembleChoice:
+    """The best of single / blend / stack on OOF AUC.
+
+    With ``attributable`` (the default: every served prediction carries exact
+    SHAP reasons), only members whose margins can be attributed exactly
+    (``ATTRIBUTABLE_FAMILIES``) and combiners linear in those margins (single,
+    stack) are considered; a probability blend is not additive in any margin.
+    """
+    pool = [c for c in candidates if c.family in ATTRIBUTABLE_FAMILIES] if attributable else candidates
+    if not pool:
+        log.warning("no candidate of %s; the ensemble will serve without exact reasons", ATTRIBUTABLE_FAMILIES)
+        pool, attributable = candidates, False
+    members = pool[:top_k]
     oof = np.column_stack([c.oof for c in members])
     options: dict[str, tuple[Combiner, np.ndarray]] = {"single": (Combiner("single", weights=np.ones(1)), oof[:, 0])}
     if len(members) > 1:
-        w = blend_weights(oof, y)
-        options["blend"] = (Combiner("blend", weights=w), oof @ w)
+        if not attributable:
+            w = blend_weights(oof, y)
+            options["blend"] = (Combiner("blend", weights=w), oof @ w)
         stacker = LogisticRegression(C=1.0, max_iter=1000)
         stack_oof = cross_val_predict(stacker, _logit(oof), y, cv=folds, method="predict_proba")[:, 1]
         options["stack"] = (Combiner("stack", stacker=clone(stacker).fit(_logit(oof), y)), stack_oof)

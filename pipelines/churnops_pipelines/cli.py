@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -23,7 +24,7 @@ from churnops_models.ingest import IngestError, ingest
 from churnops_models.registry import CHALLENGER, CHAMPION, RegistryConfig
 from churnops_models.train import TrainingConfig, TrainingOutcome
 from churnops_models.validation import DataValidationError
-from churnops_pipelines import cli_serving, foundation, training
+from churnops_pipelines import cli_serving, foundation, scoring_demo, training
 from churnops_pipelines.foundation import Layout
 
 
@@ -74,6 +75,23 @@ def _print_training(outcome: TrainingOutcome) -> None:
         f"\nRegistered {outcome.summary['model_uri']} as '{CHALLENGER}': holdout AUC {outcome.evaluation.roc_auc:.3f}, "
         f"Brier {outcome.evaluation.brier:.3f}. Model card: {outcome.card}"
     )
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _print_scoring(result: dict[str, Any]) -> None:
+    batch = result["batch"]
+    print(
+        f"\nBatch scoring with {batch['rows']:,} customers' latest features in {batch['seconds']} s, with top-5 exact SHAP reasons: "
+        f"{batch['output']} (plot {batch['plot']}); risk bands {result['risk_bands']}"
+    )
+    print(f"Online predictor (KServe V1, JWT, audit trail verified), champion v{result['model_version']}, the three riskiest customers:")
+    for p in result["online"]:
+        reasons = ", ".join(f"{r['feature']}={_short(r['value'])} ({r['contribution']:+.2f})" for r in p["reasons"])
+        print(f"  customer {p['customer_id']}: {p['churn_probability']:.1%} ({p['risk_band']}) because {reasons}")
+    print("Serve it yourself: `make serve`, then `churnops token --subject you --role predictor` for a bearer token.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +170,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if registry.alias_version(reg, CHAMPION) is None and outcome.registered is not None:
             done = registry.promote(reg, outcome.registered.version, "first model to pass the quality gates")
             print(f"{reg.model_name} v{done.version} promoted to '{CHAMPION}' (no champion before).")
+        _print_scoring(scoring_demo.run(layout, reg))
         return 0
     if args.command == "train":
         cfg, reg = _training_config(args), _registry(args)

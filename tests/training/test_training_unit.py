@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churnops_models.automl import Candidate
 from churnops_models.dataset import churn_spec, cv_folds, time_holdout, xy
+from churnops_models.ensemble import choose
 from churnops_models.evaluation import BusinessConfig, bootstrap_auc_delta, campaign_value, choose_threshold, evaluate
 from churnops_models.gates import GateConfig, QualityGateError, check_gates, enforce
 from churnops_models.model_card import CardInputs, plot_evaluation, render_html, render_markdown
@@ -124,3 +126,23 @@ def test_threshold_respects_contact_capacity() -> None:
     t = choose_threshold(y, p, mrr, cfg)
     assert (p >= t).mean() <= 0.2
     assert (p >= t - 0.01).mean() > 0.2 - 0.02  # the bound is what stops it, not the economics
+
+
+def test_ensemble_choice_stays_exactly_attributable() -> None:
+    """A random forest that wins on OOF AUC is left out by default: served models must give exact reasons."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 2_000)
+    signal = y + rng.normal(0, 1.0, y.size)
+
+    def candidate(family: str, noise: float) -> Candidate:
+        oof = 1 / (1 + np.exp(-(signal + rng.normal(0, noise, y.size))))
+        return Candidate(family, {}, 0.0, oof, 0)
+
+    ranked = [candidate("random_forest", 0.1), candidate("xgboost", 0.8), candidate("logistic_regression", 0.9)]
+    folds = [(np.arange(1_000, 2_000), np.arange(1_000)), (np.arange(1_000), np.arange(1_000, 2_000))]
+    choice = choose(ranked, y, folds)
+    assert choice.members[0].family == "xgboost"
+    assert "random_forest" not in [c.family for c in choice.members] and "blend" not in choice.oof_scores
+    assert choice.combiner.kind in ("single", "stack")
+    free = choose(ranked, y, folds, attributable=False)
+    assert free.members[0].family == "random_forest" and "blend" in free.oof_scores

@@ -32,8 +32,6 @@ from sklearn.linear_model import LogisticRegression
 
 from churnops_models.ensemble import ChurnEnsemble, calibrate
 
-EXPLAINABLE_FAMILIES = ("lightgbm", "xgboost", "logistic_regression")
-
 
 class ExplanationUnavailableError(RuntimeError):
     """The model scores, but its output is not additive in any margin we can attribute exactly."""
