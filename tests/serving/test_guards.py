@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import jwt
 import pytest
@@ -90,22 +91,27 @@ def test_authenticate_takes_the_strongest_known_role() -> None:
     assert authenticate(CFG, f"Bearer {issue_token(CFG, 'bob', ['viewer'])}").role is Role.viewer
 
 
-@pytest.mark.parametrize(
-    ("header", "status", "message"),
-    [
-        (None, 401, "missing bearer token"),
-        ("Basic abc", 401, "Bearer"),
-        ("Bearer " + jwt.encode(_claims(), None, algorithm="none"), 401, "invalid token"),  # type: ignore[arg-type]
-        ("Bearer " + jwt.encode(_claims(exp=int(time.time()) - 60), "k" * 40, algorithm="HS256"), 401, "expired"),
-        ("Bearer " + jwt.encode(_claims(aud="x"), "k" * 40, algorithm="HS256"), 401, "audience"),
-        ("Bearer " + jwt.encode({"sub": "a", "aud": "churnops"}, "k" * 40, algorithm="HS256"), 401, "'exp'"),
-        ("Bearer " + jwt.encode(_claims(), "k" * 40, algorithm="HS512"), 401, "invalid token"),  # algorithm is pinned
-        ("Bearer " + jwt.encode(_claims(roles=[]), "k" * 40, algorithm="HS256"), 403, "roles"),
-    ],
-)
-def test_authenticate_rejects(header: str | None, status: int, message: str) -> None:
+def _bearer(claims: dict[str, object], key: str | None = "k" * 40, algorithm: str = "HS256") -> str:
+    return "Bearer " + jwt.encode(claims, key, algorithm=algorithm)  # type: ignore[arg-type]
+
+
+# tokens are built when each test runs, so a long suite never turns them into expired ones
+REJECTED: list[tuple[str, Callable[[], str | None], int, str]] = [
+    ("no header", lambda: None, 401, "missing bearer token"),
+    ("basic scheme", lambda: "Basic abc", 401, "Bearer"),
+    ("none algorithm", lambda: _bearer(_claims(), None, "none"), 401, "invalid token"),
+    ("expired", lambda: _bearer(_claims(exp=int(time.time()) - 60)), 401, "expired"),
+    ("wrong audience", lambda: _bearer(_claims(aud="x")), 401, "audience"),
+    ("no exp", lambda: _bearer({"sub": "a", "aud": "churnops"}), 401, "'exp'"),
+    ("other algorithm", lambda: _bearer(_claims(), algorithm="HS512"), 401, "invalid token"),  # the algorithm is pinned
+    ("no roles", lambda: _bearer(_claims(roles=[])), 403, "roles"),
+]
+
+
+@pytest.mark.parametrize(("case", "header", "status", "message"), REJECTED, ids=[r[0] for r in REJECTED])
+def test_authenticate_rejects(case: str, header: Callable[[], str | None], status: int, message: str) -> None:
     with pytest.raises(AuthError) as e:
-        authenticate(CFG, header)
+        authenticate(CFG, header())
     assert e.value.status == status and message in e.value.message
 
 
@@ -136,6 +142,16 @@ def test_token_bucket_per_subject() -> None:
     assert limiter.acquire("b") == 0.0
     now[0] = 0.5
     assert limiter.acquire("a") == 0.0
+
+
+def test_rate_limiter_forgets_idle_subjects() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate=10.0, burst=5, clock=lambda: now[0], max_subjects=3)
+    for s in ("a", "b", "c"):
+        limiter.acquire(s)
+    now[0] = 1.0  # all three buckets have refilled
+    limiter.acquire("d")
+    assert set(limiter._buckets) == {"d"}
 
 
 def test_breaker_opens_then_lets_a_probe_through() -> None:

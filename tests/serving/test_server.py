@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -199,26 +200,34 @@ def _none_token(claims: dict[str, Any]) -> str:
     return jwt.encode(claims, None, algorithm="none")  # type: ignore[arg-type]
 
 
-NOW = int(time.time())
-GOOD = {"sub": "mallory", "aud": "churnops", "roles": ["predictor"], "exp": NOW + 600}
-JWT_MATRIX: list[tuple[str, str | None, int]] = [
-    ("no token", None, 401),
-    ("none algorithm", _none_token(GOOD), 401),
-    ("wrong key", _raw_token(GOOD, key="another-secret-that-is-also-long-enough-0000"), 401),
-    ("expired", _raw_token({**GOOD, "exp": NOW - 3600}), 401),
-    ("wrong audience", _raw_token({**GOOD, "aud": "someone-else"}), 401),
-    ("missing exp", _raw_token({k: v for k, v in GOOD.items() if k != "exp"}), 401),
-    ("missing sub", _raw_token({k: v for k, v in GOOD.items() if k != "sub"}), 401),
-    ("missing aud", _raw_token({k: v for k, v in GOOD.items() if k != "aud"}), 401),
-    ("garbage", "not-a-jwt", 401),
-    ("viewer may not predict", _raw_token({**GOOD, "roles": ["viewer"]}), 403),
-    ("no known role", _raw_token({**GOOD, "roles": ["superuser"]}), 403),
+def _good(**over: Any) -> dict[str, Any]:
+    return {"sub": "mallory", "aud": "churnops", "roles": ["predictor"], "exp": int(time.time()) + 600, **over}
+
+
+def _without(claim: str) -> dict[str, Any]:
+    return {k: v for k, v in _good().items() if k != claim}
+
+
+# built when each test runs, so a long suite never turns them into expired tokens
+JWT_MATRIX: list[tuple[str, Callable[[], str | None], int]] = [
+    ("no token", lambda: None, 401),
+    ("none algorithm", lambda: _none_token(_good()), 401),
+    ("wrong key", lambda: _raw_token(_good(), key="another-secret-that-is-also-long-enough-0000"), 401),
+    ("expired", lambda: _raw_token(_good(exp=int(time.time()) - 3600)), 401),
+    ("wrong audience", lambda: _raw_token(_good(aud="someone-else")), 401),
+    ("missing exp", lambda: _raw_token(_without("exp")), 401),
+    ("missing sub", lambda: _raw_token(_without("sub")), 401),
+    ("missing aud", lambda: _raw_token(_without("aud")), 401),
+    ("garbage", lambda: "not-a-jwt", 401),
+    ("viewer may not predict", lambda: _raw_token(_good(roles=["viewer"])), 403),
+    ("no known role", lambda: _raw_token(_good(roles=["superuser"])), 403),
 ]
 
 
 @pytest.mark.parametrize(("case", "bearer", "status"), JWT_MATRIX, ids=[c[0] for c in JWT_MATRIX])
-def test_jwt_matrix(server: Server, customers: list[int], case: str, bearer: str | None, status: int) -> None:
-    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+def test_jwt_matrix(server: Server, customers: list[int], case: str, bearer: Callable[[], str | None], status: int) -> None:
+    token_ = bearer()
+    headers = {"Authorization": f"Bearer {token_}"} if token_ else {}
     r = httpx.post(server.url + V1.format("champion"), json={"instances": [{"customer_id": customers[0]}]}, headers=headers)
     assert r.status_code == status, r.text
     assert "error" in r.json()

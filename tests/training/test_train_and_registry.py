@@ -14,11 +14,15 @@ from sklearn.metrics import roc_auc_score
 from churnops_models import registry
 from churnops_models.automl import FAMILIES, SearchBudget
 from churnops_models.dataset import churn_spec, xy
-from churnops_models.gates import QualityGateError
+from churnops_models.gates import GateConfig, QualityGateError
 from churnops_models.train import TrainingConfig, assess, fit, shuffled, train_and_register
 from churnops_pipelines.cli import main
 
-FAST = TrainingConfig(seed=3, budget=SearchBudget(n_trials=7, timeout_s=None, n_folds=2), max_features=40)
+# ~800 holdout rows: per-segment recall is noise at this size, so the fairness gate is loosened here
+# (it is exercised on its own in test_training_unit); these tests are about training and the registry.
+FAST = TrainingConfig(
+    seed=3, budget=SearchBudget(n_trials=7, timeout_s=None, n_folds=2), max_features=40, gates=GateConfig(max_fairness_gap=0.4)
+)
 
 
 @pytest.fixture

@@ -147,6 +147,7 @@ class RateLimiter:
     rate: float
     burst: int
     clock: Callable[[], float] = time.monotonic
+    max_subjects: int = 10_000  # beyond this, idle (full) buckets are forgotten: memory stays bounded
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -154,6 +155,8 @@ class RateLimiter:
         """0 when allowed, else the seconds to wait before the next request would be."""
         with self._lock:
             now = self.clock()
+            if subject not in self._buckets and len(self._buckets) >= self.max_subjects:
+                self._forget_idle(now)
             tokens, last = self._buckets.get(subject, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
             if tokens >= 1.0:
@@ -161,6 +164,11 @@ class RateLimiter:
                 return 0.0
             self._buckets[subject] = (tokens, now)
             return (1.0 - tokens) / self.rate
+
+    def _forget_idle(self, now: float) -> None:
+        # a bucket that has refilled completely carries no state worth keeping
+        refill = self.burst / self.rate
+        self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < refill}
 
 
 @dataclass(frozen=True)
