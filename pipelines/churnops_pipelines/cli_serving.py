@@ -131,7 +131,7 @@ def _score(args: argparse.Namespace) -> int:
 
     reg = registry.RegistryConfig(tracking_uri=args.tracking_uri) if args.tracking_uri else registry.RegistryConfig.embedded(args.data_dir)
     version = registry.resolve_version(reg, args.model)
-    model = CompiledModel(registry.load_model(reg, version))
+    model = CompiledModel(registry.load_model(reg, version), threads=os.cpu_count() or 1)
     threshold = registry.version_info(reg, version)["threshold"]
     with tqdm(desc="batch scoring", unit="row", unit_scale=True) as bar:
 

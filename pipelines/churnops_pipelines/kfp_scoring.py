@@ -21,6 +21,7 @@ def _component(func):  # type: ignore[no-untyped-def]
 def batch_score(input_path: str, tracking_uri: str, model_ref: str, top_k: int, chunk_rows: int, scores: Output[Dataset]) -> str:
     """Stream the input through the model in chunks; returns the model version used."""
     import hashlib
+    import os
     from pathlib import Path
 
     from churnops_models import registry
@@ -29,7 +30,7 @@ def batch_score(input_path: str, tracking_uri: str, model_ref: str, top_k: int, 
 
     reg = registry.RegistryConfig(tracking_uri=tracking_uri)
     version = registry.resolve_version(reg, model_ref)
-    model = CompiledModel(registry.load_model(reg, version))  # verifies the artifact's sha256
+    model = CompiledModel(registry.load_model(reg, version), threads=os.cpu_count() or 1)  # verifies the sha256
     threshold = registry.version_info(reg, version)["threshold"]
     out = Path(scores.path)
     report = score_file(model, threshold, Path(input_path), out, chunk_rows=chunk_rows, top_k=top_k)

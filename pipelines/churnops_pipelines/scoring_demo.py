@@ -46,7 +46,7 @@ def latest_snapshot(layout: Layout) -> Path:
 
 
 def batch_scores(layout: Layout, reg: registry.RegistryConfig, version: str) -> tuple[BatchReport, pd.DataFrame, Path]:
-    model = CompiledModel(registry.load_model(reg, version))
+    model = CompiledModel(registry.load_model(reg, version), threads=os.cpu_count() or 1)
     threshold = registry.version_info(reg, version)["threshold"]
     report = score_file(model, threshold, latest_snapshot(layout), layout.reports / "scores.parquet", top_k=5)
     scores = pd.read_parquet(report.output)

@@ -272,7 +272,7 @@ def batch(args: argparse.Namespace, reg: registry.RegistryConfig, layout: Layout
 
     version = registry.resolve_version(reg, registry.CHAMPION)
     ensemble = registry.load_model(reg, version)
-    model = CompiledModel(ensemble)
+    model = CompiledModel(ensemble, threads=os.cpu_count() or 1)
     base = latest_features(layout)
     rng = np.random.default_rng(0)
     big = base.iloc[rng.integers(0, len(base), args.batch_rows)].reset_index(drop=True)
@@ -288,6 +288,8 @@ def batch(args: argparse.Namespace, reg: registry.RegistryConfig, layout: Layout
         f"  churnops score, top-5 exact SHAP:     {explained.rows_per_minute:>12,.0f} rows/min ({n_shap:,} rows, {explained.seconds:.1f} s)"
     )
 
+    mlflow.set_tracking_uri(reg.tracking_uri)
+    mlflow.set_registry_uri(reg.tracking_uri)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{reg.model_name}/{version}")
     chunk = big.head(200_000)[model.features]
     t = time.perf_counter()

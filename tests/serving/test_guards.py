@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
+import httpx
 import jwt
 import pytest
 
@@ -13,8 +16,13 @@ from churnops_models.serving.scoring import Breaker, risk_band
 from churnops_models.serving.security import (
     AuthConfig,
     AuthError,
+    GuardMiddleware,
+    Limits,
     RateLimiter,
+    Receive,
     Role,
+    Scope,
+    Send,
     authenticate,
     issue_token,
     json_problem,
@@ -168,3 +176,46 @@ def test_breaker_opens_then_lets_a_probe_through() -> None:
 
 def test_risk_bands() -> None:
     assert [risk_band(p, 0.4) for p in (0.1, 0.2, 0.39, 0.4, 0.9)] == ["low", "medium", "medium", "high", "high"]
+
+
+async def _echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """The wrapped app: answers 200 with the body it received and the subject the guard passed on."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    subject = dict(scope["headers"]).get(b"x-churnops-subject", b"")
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-subject", subject)]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _call(guard: GuardMiddleware, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://t") as client:
+            return await client.request(method, path, **kwargs)
+
+    return asyncio.run(go())
+
+
+def test_guard_without_auth_limits_per_client_and_still_validates() -> None:
+    guard = GuardMiddleware(_echo, auth=None, limits=Limits(max_body_bytes=100, rate_per_s=1.0, burst=2))
+    path = "/v1/models/m:predict"
+    ok = _call(guard, "POST", path, content=b'{"a": 1}', headers={"Content-Type": "application/json", "x-churnops-subject": "forged"})
+    assert ok.status_code == 200 and ok.content == b'{"a": 1}'
+    assert ok.headers["x-subject"].startswith("anonymous@")  # a caller cannot choose its subject
+    assert _call(guard, "POST", path, content=b'{"a": NaN}', headers={"Content-Type": "application/json"}).status_code == 422
+    limited = _call(guard, "POST", path, content=b"{}", headers={"Content-Type": "application/json"})
+    assert limited.status_code == 429 and limited.headers["retry-after"] == "1"
+    assert _call(guard, "GET", "/v2/health/live").status_code == 200  # probes are never limited
+
+
+def test_guard_size_and_header_checks() -> None:
+    guard = GuardMiddleware(_echo, auth=CFG, limits=Limits(max_body_bytes=10))
+    bearer = {"Authorization": f"Bearer {issue_token(CFG, 'ann', ['predictor'])}", "Content-Type": "application/json"}
+    assert _call(guard, "POST", "/v1/models/m:predict", content=b"x" * 11, headers=bearer).status_code == 413
+    bad_length = _call(guard, "POST", "/v1/models/m:predict", content=b"{}", headers={**bearer, "Content-Length": "ten"})
+    assert bad_length.status_code == 400
+    unauthenticated = _call(guard, "POST", "/v1/models/m:predict", content=b"{}")
+    assert unauthenticated.status_code == 401 and unauthenticated.headers["www-authenticate"].startswith("Bearer")

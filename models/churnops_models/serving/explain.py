@@ -61,13 +61,14 @@ def _sigmoid(m: np.ndarray) -> np.ndarray:
 class _TreeMember:
     """A LightGBM or XGBoost pipeline read as: ordinal-encode categoricals, then the booster."""
 
-    def __init__(self, pipeline: Any, family: str, features: list[str]) -> None:
+    def __init__(self, pipeline: Any, family: str, features: list[str], threads: int) -> None:
         prep, model = pipeline.named_steps["prep"], pipeline.named_steps["model"]
         numeric, cats = list(prep.transformers_[0][2]), list(prep.transformers_[1][2])
         order = numeric + cats
         if sorted(order) != sorted(features):
             raise ExplanationUnavailableError(f"{family} member was fitted on other columns than the model's features")
         self.family = family
+        self.threads = threads
         # position in the model's feature order of each booster column
         self.columns = np.array([features.index(c) for c in order])
         encoder = prep.named_transformers_["cat"] if cats else None
@@ -77,7 +78,7 @@ class _TreeMember:
                 self.categories[features.index(name)] = {str(v): float(i) for i, v in enumerate(values)}
         if family == "xgboost":
             self.xgb: xgb.Booster = model.get_booster()
-            self.xgb.set_param({"nthread": 1})
+            self.xgb.set_param({"nthread": threads})
         else:
             self.lgb = model.booster_
 
@@ -111,12 +112,12 @@ class _TreeMember:
     def evaluate(self, x: np.ndarray, n_features: int, contributions: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Margins, and with ``contributions`` the per-feature attributions (model feature order) and bias."""
         if self.family == "xgboost":
-            data = xgb.DMatrix(x, missing=np.nan, nthread=1)  # one DMatrix for both calls
+            data = xgb.DMatrix(x, missing=np.nan, nthread=self.threads)  # one DMatrix for both calls
             margin = np.asarray(self.xgb.predict(data, output_margin=True), dtype=float).reshape(-1)
             raw = np.asarray(self.xgb.predict(data, pred_contribs=True), dtype=float) if contributions else None
         else:
-            margin = np.asarray(self.lgb.predict(x, raw_score=True, num_threads=1), dtype=float).reshape(-1)
-            raw = np.asarray(self.lgb.predict(x, pred_contrib=True, num_threads=1), dtype=float) if contributions else None
+            margin = np.asarray(self.lgb.predict(x, raw_score=True, num_threads=self.threads), dtype=float).reshape(-1)
+            raw = np.asarray(self.lgb.predict(x, pred_contrib=True, num_threads=self.threads), dtype=float) if contributions else None
         if raw is None:
             return margin, None, None
         out = np.zeros((x.shape[0], n_features))
@@ -177,7 +178,8 @@ def _source_feature(name: str, features: list[str]) -> str:
 class CompiledModel:
     """Score rows (object arrays in ``features`` order) and attribute their margins."""
 
-    def __init__(self, model: ChurnEnsemble) -> None:
+    def __init__(self, model: ChurnEnsemble, threads: int = 1) -> None:
+        """``threads``: 1 for online serving (tail latency), all cores for batch scoring."""
         self.model = model
         self.features = list(model.feature_names)
         self.categorical = set(model.categorical)
@@ -186,7 +188,7 @@ class CompiledModel:
         self.unexplainable_reason: str | None = None
         for pipeline, family in zip(model.members, model.families, strict=True):
             if family in ("lightgbm", "xgboost"):
-                self.members.append(_TreeMember(pipeline, family, self.features))
+                self.members.append(_TreeMember(pipeline, family, self.features, threads))
             elif family == "logistic_regression":
                 self.members.append(_LinearMember(pipeline, self.features))
             else:

@@ -22,6 +22,7 @@ ERRORS = {
     "403": _error("The token's role may not use this route"),
     "404": _error("Unknown model or customer"),
     "413": _error("Request body too large"),
+    "415": _error("Content-Type is not application/json"),
     "422": _error("A field has an invalid value; the message names it"),
     "429": _error("Rate limit exceeded; see Retry-After"),
     "503": _error("Model not ready or a dependency unavailable; see Retry-After"),

@@ -234,23 +234,30 @@ class GuardMiddleware:
         method, path = scope["method"], scope["path"]
 
         declared = headers.get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limits.max_body_bytes):
+        if declared is not None and not declared.isdigit():
+            await _respond(send, *_error(400, "Content-Length must be a non-negative integer"))
+            return
+        if declared is not None and int(declared) > self.limits.max_body_bytes:
             await _respond(send, *_error(413, f"request body larger than {self.limits.max_body_bytes} bytes"))
             return
 
         role = required_role(method, path)
         subject = "anonymous"
-        if role is not None and self.auth is not None:
-            try:
-                principal = authenticate(self.auth, headers.get(b"authorization", b"").decode("latin-1") or None)
-            except AuthError as e:
-                extra = [(b"www-authenticate", b'Bearer realm="churnops"')] if e.status == 401 else []
-                await _respond(send, *_error(e.status, e.message, extra))
-                return
-            if principal.role < role:
-                await _respond(send, *_error(403, f"role '{principal.role.name}' may not {method} {path}; needs '{role.name}'"))
-                return
-            subject = principal.subject
+        if role is not None:
+            if self.auth is not None:
+                try:
+                    principal = authenticate(self.auth, headers.get(b"authorization", b"").decode("latin-1") or None)
+                except AuthError as e:
+                    extra = [(b"www-authenticate", b'Bearer realm="churnops"')] if e.status == 401 else []
+                    await _respond(send, *_error(e.status, e.message, extra))
+                    return
+                if principal.role < role:
+                    await _respond(send, *_error(403, f"role '{principal.role.name}' may not {method} {path}; needs '{role.name}'"))
+                    return
+                subject = principal.subject
+            else:
+                client = scope.get("client") or ("unknown", 0)
+                subject = f"anonymous@{client[0]}"  # without authentication, limits apply per client address
             wait = self.limiter.acquire(subject)
             if wait > 0:
                 retry = str(max(1, math.ceil(wait))).encode()
