@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import secrets
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from tqdm import tqdm
 
 from churnops_models import registry
-from churnops_models.serving.audit import verify_file, verify_postgres
+from churnops_models.registry import sha256_file
+from churnops_models.serving.audit import FileAuditSink, verify_file, verify_postgres
 from churnops_models.serving.security import AuthConfig, Limits, issue_token
 
 SECRET_ENV = "CHURNOPS_JWT_SECRET"
@@ -46,6 +49,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     score.add_argument("--tracking-uri", default=None)
     score.add_argument("--top-k", type=int, default=5, help="reasons per row (0: scores only)")
     score.add_argument("--chunk-rows", type=int, default=50_000)
+    score.add_argument("--audit-log", type=Path, default=None, help="audit log for the batch record (default <data-dir>/audit/batch.jsonl)")
 
     token = sub.add_parser("token", help="issue a JWT for the predictor (HMAC secret)")
     token.add_argument("--subject", required=True)
@@ -140,6 +144,26 @@ def _score(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         report = score_file(model, threshold, args.input, args.out, args.chunk_rows, args.top_k, progress)
+    # one chained record per batch: the digests bind every row of the output to this run
+    sink = FileAuditSink(args.audit_log or args.data_dir / "audit" / "batch.jsonl", fsync="always")
+    head = sink.append(
+        [
+            {
+                "kind": "batch",
+                "time": time.time(),
+                "caller": getpass.getuser(),
+                "model": reg.model_name,
+                "model_version": version,
+                "input": str(args.input),
+                "input_sha256": sha256_file(args.input),
+                "output": str(report.output),
+                "output_sha256": sha256_file(report.output),
+                "rows": report.rows,
+                "reasons": report.explained,
+            }
+        ]
+    )
+    sink.close()
     print(
         json.dumps(
             {
@@ -150,6 +174,7 @@ def _score(args: argparse.Namespace) -> int:
                 "rows_per_minute": round(report.rows_per_minute),
                 "reasons": report.explained,
                 "output": str(report.output),
+                "audit_seq": head.seq,
             },
             indent=2,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import pandas as pd
 import pytest
 
 from churnops_models.ensemble import ChurnEnsemble
+from churnops_models.registry import sha256_file
+from churnops_models.serving.audit import verify_file
 from churnops_models.serving.batch import BatchInputError, score_file
 from churnops_models.serving.explain import CompiledModel, top_reasons
 from tests.serving.support import Registered
@@ -78,12 +81,17 @@ def test_bad_files_fail_clearly_and_leave_no_output(xgb_single: ChurnEnsemble, t
 
 def test_cli_scores_a_registered_model(registered: Registered, table: pd.DataFrame, tmp_path: Path) -> None:
     table.head(500).to_parquet(tmp_path / "in.parquet")
-    cli = [str(Path(sys.executable).parent / "churnops"), "score", str(tmp_path / "in.parquet"), "--out", str(tmp_path / "scores.parquet")]
+    cli = [str(Path(sys.executable).parent / "churnops"), "--data-dir", str(tmp_path / "data"), "score", str(tmp_path / "in.parquet")]
+    cli += ["--out", str(tmp_path / "scores.parquet")]
     run = subprocess.run(
         [*cli, "--tracking-uri", registered.cfg.tracking_uri, "--model", "challenger"], capture_output=True, text=True, check=False
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert '"rows": 500' in run.stdout and '"version": "3"' in run.stdout
     assert len(pd.read_parquet(tmp_path / "scores.parquet")) == 500
+    batch_log = tmp_path / "data" / "audit" / "batch.jsonl"  # the default under --data-dir
+    record = json.loads(batch_log.read_text())
+    assert record["kind"] == "batch" and record["rows"] == 500 and record["model_version"] == "3"
+    assert record["output_sha256"] == sha256_file(tmp_path / "scores.parquet") and verify_file(batch_log).ok
     bad = subprocess.run([*cli, "--tracking-uri", registered.cfg.tracking_uri, "--model", "2"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "does not match the registered" in bad.stderr  # the corrupted version is refused
