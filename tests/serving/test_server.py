@@ -7,6 +7,7 @@ stack) and a version whose artifact was altered after registration.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ import pytest
 
 from churnops_features import store as feast_store
 from churnops_features.definitions import TRAINING_SERVICE
+from churnops_features.local_services import free_port
 from churnops_features.online import sqlite_reader
 from churnops_models.serving.audit import verify_file
 from churnops_pipelines.foundation import Layout
@@ -316,3 +318,46 @@ def test_schemathesis_finds_no_server_errors(server: Server, tmp_path: Path) -> 
     cmd += ["--suppress-health-check", "all", "--workers", "1"]
     run = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=tmp_path, timeout=600)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def test_metrics_pass_promtool_and_a_real_prometheus_scrapes_them(server: Server, customers: list[int], tmp_path: Path) -> None:
+    for tool in ("prometheus", "promtool"):
+        assert shutil.which(tool), f"{tool} is required (Debian: apt-get install prometheus)"
+    text = httpx.get(server.url + "/metrics").text
+    ours = "\n".join(line for line in text.splitlines() if "churnops_" in line) + "\n"
+    lint = subprocess.run(["promtool", "check", "metrics"], input=ours, capture_output=True, text=True, check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    target = server.url.removeprefix("http://")
+    config.write_text(
+        f"global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: churnops\n    static_configs: [{{targets: ['{target}']}}]\n"
+    )
+    cmd = ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"]
+    with (tmp_path / "prometheus.log").open("w") as log:
+        prom = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        with server.client("scraped") as c:
+            for cid in customers[:10]:
+                assert predict(c, "champion", {"instances": [{"customer_id": cid}]}).status_code == 200
+        query = 'sum(churnops_predictions_total{model="churn-classifier",version="1"})'
+        deadline = time.monotonic() + 60
+        value = 0.0
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}, timeout=2).json()
+                if r["data"]["result"]:
+                    value = float(r["data"]["result"][0]["value"][1])
+                    if value >= 10:
+                        break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert value >= 10, (tmp_path / "prometheus.log").read_text()[-2000:]
+        p99 = 'histogram_quantile(0.99, sum by (le) (churnops_latency_seconds_bucket{stage="total"}))'
+        result = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": p99}, timeout=5).json()["data"]["result"]
+        assert result and 0 < float(result[0]["value"][1]) < 2.5
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)
