@@ -81,7 +81,6 @@ class ServedModel:
 @dataclass(frozen=True)
 class ServingPolicy:
     on_store_failure: OnFailure = "degrade"
-    default_top_k: int = 5
 
 
 def risk_band(p: float, threshold: float) -> str:
