@@ -72,7 +72,7 @@ lint: install ## ruff (lint, format), mypy --strict, feature catalog up to date
 	$(BIN)/churnops features catalog --check
 
 .PHONY: test
-test: lint ## The whole suite: lint + unit + integration (needs redis-server and PostgreSQL on 127.0.0.1)
+test: lint ## The whole suite: lint + unit + integration (needs redis-server, prometheus, PostgreSQL on 127.0.0.1)
 	$(BIN)/pytest
 
 .PHONY: format

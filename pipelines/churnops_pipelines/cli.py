@@ -170,7 +170,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if registry.alias_version(reg, CHAMPION) is None and outcome.registered is not None:
             done = registry.promote(reg, outcome.registered.version, "first model to pass the quality gates")
             print(f"{reg.model_name} v{done.version} promoted to '{CHAMPION}' (no champion before).")
-        _print_scoring(scoring_demo.run(layout, reg))
+        _print_scoring(scoring_demo.run(layout, reg, args.mode))
         return 0
     if args.command == "train":
         cfg, reg = _training_config(args), _registry(args)

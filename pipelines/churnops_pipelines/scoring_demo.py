@@ -72,12 +72,14 @@ def plot_scores(scores: pd.DataFrame, threshold: float, path: Path) -> Path:
     return path
 
 
-def ask_online(layout: Layout, reg: registry.RegistryConfig, customer_ids: list[int], timeout_s: float = 180) -> list[dict[str, Any]]:
+def ask_online(
+    layout: Layout, reg: registry.RegistryConfig, mode: str, customer_ids: list[int], timeout_s: float = 180
+) -> list[dict[str, Any]]:
     """Start the predictor, score ``customer_ids`` through HTTP with a predictor token, stop it."""
     port = free_port()
     audit = layout.data_dir / "audit" / "demo_predictions.jsonl"
     cmd = [sys.executable, "-m", "churnops_pipelines.cli", "--data-dir", str(layout.data_dir), "serve", "--port", str(port)]
-    cmd += ["--tracking-uri", reg.tracking_uri, "--audit-log", str(audit)]
+    cmd += ["--mode", mode, "--tracking-uri", reg.tracking_uri, "--audit-log", str(audit)]
     log = layout.reports / "serve_demo.log"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -109,11 +111,12 @@ def ask_online(layout: Layout, reg: registry.RegistryConfig, customer_ids: list[
     return predictions
 
 
-def run(layout: Layout, reg: registry.RegistryConfig) -> dict[str, Any]:
+def run(layout: Layout, reg: registry.RegistryConfig, mode: str) -> dict[str, Any]:
+    """``mode`` is the feature store the predictor reads (embedded SQLite or cluster Redis)."""
     version = registry.resolve_version(reg, registry.CHAMPION)
     report, scores, plot = batch_scores(layout, reg, version)
     riskiest = scores.sort_values("churn_probability", ascending=False).head(3)
-    online = ask_online(layout, reg, [int(c) for c in riskiest["customer_id"]])
+    online = ask_online(layout, reg, mode, [int(c) for c in riskiest["customer_id"]])
     return {
         "model_version": version,
         "batch": {"rows": report.rows, "seconds": round(report.seconds, 2), "output": str(report.output), "plot": str(plot)},
