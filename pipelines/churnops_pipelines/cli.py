@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import logging
 import os
@@ -265,6 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as e:  # ConfigError is a ValueError
         print(f"churnops: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        # Free Arrow readers (Feast's file offline store) while Arrow is still alive: a parquet
+        # worker thread torn down during interpreter exit aborts the process (apache/arrow#34314).
+        gc.collect()
 
 
 if __name__ == "__main__":
