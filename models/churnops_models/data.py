@@ -28,6 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from churnops_models.parquet import read_parquet
+
 SEGMENTS = ("smb", "mid_market", "enterprise")
 PLANS = ("starter", "growth", "business", "enterprise")
 REGIONS = ("na", "emea", "apac", "latam")
@@ -496,7 +498,7 @@ def read_raw(raw_dir: Path, table: str) -> pd.DataFrame:
     parts = sorted((raw_dir / table).glob("part-*.parquet"))
     if not parts:
         raise FileNotFoundError(f"no parts of table {table!r} under {raw_dir / table}; run `churnops data generate` first")
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    return pd.concat([read_parquet(p) for p in parts], ignore_index=True)
 
 
 def with_drift(cfg: GeneratorConfig, preset: str, start_day: int | None = None) -> GeneratorConfig:

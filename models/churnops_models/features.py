@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from churnops_models.data import DAILY_METRICS, RAW_TABLES, TICKET_CATEGORIES, GeneratorConfig
+from churnops_models.parquet import read_parquet
 
 ENTITY = "customer_id"
 TIMESTAMP = "event_timestamp"
@@ -664,7 +665,7 @@ def build_features(cfg: GeneratorConfig, raw_dir: Path, out_dir: Path, progress:
     rows = dict.fromkeys(DOMAINS, 0)
     try:
         for part in parts:
-            tables = {t: pd.read_parquet(raw_dir / t / part.name) for t in RAW_TABLES if t != "labels"}
+            tables = {t: read_parquet(raw_dir / t / part.name) for t in RAW_TABLES if t != "labels"}
             for domain, frame in compute_block_features(cfg, tables, cfg.snapshot_days()).items():
                 writers[domain].write_table(pa.Table.from_pandas(frame, schema=feature_schema(domain), preserve_index=False))
                 rows[domain] += len(frame)

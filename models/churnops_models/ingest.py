@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from churnops_models.parquet import read_parquet
+
 log = logging.getLogger(__name__)
 
 _TRUE = {"1", "true", "yes", "y", "t", "churned"}
@@ -60,7 +62,7 @@ def read_table(path: Path) -> pd.DataFrame:
         if suffix in (".csv", ".txt"):
             frame = pd.read_csv(path, low_memory=False)
         elif suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
+            frame = read_parquet(path)
         else:
             raise IngestError(f"{path}: unsupported file type {suffix!r}; use .csv or .parquet")
     except pd.errors.EmptyDataError as e:

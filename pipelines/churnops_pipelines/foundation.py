@@ -24,6 +24,7 @@ from churnops_features import store as feast_store
 from churnops_features.definitions import FEATURE_TTL, TRAINING_SERVICE
 from churnops_models.data import GeneratorConfig, load_manifest, read_raw, save_manifest, write_raw
 from churnops_models.features import DOMAINS, FEATURES, build_features
+from churnops_models.parquet import read_parquet
 from churnops_models.validation import ValidationRun, feature_suite, raw_suites, validate
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def features(layout: Layout) -> dict[str, int]:
 def validate_features(layout: Layout) -> ValidationRun:
     run = ValidationRun()
     for domain in tqdm(DOMAINS, desc="validate features", unit="view"):
-        run.reports.append(validate(pd.read_parquet(layout.features / f"{domain}.parquet"), f"features_{domain}", feature_suite(domain)))
+        run.reports.append(validate(read_parquet(layout.features / f"{domain}.parquet"), f"features_{domain}", feature_suite(domain)))
     return run
 
 
@@ -129,7 +130,7 @@ def publish_incremental(layout: Layout, mode: feast_store.Mode, env: Mapping[str
 def served_customers(layout: Layout, cfg: GeneratorConfig) -> set[int]:
     """Customers whose latest snapshot falls in the serving window."""
     start, end = serving_window(cfg)
-    frame = pd.read_parquet(layout.features / "demographic.parquet", columns=["customer_id", "event_timestamp"])
+    frame = read_parquet(layout.features / "demographic.parquet", columns=["customer_id", "event_timestamp"])
     ts = frame["event_timestamp"]
     return {int(c) for c in frame.loc[(ts >= start) & (ts < end), "customer_id"]}
 
@@ -141,7 +142,7 @@ def lookup(layout: Layout, mode: feast_store.Mode, env: Mapping[str, str], custo
 
 def active_customers(layout: Layout, how_many: int) -> list[int]:
     """Customers present in the latest snapshot (the ones the online store serves)."""
-    frame = pd.read_parquet(layout.features / "demographic.parquet", columns=["customer_id", "event_timestamp"])
+    frame = read_parquet(layout.features / "demographic.parquet", columns=["customer_id", "event_timestamp"])
     latest = frame[frame["event_timestamp"] == frame["event_timestamp"].max()]
     return [int(c) for c in latest["customer_id"].head(how_many)]
 
@@ -149,8 +150,8 @@ def active_customers(layout: Layout, how_many: int) -> list[int]:
 def plot_profile(layout: Layout) -> Path:
     """Churn rate by snapshot and segment, and engagement of churned vs retained customers."""
     labels = read_raw(layout.raw, "labels")
-    demo = pd.read_parquet(layout.features / "demographic.parquet", columns=["customer_id", "event_timestamp", "segment"])
-    eng = pd.read_parquet(layout.features / "engagement.parquet", columns=["customer_id", "event_timestamp", "engagement_score"])
+    demo = read_parquet(layout.features / "demographic.parquet", columns=["customer_id", "event_timestamp", "segment"])
+    eng = read_parquet(layout.features / "engagement.parquet", columns=["customer_id", "event_timestamp", "engagement_score"])
     joined = labels.merge(demo, on=["customer_id", "event_timestamp"]).merge(eng, on=["customer_id", "event_timestamp"])
     fig = Figure(figsize=(11, 4))  # object API: no pyplot global state, no display backend
     ax1, ax2 = fig.subplots(1, 2)

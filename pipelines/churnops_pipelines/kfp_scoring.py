@@ -51,9 +51,10 @@ def batch_score(input_path: str, tracking_uri: str, model_ref: str, top_k: int, 
 @_component
 def summarize_scores(scores: Input[Dataset], summary: Output[Metrics]) -> None:
     """Risk-band counts and the score distribution, for the run page."""
-    import pandas as pd
 
-    frame = pd.read_parquet(scores.path, columns=["churn_probability", "risk_band"])
+    from churnops_models.parquet import read_parquet
+
+    frame = read_parquet(scores.path, columns=["churn_probability", "risk_band"])
     summary.log_metric("rows", len(frame))
     summary.log_metric("mean_churn_probability", float(frame["churn_probability"].mean()))
     for band in ("low", "medium", "high"):

@@ -36,12 +36,12 @@ def load_training_data(data_dir: str, store_mode: str, dataset: Output[Dataset])
 @_component
 def validate_training_data(dataset: Input[Dataset], report: Output[Metrics]) -> float:
     """Great Expectations on the joined table: labels and every feature domain."""
-    import pandas as pd
 
     from churnops_models.features import DOMAINS, ENTITY, TIMESTAMP, features_of
+    from churnops_models.parquet import read_parquet
     from churnops_models.validation import ValidationRun, feature_suite, raw_suites, validate
 
-    frame = pd.read_parquet(dataset.path)
+    frame = read_parquet(dataset.path)
     run = ValidationRun([validate(frame[[ENTITY, TIMESTAMP, "churned_30d"]].assign(mrr=frame["mrr"]), "labels", raw_suites()["labels"])])
     for domain in DOMAINS:
         cols = [ENTITY, TIMESTAMP, *(f.name for f in features_of(domain))]
@@ -56,11 +56,11 @@ def validate_training_data(dataset: Input[Dataset], report: Output[Metrics]) -> 
 @_component
 def split_data(dataset: Input[Dataset], holdout_fraction: float, train: Output[Dataset], holdout: Output[Dataset]) -> None:
     """Time-based holdout with a label-horizon gap."""
-    import pandas as pd
 
     from churnops_models.dataset import churn_spec, time_holdout
+    from churnops_models.parquet import read_parquet
 
-    split = time_holdout(pd.read_parquet(dataset.path), churn_spec(), holdout_fraction)
+    split = time_holdout(read_parquet(dataset.path), churn_spec(), holdout_fraction)
     split.train.to_parquet(train.path, index=False)
     split.holdout.to_parquet(holdout.path, index=False)
     train.metadata.update(
@@ -74,13 +74,12 @@ def select_features(train: Input[Dataset], seed: int, max_features: int, selecti
     """LightGBM gain and mutual information rankings, with a correlation filter."""
     import json
 
-    import pandas as pd
-
     from churnops_models.dataset import churn_spec, xy
+    from churnops_models.parquet import read_parquet
     from churnops_models.selection import select
 
     spec = churn_spec()
-    x, y = xy(pd.read_parquet(train.path), spec)
+    x, y = xy(read_parquet(train.path), spec)
     chosen = select(x, y, spec, seed, max_features=max_features)
     with open(selection.path, "w") as f:
         json.dump(chosen.to_dict(), f)
@@ -103,12 +102,12 @@ def automl_search(
     import json
 
     import joblib
-    import pandas as pd
 
     from churnops_models.automl import SearchBudget, search
     from churnops_models.dataset import churn_spec, cv_folds, xy
+    from churnops_models.parquet import read_parquet
 
-    frame = pd.read_parquet(train.path)
+    frame = read_parquet(train.path)
     with open(selection.path) as f:
         spec = churn_spec().with_features(json.load(f)["selected"])
     x, y = xy(frame, spec)
@@ -130,14 +129,14 @@ def build_ensemble(
     import json
 
     import joblib
-    import pandas as pd
 
     from churnops_models.dataset import churn_spec, xy
     from churnops_models.ensemble import choose, fit_final
     from churnops_models.evaluation import BusinessConfig
+    from churnops_models.parquet import read_parquet
     from churnops_models.train import decision_threshold
 
-    frame = pd.read_parquet(train.path)
+    frame = read_parquet(train.path)
     with open(selection.path) as f:
         spec = churn_spec().with_features(json.load(f)["selected"])
     found = joblib.load(candidates.path)
@@ -161,16 +160,16 @@ def evaluate_model(
     from dataclasses import asdict
 
     import joblib
-    import pandas as pd
 
     from churnops_models import registry
     from churnops_models.dataset import churn_spec
     from churnops_models.evaluation import BusinessConfig, bootstrap_auc_delta
     from churnops_models.gates import GateConfig
+    from churnops_models.parquet import read_parquet
     from churnops_models.train import holdout_evaluation
 
     bundle = joblib.load(model.path)
-    frame = pd.read_parquet(holdout.path)
+    frame = read_parquet(holdout.path)
     spec = churn_spec()
     y = frame[spec.target_column].to_numpy()
     ev, p = holdout_evaluation(bundle["model"], bundle["threshold"], frame, spec, BusinessConfig(), GateConfig().max_fairness_gap)
@@ -224,14 +223,14 @@ def register_model(
     import json
 
     import joblib
-    import pandas as pd
 
     from churnops_models import registry
+    from churnops_models.parquet import read_parquet
 
     bundle = joblib.load(model.path)
     with open(evaluation.path) as f:
         ev = json.load(f)["evaluation"]
-    example = pd.read_parquet(holdout.path)[bundle["model"].feature_names].head(20)
+    example = read_parquet(holdout.path)[bundle["model"].feature_names].head(20)
     metrics = {k: ev[k] for k in ("roc_auc", "pr_auc", "precision", "recall", "f1", "brier", "log_loss")}
     tags = {
         "feature_service": str(dataset.metadata.get("feature_service")),

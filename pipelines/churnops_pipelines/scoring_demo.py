@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from churnops_features.local_services import free_port
 from churnops_models import registry
 from churnops_models.features import DOMAINS, ENTITY, TIMESTAMP
+from churnops_models.parquet import read_parquet
 from churnops_models.serving.audit import verify_file
 from churnops_models.serving.batch import BatchReport, score_file
 from churnops_models.serving.explain import CompiledModel
@@ -36,7 +37,7 @@ def latest_snapshot(layout: Layout) -> Path:
     """Every customer's latest feature row, joined across domains, as one Parquet file."""
     frame: pd.DataFrame | None = None
     for domain in DOMAINS:
-        part = pd.read_parquet(layout.features / f"{domain}.parquet")
+        part = read_parquet(layout.features / f"{domain}.parquet")
         part = part[part[TIMESTAMP] == part[TIMESTAMP].max()]
         frame = part if frame is None else frame.merge(part, on=[ENTITY, TIMESTAMP])
     assert frame is not None
@@ -49,7 +50,7 @@ def batch_scores(layout: Layout, reg: registry.RegistryConfig, version: str) -> 
     model = CompiledModel(registry.load_model(reg, version), threads=os.cpu_count() or 1)
     threshold = registry.version_info(reg, version)["threshold"]
     report = score_file(model, threshold, latest_snapshot(layout), layout.reports / "scores.parquet", top_k=5)
-    scores = pd.read_parquet(report.output)
+    scores = read_parquet(report.output)
     return report, scores, plot_scores(scores, threshold, layout.reports / "scores.png")
 
 
