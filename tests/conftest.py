@@ -6,15 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from churnops_features.local_services import DEFAULT_ADMIN_DSN, free_port, private_redis, temporary_database
+from churnops_features.local_services import DEFAULT_ADMIN_DSN, free_port, private_redis, temporary_database, wait_for_http
 from churnops_models.data import GeneratorConfig, generate_blocks, save_manifest, write_raw
 from churnops_models.features import DOMAINS, ENTITY, TIMESTAMP, build_features, compute_block_features
 from churnops_pipelines.foundation import Layout
@@ -86,18 +84,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = (root / "server.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
+    try:
+        wait_for_http(f"{url}/health", proc, 120)
+    except RuntimeError as e:
+        proc.kill()
+        raise RuntimeError(f"mlflow server did not start ({e}): {(root / 'server.log').read_text()[-2000:]}") from None
     yield url
     proc.terminate()
     proc.wait(timeout=30)

@@ -2,7 +2,8 @@
 
 ``private_redis`` starts a ``redis-server`` on a free loopback port (nothing persisted);
 ``temporary_database`` creates a PostgreSQL database and drops it afterwards. Neither
-touches the shared instances other users may rely on.
+touches the shared instances other users may rely on. ``wait_for_http`` waits for a
+server process started by the caller to answer.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +22,23 @@ import psycopg
 import redis
 
 DEFAULT_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+
+
+def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Poll ``url`` until it answers 200; RuntimeError if ``proc`` exits or ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"the process serving {url} exited with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer within {timeout_s:g} s")
+        time.sleep(0.3)
 
 
 def free_port() -> int:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ import httpx
 import pandas as pd
 from matplotlib.figure import Figure
 
-from churnops_features.local_services import free_port
+from churnops_features.local_services import free_port, wait_for_http
 from churnops_models import registry
 from churnops_models.features import DOMAINS, ENTITY, TIMESTAMP
 from churnops_models.parquet import read_parquet
@@ -86,17 +84,10 @@ def ask_online(
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the predictor did not start; see {log}")
-            time.sleep(0.5)
+        try:
+            wait_for_http(f"{url}/v2/health/ready", proc, timeout_s)
+        except RuntimeError as e:
+            raise RuntimeError(f"the predictor did not start ({e}); see {log}") from None
         key = (layout.data_dir / "secrets" / "jwt.key").read_text().strip()
         token = issue_token(AuthConfig(key=key), "demo", ["predictor"], ttl_s=300)
         body = {"instances": [{"customer_id": c} for c in customer_ids], "parameters": {"top_k": 3}}

@@ -39,7 +39,7 @@ import pandas as pd
 
 from churnops_features import store as feast_store
 from churnops_features.definitions import TRAINING_SERVICE
-from churnops_features.local_services import DEFAULT_ADMIN_DSN, free_port, private_redis, temporary_database
+from churnops_features.local_services import DEFAULT_ADMIN_DSN, free_port, private_redis, temporary_database, wait_for_http
 from churnops_features.online import redis_reader
 from churnops_models import registry
 from churnops_models.features import DOMAINS, ENTITY, TIMESTAMP
@@ -109,27 +109,16 @@ def wrk(name: str, url: str, bodies: list[str], token: str | None, concurrency: 
     return Run(name, concurrency, per_request, n, duration_us / 1e6, p50 / 1000, p95 / 1000, p99 / 1000, errors)
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"server did not start ({url}):\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
 @contextmanager
 def process(cmd: list[str], health: str, log: Path, env: dict[str, str]) -> Iterator[None]:
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env, "OMP_NUM_THREADS": "1"})
     try:
-        wait_http(health, proc, log)
+        try:
+            wait_for_http(health, proc, 240)
+        except RuntimeError as e:
+            proc.kill()
+            raise RuntimeError(f"{e}:\n{log.read_text()[-3000:]}") from None
         yield
     finally:
         proc.terminate()

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from churnops_features.local_services import free_port
+from churnops_features.local_services import free_port, wait_for_http
 from churnops_models import registry
 from churnops_models.automl import build_pipeline, positive_proba
 from churnops_models.dataset import churn_spec, xy
@@ -118,14 +117,9 @@ def start_server(
             cmd + extra, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {}), "OMP_NUM_THREADS": "1"}
         )
     server = Server(f"http://127.0.0.1:{port}", proc, log, audit_log)
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{server.url}/v2/health/live", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"predictor did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
+    try:
+        wait_for_http(f"{server.url}/v2/health/live", proc, 180)
+    except RuntimeError as e:
+        server.stop()
+        raise RuntimeError(f"predictor did not start ({e}):\n{log.read_text()[-3000:]}") from None
+    return server

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from churnops_models.serving.explain import CompiledModel
 from churnops_models.serving.inputs import MAX_ABS_VALUE
+from churnops_models.serving.scoring import risk_bands
 
 PASSTHROUGH = ("customer_id", "event_timestamp")
 
@@ -82,10 +83,6 @@ def _check_columns(frame: pd.DataFrame, model: CompiledModel, path: Path) -> Non
         bad = ~np.isnan(values) & ~(np.abs(values) <= MAX_ABS_VALUE)
         if bad.any():
             raise BatchInputError(f"{path}: column {f!r} has {int(bad.sum())} infinite or out-of-range value(s)")
-
-
-def risk_bands(p: np.ndarray, threshold: float) -> np.ndarray:
-    return np.where(p >= threshold, "high", np.where(p >= threshold / 2, "medium", "low"))
 
 
 def score_chunk(model: CompiledModel, frame: pd.DataFrame, threshold: float, top_k: int) -> pd.DataFrame:

@@ -83,11 +83,13 @@ class ServingPolicy:
     on_store_failure: OnFailure = "degrade"
 
 
-def risk_band(p: float, threshold: float) -> str:
+def risk_bands(p: np.ndarray, threshold: float) -> np.ndarray:
     """high: at or above the campaign threshold; medium: at least half of it; else low."""
-    if p >= threshold:
-        return "high"
-    return "medium" if p >= threshold / 2 else "low"
+    return np.where(p >= threshold, "high", np.where(p >= threshold / 2, "medium", "low"))
+
+
+def risk_band(p: float, threshold: float) -> str:
+    return str(risk_bands(np.asarray([p]), threshold)[0])
 
 
 @dataclass
@@ -184,7 +186,8 @@ class Scorer:
             raise ServingError(501, f"model v{self.served.version} cannot be explained exactly: {self.compiled.unexplainable_reason}")
         scored = self.compiled.explain(rows) if want_reasons else self.compiled.predict(rows)
         self._stage("explain" if want_reasons else "predict", time.perf_counter() - t0)
-        predictions = [self._prediction(request, rows, scored, r, rid, degraded_reason, full) for r in range(len(rows))]
+        bands = risk_bands(scored.probability, self.served.threshold)
+        predictions = [self._prediction(request, rows, scored, str(bands[r]), r, rid, degraded_reason, full) for r in range(len(rows))]
         t0 = time.perf_counter()
         if self.audit is not None:
             try:
@@ -198,13 +201,13 @@ class Scorer:
         return Outcome(predictions, degraded_reason is not None)
 
     def _prediction(
-        self, request: ParsedRequest, rows: np.ndarray, scored: Scored, r: int, rid: str, degraded: str | None, full: bool
+        self, request: ParsedRequest, rows: np.ndarray, scored: Scored, band: str, r: int, rid: str, degraded: str | None, full: bool
     ) -> dict[str, Any]:
         p = float(scored.probability[r])
         out: dict[str, Any] = {
             "customer_id": request.instances[r].customer_id,
             "churn_probability": round(p, 6),
-            "risk_band": risk_band(p, self.served.threshold),
+            "risk_band": band,
             "model": self.served.registered_model,
             "model_version": self.served.version,
             "request_id": f"{rid}/{r}" if len(rows) > 1 else rid,
