@@ -28,7 +28,7 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+$(VENV)/.installed: pyproject.toml uv.lock models/contract/pyproject.toml operators/pyproject.toml | $(UV)
 	$(UV) sync --frozen
 	@touch $@
 
@@ -55,8 +55,12 @@ serve: install ## Online predictor for the champion on :8080 (after `make demo`)
 
 .PHONY: pipelines
 pipelines: install ## Compile the KFP pipelines (training, batch scoring) into pipelines/compiled/
-	$(BIN)/python -c "from churnops_pipelines.kfp_training import compile_pipeline; compile_pipeline('pipelines/compiled/churn_training.yaml')"
-	$(BIN)/python -c "from churnops_pipelines.kfp_scoring import compile_pipeline; compile_pipeline('pipelines/compiled/churn_batch_scoring.yaml')"
+	$(BIN)/python -c "from churnops_pipelines.training import compile_pipeline; compile_pipeline('pipelines/compiled/churn_training.yaml')"
+	$(BIN)/python -c "from churnops_pipelines.scoring import compile_pipeline; compile_pipeline('pipelines/compiled/churn_batch_scoring.yaml')"
+
+.PHONY: dashboards
+dashboards: install ## Regenerate the Grafana dashboards (manifests/monitoring/dashboards/*.json) from churnops.monitoring.dashboards
+	$(BIN)/python -m churnops.monitoring.dashboards manifests/monitoring/dashboards
 
 .PHONY: catalog
 catalog: install ## Regenerate feature_repo/FEATURES.md from the feature definitions
@@ -69,6 +73,7 @@ lint: install ## ruff (lint, format), mypy --strict, feature catalog up to date
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/churnops features catalog --check
 
 .PHONY: test
@@ -84,16 +89,24 @@ format: install ## Apply ruff fixes and formatting
 
 .PHONY: bench-features
 bench-features: install ## Online read p50/p99 (SQLite, Redis) and materialization rows/s; BENCH_CUSTOMERS=20000
-	$(BIN)/python tests/benchmarks/bench_features.py
+	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_features.py
 
 .PHONY: bench-serving
 bench-serving: install ## Online p50/p95/p99 + req/s vs mlflow models serve and bare KServe; batch rows/min (needs wrk)
 	@command -v wrk >/dev/null || { echo "bench-serving needs wrk (Debian: apt-get install wrk)"; exit 1; }
-	$(BIN)/python tests/benchmarks/bench_serving.py --data-dir $(DATA_DIR)
+	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_serving.py --data-dir $(DATA_DIR)
+
+.PHONY: bench-operator
+bench-operator: install ## Canary verdicts vs a fixed-threshold rule on the same streams; reconcile rate and memory at 100 resources
+	$(BIN)/python tests/benchmarks/bench_operator.py
 
 .PHONY: bench-train
 bench-train: install ## Full AutoML on 50,000 customers: wall time, peak memory, trials, vs a LightGBM baseline
-	$(BIN)/python tests/benchmarks/bench_train.py
+	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_train.py
+
+.PHONY: bench-predlog
+bench-predlog: install ## Prediction log events/min through the queue (Parquet, PostgreSQL) and read-back, vs raw pyarrow
+	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_predlog.py
 
 ##@ Kubernetes (needs Docker and kind)
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: small generated data sets, private Redis / PostgreSQL databases, an MLflow server."""
+"""Shared fixtures (small generated data sets, private Redis / PostgreSQL databases, an MLflow server),
+and a check that the run leaves the work tree as it found it."""
 
 from __future__ import annotations
 
@@ -12,14 +13,51 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churnops_features.local_services import DEFAULT_ADMIN_DSN, free_port, private_redis, temporary_database, wait_for_http
-from churnops_models.data import GeneratorConfig, generate_blocks, save_manifest, write_raw
-from churnops_models.features import DOMAINS, ENTITY, TIMESTAMP, build_features, compute_block_features
-from churnops_pipelines.foundation import Layout
+from churnops.data.config import GeneratorConfig
+from churnops.data.generator import generate_blocks, save_manifest, write_raw
+from churnops.data.schema import ENTITY, TIMESTAMP
+from churnops.features.catalog import DOMAINS
+from churnops.features.engine import build_features, compute_block_features
+from churnops.layout import Layout
+from churnops.processes import free_port, wait_for_http
+from tests.support.services import DEFAULT_ADMIN_DSN, private_redis, temporary_database
 
+REPO = Path(__file__).resolve().parents[1]
 SMALL = GeneratorConfig(n_customers=2_000, block_size=1_000, seed=7)
 # Override to point the tests at another server (the account needs CREATEDB).
 PG_ADMIN_DSN = os.environ.get("CHURNOPS_TEST_PG_DSN", DEFAULT_ADMIN_DSN)
+
+
+def _work_tree_status() -> set[str] | None:
+    """``git status`` entries (including untracked and ignored-by-nothing files); None outside a checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return set(out.splitlines())
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_STATUS] = _work_tree_status()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when tests left files in the work tree (outputs belong in tmp_path or ignored dirs)."""
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: the controller checks once
+    before = session.config.stash.get(_STATUS, None)
+    after = _work_tree_status()
+    if before is None or after is None:
+        return
+    left = sorted(after - before)
+    if left:
+        print("\ntests changed the work tree (write outputs under tmp_path):\n  " + "\n  ".join(left), file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_STATUS = pytest.StashKey[set[str] | None]()
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +66,7 @@ def small_layout(tmp_path_factory: pytest.TempPathFactory) -> Layout:
     layout = Layout(tmp_path_factory.mktemp("small"))
     counts = write_raw(SMALL, layout.raw)
     save_manifest(SMALL, layout.raw, counts)
-    build_features(SMALL, layout.raw, layout.features)
+    build_features(SMALL.calendar, layout.raw, layout.features)
     return layout
 
 
@@ -66,7 +104,7 @@ TRAIN_DATA = GeneratorConfig(n_customers=3_000, block_size=3_000, seed=21)
 def churn_table() -> pd.DataFrame:
     """Labels joined with all features at each labelled snapshot (what Feast's historical retrieval returns)."""
     block = next(generate_blocks(TRAIN_DATA))
-    feats = compute_block_features(TRAIN_DATA, block.tables, TRAIN_DATA.labelled_snapshot_days())
+    feats = compute_block_features(TRAIN_DATA.calendar, block.tables, TRAIN_DATA.calendar.labelled_snapshot_days())
     frame = block.labels[[ENTITY, TIMESTAMP, "churned_30d"]]
     for domain in DOMAINS:
         frame = frame.merge(feats[domain], on=[ENTITY, TIMESTAMP], validate="one_to_one")

@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churnops_features.catalog import render_catalog
-from churnops_features.store import default_repo_dir
-from churnops_pipelines.cli import main
+from churnops.cli import main
+from churnops.cli.features import CATALOG
+from churnops.errors import DataValidationError
+from churnops_feast.catalog import render_catalog
 
 
 def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,7 +57,7 @@ def test_failed_validation_stops_the_run(tmp_path: Path, capsys: pytest.CaptureF
     nps.to_parquet(part)
     code = main(["--data-dir", str(tmp_path), "data", "validate"])
     captured = capsys.readouterr()
-    assert code == 2
+    assert code == DataValidationError.exit_code == 4  # rejected by a check (see churnops.errors)
     assert "[FAIL] nps" in captured.out and "column 'score'" in captured.err
     assert json.loads((tmp_path / "reports" / "validation_raw.json").read_text())["pass_rate"] < 1.0
 
@@ -83,5 +84,5 @@ def test_ingest_writes_typed_parquet(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_checked_in_feature_catalog_is_current() -> None:
-    assert (default_repo_dir() / "FEATURES.md").read_text() == render_catalog(), "run `churnops features catalog`"
+    assert CATALOG.read_text() == render_catalog(), "run `churnops features catalog`"
     assert main(["features", "catalog", "--check"]) == 0

@@ -1,88 +1,434 @@
-"""Training runs: the platform's data through Feast, or a user's own table."""
+"""The training pipeline for Kubeflow Pipelines v2 (and ``kfp.local`` on one machine).
 
-from __future__ import annotations
+Each component is a small typed function running in the ChurnOps image (the
+project and its locked dependencies are installed there, nothing is pip-installed
+at run time). Components exchange Datasets, Models and Artifacts; lineage goes
+into each artifact's metadata. The pipeline function only wires tasks.
+"""
 
-import hashlib
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from kfp import compiler, dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-import pandas as pd
-from tqdm import tqdm
+from churnops.training.config import BusinessConfig, GateConfig, SearchBudget, TrainingConfig
 
-from churnops_features import store as feast_store
-from churnops_features.definitions import TRAINING_SERVICE
-from churnops_models import registry
-from churnops_models.data import read_raw
-from churnops_models.dataset import TARGET, churn_spec, spec_from_schema
-from churnops_models.features import ENTITY, TIMESTAMP
-from churnops_models.ingest import ingest
-from churnops_models.train import TrainingConfig, TrainingOutcome, train_and_register
-from churnops_pipelines.foundation import Layout
+IMAGE = "ghcr.io/churnops/churnops:0.1.0"
+PIPELINE_NAME = "churn-training"
+# Parameter defaults come from where each setting is defined.
+_TRAIN, _BUDGET, _GATES, _BUSINESS = TrainingConfig(), SearchBudget(), GateConfig(), BusinessConfig()
 
 
-def training_frame(layout: Layout, mode: feast_store.Mode, env: Mapping[str, str]) -> pd.DataFrame:
+def _component(func):  # type: ignore[no-untyped-def]
+    """Components run in the ChurnOps image, which already has kfp and the project installed."""
+    return dsl.component(base_image=IMAGE, install_kfp_package=False)(func)
+
+
+@_component
+def load_training_data(data_dir: str, store_mode: str, dataset: Output[Dataset]) -> None:
     """Labels joined point-in-time with FeatureService churn_v1 (Feast historical retrieval)."""
-    labels = read_raw(layout.raw, "labels")[[ENTITY, TIMESTAMP, TARGET]]
-    store = feast_store.open_store(mode, env, layout.data_dir)
-    frame = feast_store.historical_features(store, labels, TRAINING_SERVICE)
-    if len(frame) != len(labels):
-        raise ValueError(f"historical retrieval returned {len(frame)} rows for {len(labels)} labels")
-    return frame.sort_values([TIMESTAMP, ENTITY]).reset_index(drop=True)
+    import os
+    from pathlib import Path
+
+    from churnops.layout import Layout
+    from churnops.training.runs import frame_digest, training_frame
+    from churnops_feast.definitions import TRAINING_SERVICE
+
+    frame = training_frame(Layout(Path(data_dir)), store_mode, dict(os.environ))  # type: ignore[arg-type]
+    frame.to_parquet(dataset.path, index=False)
+    dataset.metadata.update({"rows": len(frame), "sha256": frame_digest(frame), "feature_service": TRAINING_SERVICE, "store": store_mode})
 
 
-def frame_digest(frame: pd.DataFrame) -> str:
-    """A content hash of the training table, for lineage."""
-    return hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
+@_component
+def validate_training_data(dataset: Input[Dataset], report: Output[Metrics]) -> float:
+    """Great Expectations on the joined table: labels and every feature domain."""
+
+    from churnops.data.parquet import read_parquet
+    from churnops.data.schema import ENTITY, TIMESTAMP
+    from churnops.data.validation import ValidationRun, raw_suites, validate
+    from churnops.features.catalog import DOMAINS, features_of
+    from churnops.features.validation import feature_suite
+
+    frame = read_parquet(dataset.path)
+    run = ValidationRun([validate(frame[[ENTITY, TIMESTAMP, "churned_30d"]].assign(mrr=frame["mrr"]), "labels", raw_suites()["labels"])])
+    for domain in DOMAINS:
+        cols = [ENTITY, TIMESTAMP, *(f.name for f in features_of(domain))]
+        run.reports.append(validate(frame[cols], f"features_{domain}", feature_suite(domain)))
+    report.log_metric("pass_rate", run.pass_rate)
+    report.log_metric("expectations", run.evaluated)
+    print(run.render())
+    run.raise_for_failures()
+    return run.pass_rate
 
 
-def _progress(total: int) -> tuple[tqdm[Any], Any]:
-    bar = tqdm(total=total, desc="AutoML trials", unit="trial")
+@_component
+def split_data(dataset: Input[Dataset], holdout_fraction: float, train: Output[Dataset], holdout: Output[Dataset]) -> None:
+    """Time-based holdout with a label-horizon gap."""
 
-    def update(trial: int, best: float) -> None:
-        bar.set_postfix(best_cv_auc=f"{best:.4f}")
-        bar.update(1)
+    from churnops.data.parquet import read_parquet
+    from churnops.training.dataset import churn_spec, time_holdout
 
-    return bar, update
+    split = time_holdout(read_parquet(dataset.path), churn_spec(), holdout_fraction)
+    split.train.to_parquet(train.path, index=False)
+    split.holdout.to_parquet(holdout.path, index=False)
+    train.metadata.update(
+        {"rows": len(split.train), "until": str(split.cutoff), "dropped_for_gap": split.dropped_for_gap, "source": dataset.uri}
+    )
+    holdout.metadata.update({"rows": len(split.holdout), "from": str(split.cutoff), "source": dataset.uri})
 
 
-def train_platform(
-    layout: Layout, mode: feast_store.Mode, env: Mapping[str, str], cfg: TrainingConfig, reg: registry.RegistryConfig
-) -> TrainingOutcome:
-    frame = training_frame(layout, mode, env)
-    lineage = {
-        "source": f"feast:{TRAINING_SERVICE} ({mode} store)",
-        "feature_service": TRAINING_SERVICE,
-        "labels": str(layout.raw / "labels"),
-        "rows": len(frame),
-        "dataset_sha256": frame_digest(frame),
-        "snapshots": ", ".join(sorted({str(t.date()) for t in frame[TIMESTAMP]})),
+@_component
+def select_features(train: Input[Dataset], seed: int, max_features: int, selection: Output[Artifact]) -> int:
+    """LightGBM gain and mutual information rankings, with a correlation filter."""
+    import json
+
+    from churnops.data.parquet import read_parquet
+    from churnops.training.config import model_threads
+    from churnops.training.dataset import churn_spec, xy
+    from churnops.training.selection import select
+
+    spec = churn_spec()
+    x, y = xy(read_parquet(train.path), spec)
+    chosen = select(x, y, spec, seed, max_features=max_features, threads=model_threads(len(x), min(len(spec.features), max_features)))
+    with open(selection.path, "w") as f:
+        json.dump(chosen.to_dict(), f)
+    selection.metadata.update({"selected": len(chosen.selected), "methods": "lightgbm_gain,mutual_information,correlation_filter"})
+    return len(chosen.selected)
+
+
+@_component
+def automl_search(
+    train: Input[Dataset],
+    selection: Input[Artifact],
+    seed: int,
+    n_trials: int,
+    timeout_s: float,
+    n_folds: int,
+    candidates: Output[Artifact],
+    metrics: Output[Metrics],
+) -> float:
+    """Optuna TPE search with pruning over the model families; keeps each family's best trial. 0 trials or folds: scaled to the table."""
+    import json
+
+    import joblib
+
+    from churnops.data.parquet import read_parquet
+    from churnops.training.automl import search
+    from churnops.training.config import SearchBudget, plan_search
+    from churnops.training.dataset import churn_spec, cv_folds, xy
+
+    frame = read_parquet(train.path)
+    with open(selection.path) as f:
+        spec = churn_spec().with_features(json.load(f)["selected"])
+    x, y = xy(frame, spec)
+    budget = SearchBudget(n_trials=n_trials or None, timeout_s=timeout_s or None, n_folds=n_folds or None)
+    plan = plan_search(budget, len(x), len(spec.features))
+    print(plan.describe())
+    folds = cv_folds(frame, spec, plan.n_folds, seed)
+    result = search(x, y, spec, folds, plan, seed)
+    joblib.dump({"result": result, "folds": folds, "plan": plan}, candidates.path)
+    for c in result.ranked():
+        metrics.log_metric(f"cv_auc_{c.family}", c.cv_auc)
+    metrics.log_metric("trials_completed", result.trials_completed)
+    metrics.log_metric("trials_pruned", result.trials_pruned)
+    return result.ranked()[0].cv_auc
+
+
+@_component
+def build_ensemble(
+    train: Input[Dataset],
+    selection: Input[Artifact],
+    candidates: Input[Artifact],
+    seed: int,
+    top_k: int,
+    contact_cost: float,
+    save_rate: float,
+    months_saved: float,
+    max_contact_share: float,
+    model: Output[Model],
+) -> str:
+    """Stacking vs blending vs best single model on OOF predictions, calibrated, refit on all rows."""
+    import json
+
+    import joblib
+
+    from churnops.data.parquet import read_parquet
+    from churnops.training.config import BusinessConfig
+    from churnops.training.dataset import churn_spec, xy
+    from churnops.training.ensemble import choose, fit_final
+    from churnops.training.train import decision_threshold
+
+    frame = read_parquet(train.path)
+    with open(selection.path) as f:
+        spec = churn_spec().with_features(json.load(f)["selected"])
+    found = joblib.load(candidates.path)
+    x, y = xy(frame, spec)
+    choice = choose(found["result"].ranked(), y, found["folds"], top_k)
+    fitted = fit_final(choice, x, y, spec, seed, found["plan"].threads)
+    business = BusinessConfig(contact_cost, save_rate, months_saved, max_contact_share)
+    decision = decision_threshold(choice, frame, spec, business)
+    print(f"decision threshold: {decision.note}")
+    joblib.dump({"model": fitted, "threshold": decision.threshold, "decision": decision, "oof_scores": choice.oof_scores}, model.path)
+    model.metadata.update(
+        {
+            "ensemble": choice.combiner.kind,
+            "members": ",".join(fitted.families),
+            "threshold": decision.threshold,
+            "threshold_rule": decision.rule,
+            "train": train.uri,
+        }
+    )
+    return choice.combiner.kind
+
+
+@_component
+def evaluate_model(
+    model: Input[Model],
+    holdout: Input[Dataset],
+    tracking_uri: str,
+    artifact_location: str,
+    contact_cost: float,
+    save_rate: float,
+    months_saved: float,
+    max_contact_share: float,
+    max_fairness_gap: float,
+    evaluation: Output[Artifact],
+    metrics: Output[Metrics],
+) -> float:
+    """Holdout metrics, business value, fairness, and a bootstrap comparison with the champion."""
+    import json
+    from dataclasses import asdict
+
+    import joblib
+
+    from churnops.data.parquet import read_parquet
+    from churnops.training import registry
+    from churnops.training.config import BusinessConfig
+    from churnops.training.dataset import churn_spec
+    from churnops.training.evaluation import bootstrap_auc_delta
+    from churnops.training.train import holdout_evaluation
+
+    bundle = joblib.load(model.path)
+    frame = read_parquet(holdout.path)
+    spec = churn_spec()
+    business = BusinessConfig(contact_cost, save_rate, months_saved, max_contact_share)
+    y = frame[spec.target_column].to_numpy()
+    ev, p = holdout_evaluation(bundle["model"], bundle["decision"], frame, spec, business, max_fairness_gap)
+    reg = registry.config_for(tracking_uri, artifact_location or None)
+    champion = registry.alias_version(reg, registry.CHAMPION)
+    comparison = None
+    if champion is not None:
+        comparison = asdict(bootstrap_auc_delta(y, p, registry.load_model(reg, champion).predict_proba(frame), champion))
+    with open(evaluation.path, "w") as f:
+        json.dump({"evaluation": ev.to_dict(), "comparison": comparison}, f, default=str)
+    for k, v in ev.headline().items():
+        metrics.log_metric(k, v)
+    return ev.roc_auc
+
+
+@_component
+def quality_gates(
+    evaluation: Input[Artifact],
+    min_auc: float,
+    max_brier: float,
+    max_fairness_gap: float,
+    max_auc_regression: float,
+    gate_report: Output[Artifact],
+) -> str:
+    """Fail the run, with the reasons, when any gate fails; the results go to ``gate_report`` for the model card."""
+    import json
+    from dataclasses import asdict
+
+    from churnops.training.config import GateConfig
+    from churnops.training.evaluation import Comparison, Evaluation
+    from churnops.training.gates import check_gates, enforce
+
+    with open(evaluation.path) as f:
+        doc = json.load(f)
+    ev = Evaluation(**doc["evaluation"])
+    comparison = Comparison(**doc["comparison"]) if doc["comparison"] else None
+    gate_cfg = GateConfig(min_auc=min_auc, max_brier=max_brier, max_fairness_gap=max_fairness_gap, max_auc_regression=max_auc_regression)
+    results = check_gates(ev, gate_cfg, comparison)
+    for r in results:
+        print(("PASS " if r.passed else "FAIL ") + f"{r.name}: {r.reason}")
+    with open(gate_report.path, "w") as f:
+        json.dump([asdict(r) for r in results], f)
+    enforce(results)
+    return "passed"
+
+
+@_component
+def register_model(
+    model: Input[Model],
+    holdout: Input[Dataset],
+    evaluation: Input[Artifact],
+    dataset: Input[Dataset],
+    tracking_uri: str,
+    artifact_location: str,
+    gates: str,
+) -> str:
+    """Log the run to MLflow and register the model as the new challenger."""
+    import json
+
+    import joblib
+
+    from churnops.data.parquet import read_parquet
+    from churnops.training import registry
+
+    bundle = joblib.load(model.path)
+    with open(evaluation.path) as f:
+        ev = json.load(f)["evaluation"]
+    example = read_parquet(holdout.path)[bundle["model"].feature_names].head(20)
+    metrics = {k: ev[k] for k in ("roc_auc", "pr_auc", "precision", "recall", "f1", "brier", "log_loss")}
+    tags = {
+        "feature_service": str(dataset.metadata.get("feature_service")),
+        "dataset_sha256": str(dataset.metadata.get("sha256")),
+        "dataset_uri": dataset.uri,
+        "gates": gates,
     }
-    bar, update = _progress(cfg.budget.n_trials)
-    with bar:
-        return train_and_register(frame, churn_spec(), cfg, reg, layout.reports / "training", lineage, update)
+    # an explicit artifact location: without one MLflow writes into ./mlruns of the component's directory
+    reg = registry.config_for(tracking_uri, artifact_location or None)
+    registered = registry.log_and_register(
+        reg,
+        bundle["model"],
+        example,
+        {"threshold": bundle["threshold"], "threshold_rule": bundle["decision"].rule, "ensemble": bundle["model"].combiner.kind},
+        metrics,
+        tags,
+        {},
+    )
+    return registered.version
 
 
-def train_own_data(
-    path: Path,
-    id_column: str,
-    time_column: str,
-    target_column: str,
-    segment_column: str | None,
-    revenue_column: str | None,
-    horizon_days: int,
-    out_dir: Path,
-    cfg: TrainingConfig,
-    reg: registry.RegistryConfig,
-) -> TrainingOutcome:
-    table = ingest(path, id_column, time_column, target_column)
-    spec = spec_from_schema(table.schema, segment_column, revenue_column, horizon_days)
+@_component
+def write_model_card(
+    evaluation: Input[Artifact],
+    gate_report: Input[Artifact],
+    selection: Input[Artifact],
+    dataset: Input[Dataset],
+    version: str,
+    card: Output[HTML],
+    card_markdown: Output[Markdown],
+) -> None:
+    """Model card (Markdown and HTML with plots) for the registered version."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from churnops.training.evaluation import Comparison, Evaluation
+    from churnops.training.gates import GateResult
+    from churnops.training.model_card import CardInputs, plot_evaluation, render_html, render_markdown
+
+    with open(evaluation.path) as f:
+        doc = json.load(f)
+    with open(selection.path) as f:
+        chosen = json.load(f)
+    with open(gate_report.path) as f:
+        gates = [GateResult(**g) for g in json.load(f)]  # as applied, with the run's thresholds
+    ev = Evaluation(**doc["evaluation"])
+    comparison = Comparison(**doc["comparison"]) if doc["comparison"] else None
+    plots = plot_evaluation(ev, chosen["importance"], Path(tempfile.mkdtemp()))
     lineage = {
-        "source": str(path),
-        "rows": len(table.frame),
-        "dataset_sha256": frame_digest(table.frame),
-        "notes": "; ".join(table.notes) or "-",
+        "feature_service": dataset.metadata.get("feature_service"),
+        "dataset_sha256": dataset.metadata.get("sha256"),
+        "dataset": dataset.uri,
     }
-    bar, update = _progress(cfg.budget.n_trials)
-    with bar:
-        return train_and_register(table.frame, spec, cfg, reg, out_dir, lineage, update)
+    inputs = CardInputs(
+        "churn-classifier",
+        version,
+        ev,
+        gates,
+        comparison,
+        lineage,
+        {"features_selected": len(chosen["selected"])},
+        plots,
+    )
+    text = render_markdown(inputs)
+    Path(card_markdown.path).write_text(text)
+    Path(card.path).write_text(render_html(text, plots))
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Feast features -> validation -> split -> selection -> AutoML -> ensemble -> evaluation -> gates -> MLflow -> model card",
+)
+def churn_training(
+    data_dir: str = "/data",
+    store_mode: str = "cluster",
+    tracking_uri: str = "http://mlflow.churnops:5000",
+    artifact_location: str = "",  # empty: the tracking server's default (a SQLite store keeps artifacts next to its file)
+    seed: int = _TRAIN.seed,
+    holdout_fraction: float = _TRAIN.holdout_fraction,
+    max_features: int = _TRAIN.max_features,
+    n_trials: int = _BUDGET.n_trials or 0,  # 0: scaled to the table (churnops.training.config.plan_search)
+    timeout_s: float = _BUDGET.timeout_s or 0.0,
+    n_folds: int = _BUDGET.n_folds or 0,  # 0: scaled to the table
+    top_k: int = _TRAIN.top_k,
+    min_auc: float = _GATES.min_auc,
+    max_brier: float = _GATES.max_brier,
+    max_fairness_gap: float = _GATES.max_fairness_gap,
+    max_auc_regression: float = _GATES.max_auc_regression,
+    contact_cost: float = _BUSINESS.contact_cost,
+    save_rate: float = _BUSINESS.save_rate,
+    months_saved: float = _BUSINESS.months_saved,
+    max_contact_share: float = _BUSINESS.max_contact_share,
+) -> None:
+    data = load_training_data(data_dir=data_dir, store_mode=store_mode)
+    checked = validate_training_data(dataset=data.outputs["dataset"])
+    split = split_data(dataset=data.outputs["dataset"], holdout_fraction=holdout_fraction).after(checked)
+    chosen = select_features(train=split.outputs["train"], seed=seed, max_features=max_features)
+    searched = automl_search(
+        train=split.outputs["train"],
+        selection=chosen.outputs["selection"],
+        seed=seed,
+        n_trials=n_trials,
+        timeout_s=timeout_s,
+        n_folds=n_folds,
+    )
+    built = build_ensemble(
+        train=split.outputs["train"],
+        selection=chosen.outputs["selection"],
+        candidates=searched.outputs["candidates"],
+        seed=seed,
+        top_k=top_k,
+        contact_cost=contact_cost,
+        save_rate=save_rate,
+        months_saved=months_saved,
+        max_contact_share=max_contact_share,
+    )
+    evaluated = evaluate_model(
+        model=built.outputs["model"],
+        holdout=split.outputs["holdout"],
+        tracking_uri=tracking_uri,
+        artifact_location=artifact_location,
+        contact_cost=contact_cost,
+        save_rate=save_rate,
+        months_saved=months_saved,
+        max_contact_share=max_contact_share,
+        max_fairness_gap=max_fairness_gap,
+    )
+    gated = quality_gates(
+        evaluation=evaluated.outputs["evaluation"],
+        min_auc=min_auc,
+        max_brier=max_brier,
+        max_fairness_gap=max_fairness_gap,
+        max_auc_regression=max_auc_regression,
+    )
+    registered = register_model(
+        model=built.outputs["model"],
+        holdout=split.outputs["holdout"],
+        evaluation=evaluated.outputs["evaluation"],
+        dataset=data.outputs["dataset"],
+        tracking_uri=tracking_uri,
+        artifact_location=artifact_location,
+        gates=gated.outputs["Output"],
+    )
+    write_model_card(
+        evaluation=evaluated.outputs["evaluation"],
+        gate_report=gated.outputs["gate_report"],
+        selection=chosen.outputs["selection"],
+        dataset=data.outputs["dataset"],
+        version=registered.output,
+    )
+
+
+def compile_pipeline(path: str) -> None:
+    compiler.Compiler().compile(churn_training, package_path=path)

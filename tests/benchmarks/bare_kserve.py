@@ -24,7 +24,7 @@ def main() -> None:
     sys.argv = sys.argv[:1]  # KServe parses argv on import
     from kserve import Model, ModelServer  # noqa: PLC0415
 
-    from churnops_models import registry  # noqa: PLC0415
+    from churnops.training import registry  # noqa: PLC0415
 
     ensemble = registry.load_model(registry.RegistryConfig(tracking_uri=args.tracking_uri), args.version)
 

@@ -7,7 +7,7 @@ times, for one customer x all features of the training FeatureService:
   - the floor in the same run: the raw store read that Feast builds on
     (one SQLite SELECT of the customer's rows, one Redis HGETALL), without
     decoding, i.e. the floor for any client of that store.
-  - ChurnOps' serving reader (churnops_features.online), one round trip.
+  - ChurnOps' serving reader (churnops_feast.online), one round trip.
 Prints p50/p95/p99 and materialization throughput (feature-view rows/s).
 """
 
@@ -29,14 +29,16 @@ from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
-from churnops_features import store as fs
-from churnops_features.definitions import TRAINING_SERVICE
-from churnops_features.local_services import private_redis, temporary_database
-from churnops_features.online import redis_reader, sqlite_reader
-from churnops_models.data import GeneratorConfig, load_manifest, save_manifest, write_raw
-from churnops_models.features import ENTITY, build_features
-from churnops_pipelines import foundation
-from churnops_pipelines.foundation import Layout
+from churnops.data.config import GeneratorConfig
+from churnops.data.generator import load_manifest, save_manifest, write_raw
+from churnops.data.schema import ENTITY
+from churnops.features import steps as foundation
+from churnops.features.engine import build_features
+from churnops.layout import Layout
+from churnops_feast import store as fs
+from churnops_feast.definitions import TRAINING_SERVICE
+from churnops_feast.online import redis_reader, sqlite_reader
+from tests.support.services import private_redis, temporary_database
 
 
 def percentiles(samples_ms: list[float]) -> str:
@@ -76,13 +78,13 @@ def main() -> None:
     save_manifest(cfg, layout.raw, counts)
     gen_s = time.perf_counter() - t
     t = time.perf_counter()
-    rows = build_features(load_manifest(layout.raw), layout.raw, layout.features)
+    rows = build_features(load_manifest(layout.raw).calendar, layout.raw, layout.features)
     feat_s = time.perf_counter() - t
     n_views = len(fs.objects_for("embedded", layout.features).services[TRAINING_SERVICE].feature_view_projections)
     print(
         f"data: {args.customers:,} customers generated in {gen_s:.1f} s; {rows['usage']:,} snapshot rows x 116 features in {feat_s:.1f} s"
     )
-    ids = sorted(foundation.served_customers(layout, cfg))
+    ids = sorted(foundation.served_customers(layout, cfg.calendar))
     print(
         f"online store: {len(ids):,} customers in the serving window; feature service {TRAINING_SERVICE} ({n_views} views, 116 features)\n"
     )

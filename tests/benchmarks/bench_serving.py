@@ -27,27 +27,32 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from churnops_features import store as feast_store
-from churnops_features.definitions import TRAINING_SERVICE
-from churnops_features.local_services import DEFAULT_ADMIN_DSN, free_port, private_redis, temporary_database, wait_for_http
-from churnops_features.online import redis_reader
-from churnops_models import registry
-from churnops_models.features import DOMAINS, ENTITY, TIMESTAMP
-from churnops_models.serving.batch import score_file
-from churnops_models.serving.explain import CompiledModel
-from churnops_models.serving.security import AuthConfig, issue_token
-from churnops_pipelines import foundation
-from churnops_pipelines.foundation import Layout
+from churnops.data.schema import ENTITY, TIMESTAMP
+from churnops.features import steps as foundation
+from churnops.features.catalog import DOMAINS
+from churnops.layout import Layout
+from churnops.processes import free_port, wait_for_http
+from churnops.serving.auth import AuthConfig, issue_token
+from churnops.serving.batch import score_file
+from churnops.serving.explain import CompiledModel
+from churnops.training import registry
+from churnops_feast import store as feast_store
+from churnops_feast.definitions import TRAINING_SERVICE
+from churnops_feast.online import redis_reader
+from tests.support.services import DEFAULT_ADMIN_DSN, private_redis, temporary_database
 
 BIN = Path(sys.executable).parent
 SECRET = "bench-secret-0123456789-0123456789-0123456789"
@@ -106,7 +111,23 @@ def wrk(name: str, url: str, bodies: list[str], token: str | None, concurrency: 
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     fields = next(line for line in out.splitlines() if line.startswith("RESULT")).split()[1:]
     n, duration_us, p50, p95, p99, errors, _ = (int(x) for x in fields)
-    return Run(name, concurrency, per_request, n, duration_us / 1e6, p50 / 1000, p95 / 1000, p99 / 1000, errors)
+    run = Run(name, concurrency, per_request, n, duration_us / 1e6, p50 / 1000, p95 / 1000, p99 / 1000, errors)
+    if errors:
+        # failed requests are not throughput: a run with errors measures nothing
+        raise SystemExit(f"{run.line()}\n{name}: {errors} request(s) failed (non-2xx, timeouts or socket errors); see {tmp}")
+    return run
+
+
+def probe_latency(url: str, stop: threading.Event, every_s: float = 0.05) -> list[float]:
+    """Latencies (ms) of health probes sent every ``every_s`` until ``stop`` is set."""
+    seen: list[float] = []
+    while not stop.is_set():
+        t = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=5) as r:
+            r.read()
+        seen.append((time.perf_counter() - t) * 1000)
+        stop.wait(every_s)
+    return seen
 
 
 @contextmanager
@@ -224,6 +245,22 @@ def online(args: argparse.Namespace, reg: registry.RegistryConfig, layout: Layou
                     results["batched"] = [wrk(name, url, batched, tok, c, args.seconds, n, tmp) for c in (1, 4)]
                     for r in results["batched"]:
                         print(r.line(), flush=True)
+                    big = [
+                        json.dumps({"instances": [{"customer_id": c} for c in (customers * 2)[i : i + args.large]]})
+                        for i in range(0, len(customers), args.large // 4)
+                    ]
+                    stop = threading.Event()
+                    with ThreadPoolExecutor(1) as pool:
+                        probes = pool.submit(probe_latency, health, stop)
+                        large = wrk(name, url, big, tok, 2, args.seconds, args.large, tmp)
+                        stop.set()
+                        probe = np.percentile(probes.result(), [50, 99, 100])
+                    print(large.line(), flush=True)
+                    print(
+                        f"  health probes during {args.large}-customer requests: p50 {probe[0]:.1f} ms, p99 {probe[1]:.1f} ms, "
+                        f"max {probe[2]:.1f} ms (goal: within 100 ms; Kubernetes' default probe timeout is 1 s)",
+                        flush=True,
+                    )
                     stages = urllib.request.urlopen(f"http://127.0.0.1:{ours_port}/metrics").read().decode()
                     print("  stage means (ms, whole run): " + stage_means(stages), flush=True)
                 print(flush=True)
@@ -261,13 +298,18 @@ def batch(args: argparse.Namespace, reg: registry.RegistryConfig, layout: Layout
 
     version = registry.resolve_version(reg, registry.CHAMPION)
     ensemble = registry.load_model(reg, version)
-    model = CompiledModel(ensemble, threads=os.cpu_count() or 1)
+    threads = args.batch_threads
+    model = CompiledModel(ensemble, threads=threads)
     base = latest_features(layout)
     rng = np.random.default_rng(0)
     big = base.iloc[rng.integers(0, len(base), args.batch_rows)].reset_index(drop=True)
     src = tmp / "batch.parquet"
     big.to_parquet(src)
-    print(f"Batch scoring, {len(big):,} rows x {len(model.features)} model features (Parquet, chunks of 50,000):", flush=True)
+    print(
+        f"Batch scoring, {len(big):,} rows x {len(model.features)} model features (Parquet, chunks of 50,000), "
+        f"{threads} thread(s) for every contender:",
+        flush=True,
+    )
     scores = score_file(model, 0.5, src, tmp / "scores.parquet", top_k=0)
     print(f"  churnops score, scores only:          {scores.rows_per_minute:>12,.0f} rows/min ({scores.seconds:.1f} s)", flush=True)
     n_shap = min(args.shap_rows, len(big))
@@ -280,6 +322,7 @@ def batch(args: argparse.Namespace, reg: registry.RegistryConfig, layout: Layout
     mlflow.set_tracking_uri(reg.tracking_uri)
     mlflow.set_registry_uri(reg.tracking_uri)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{reg.model_name}/{version}")
+    set_threads(pyfunc.unwrap_python_model().model, threads)
     chunk = big.head(200_000)[model.features]
     t = time.perf_counter()
     pyfunc.predict(chunk)
@@ -289,14 +332,27 @@ def batch(args: argparse.Namespace, reg: registry.RegistryConfig, layout: Layout
     )
     member = ensemble.members[0]
     x = member.named_steps["prep"].transform(big.head(n_shap)[model.features])
+    explainer = shap.TreeExplainer(member.named_steps["model"])
     t = time.perf_counter()
-    shap.TreeExplainer(member.named_steps["model"]).shap_values(x)
+    # shap's tree explainer runs on one thread: give it the same cores by explaining one slice per thread
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(explainer.shap_values, np.array_split(x, threads)))
     seconds = time.perf_counter() - t
     print(f"  baseline shap.TreeExplainer:          {n_shap / seconds * 60:>12,.0f} rows/min ({n_shap:,} rows in memory, {seconds:.1f} s)")
     print(
         f"\nGoals: scores {scores.rows_per_minute:,.0f} rows/min (goal >= 1,000,000); with exact SHAP reasons "
         f"{explained.rows_per_minute:,.0f} rows/min (goal >= 100,000)"
     )
+
+
+def set_threads(ensemble: Any, threads: int) -> None:
+    """The boosters inside an ensemble use ``threads`` threads (as ChurnOps' batch scorer does)."""
+    for member in ensemble.members:
+        booster = member.named_steps["model"]
+        if hasattr(booster, "get_booster"):
+            booster.get_booster().set_param({"nthread": threads})
+        if hasattr(booster, "set_params"):
+            booster.set_params(n_jobs=threads)
 
 
 def main() -> None:
@@ -306,6 +362,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per run")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up seconds per server")
+    parser.add_argument("--large", type=int, default=1_000, help="customers per request for the health-probe run")
+    parser.add_argument("--batch-threads", type=int, default=os.cpu_count() or 1, help="threads for every batch contender")
     parser.add_argument("--batch", type=int, default=16, help="customers per request in the batched run")
     parser.add_argument("--batch-rows", type=int, default=1_000_000)
     parser.add_argument("--shap-rows", type=int, default=200_000)
@@ -313,7 +371,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is required for the online benchmark (Debian: apt-get install wrk)")
-    os.environ["OMP_NUM_THREADS"] = "1"
+    # the servers get OMP_NUM_THREADS=1 in their own environment (see process()); batch scoring sets threads explicitly
     reg = ensure_champion(args.data_dir)
     layout = Layout(args.data_dir)
     print(f"ChurnOps serving benchmark: {os.cpu_count()} cores, model {reg.model_name}@{registry.CHAMPION}\n", flush=True)

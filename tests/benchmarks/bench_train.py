@@ -20,14 +20,16 @@ import optuna
 from lightgbm import LGBMClassifier
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from churnops_models.automl import SearchBudget, preprocessor
-from churnops_models.data import GeneratorConfig, save_manifest, write_raw
-from churnops_models.dataset import churn_spec, time_holdout, xy
-from churnops_models.features import build_features
-from churnops_models.train import TrainingConfig, assess, fit
-from churnops_pipelines import foundation
-from churnops_pipelines.foundation import Layout
-from churnops_pipelines.training import training_frame
+from churnops.data.config import GeneratorConfig
+from churnops.data.generator import save_manifest, write_raw
+from churnops.features import steps as foundation
+from churnops.features.engine import build_features
+from churnops.layout import Layout
+from churnops.training.automl import preprocessor
+from churnops.training.config import SearchBudget, TrainingConfig
+from churnops.training.dataset import churn_spec, time_holdout, xy
+from churnops.training.runs import training_frame
+from churnops.training.train import assess, fit
 
 
 def peak_rss_mb() -> float:
@@ -47,7 +49,7 @@ def main() -> None:
     cfg = GeneratorConfig(n_customers=args.customers)
     counts = write_raw(cfg, layout.raw)
     save_manifest(cfg, layout.raw, counts)
-    build_features(cfg, layout.raw, layout.features)
+    build_features(cfg.calendar, layout.raw, layout.features)
     foundation.publish(layout, "embedded", {})
     t = time.perf_counter()
     frame = training_frame(layout, "embedded", {})

@@ -10,12 +10,14 @@ import psycopg
 import pytest
 import redis
 
-from churnops_features import store as fs
-from churnops_features.definitions import LIVE_SERVICE, TRAINING_SERVICE, table_name
-from churnops_models.data import load_manifest, read_raw
-from churnops_models.features import DOMAINS, ENTITY, FEATURES, TIMESTAMP
-from churnops_pipelines import foundation
-from churnops_pipelines.foundation import Layout
+from churnops.data.generator import load_manifest
+from churnops.data.raw import read_raw
+from churnops.data.schema import ENTITY, TIMESTAMP
+from churnops.features import steps as foundation
+from churnops.features.catalog import DOMAINS, FEATURES
+from churnops.layout import Layout
+from churnops_feast import store as fs
+from churnops_feast.definitions import LIVE_SERVICE, TRAINING_SERVICE, table_name
 
 
 @pytest.fixture
@@ -69,9 +71,9 @@ def test_online_read_from_redis_matches_latest_snapshot(published: Layout, clust
 def test_materializing_the_same_window_twice_changes_nothing_in_redis(published: Layout, cluster_env: dict[str, str]) -> None:
     first = _redis_snapshot(cluster_env["CHURNOPS_REDIS"])
     cfg = load_manifest(published.raw)
-    assert len(first) == len(foundation.served_customers(published, cfg))  # one hash per customer
+    assert len(first) == len(foundation.served_customers(published, cfg.calendar))  # one hash per customer
     store = fs.open_store("cluster", cluster_env, published.data_dir)
-    fs.materialize(store, *foundation.serving_window(cfg))
+    fs.materialize(store, *foundation.serving_window(cfg.calendar))
     assert _redis_snapshot(cluster_env["CHURNOPS_REDIS"]) == first
 
 
@@ -79,7 +81,7 @@ def test_postgres_historical_retrieval_is_point_in_time_correct(published: Layou
     cfg = load_manifest(published.raw)
     store = fs.open_store("cluster", cluster_env, published.data_dir)
     demo = pd.read_parquet(published.features / "demographic.parquet")
-    s1, s2 = cfg.day_timestamp(cfg.snapshot_days()[0]), cfg.day_timestamp(cfg.snapshot_days()[1])
+    s1, s2 = cfg.calendar.day_timestamp(cfg.calendar.snapshot_days()[0]), cfg.calendar.day_timestamp(cfg.calendar.snapshot_days()[1])
     ids = sorted(set(demo.loc[demo[TIMESTAMP] == s1, ENTITY]) & set(demo.loc[demo[TIMESTAMP] == s2, ENTITY]))[:10]
     entity_df = pd.DataFrame({ENTITY: ids * 2, TIMESTAMP: [s2 - pd.Timedelta(seconds=1)] * 10 + [s2] * 10})
     got = fs.historical_features(store, entity_df, TRAINING_SERVICE).set_index([ENTITY, TIMESTAMP])

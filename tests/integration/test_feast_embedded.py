@@ -7,12 +7,14 @@ import sqlite3
 import pandas as pd
 import pytest
 
-from churnops_features import store as fs
-from churnops_features.definitions import LIVE_SERVICE, TRAINING_SERVICE
-from churnops_models.data import load_manifest, read_raw
-from churnops_models.features import DOMAINS, ENTITY, FEATURES, TIMESTAMP
-from churnops_pipelines import foundation
-from churnops_pipelines.foundation import Layout
+from churnops.data.generator import load_manifest
+from churnops.data.raw import read_raw
+from churnops.data.schema import ENTITY, TIMESTAMP
+from churnops.features import steps as foundation
+from churnops.features.catalog import DOMAINS, FEATURES
+from churnops.layout import Layout
+from churnops_feast import store as fs
+from churnops_feast.definitions import LIVE_SERVICE, TRAINING_SERVICE
 
 
 @pytest.fixture
@@ -60,7 +62,7 @@ def test_on_demand_view_uses_the_request_value(published: Layout) -> None:
 
 def test_materializing_the_same_window_twice_changes_nothing(published: Layout) -> None:
     first = _online_rows(published)
-    served = foundation.served_customers(published, load_manifest(published.raw))
+    served = foundation.served_customers(published, load_manifest(published.raw).calendar)
     assert len(first) == len(served) * len(FEATURES)  # one row per customer and feature
     foundation.publish(published, "embedded", {})
     assert _online_rows(published) == first
@@ -70,7 +72,7 @@ def test_incremental_materialization_after_backfill_is_a_no_op(published: Layout
     cfg = load_manifest(published.raw)
     store = fs.open_store("embedded", {}, published.data_dir)
     before = _online_rows(published)
-    fs.materialize_incremental(store, cfg.day_timestamp(cfg.history_days).to_pydatetime())
+    fs.materialize_incremental(store, cfg.calendar.day_timestamp(cfg.history_days).to_pydatetime())
     assert _online_rows(published) == before
 
 
@@ -79,7 +81,7 @@ def test_historical_retrieval_is_point_in_time_correct(published: Layout) -> Non
     cfg = load_manifest(published.raw)
     store = fs.open_store("embedded", {}, published.data_dir)
     usage = pd.read_parquet(published.features / "usage.parquet")
-    s1, s2 = cfg.day_timestamp(cfg.snapshot_days()[0]), cfg.day_timestamp(cfg.snapshot_days()[1])
+    s1, s2 = cfg.calendar.day_timestamp(cfg.calendar.snapshot_days()[0]), cfg.calendar.day_timestamp(cfg.calendar.snapshot_days()[1])
     both = set(usage.loc[usage[TIMESTAMP] == s1, ENTITY]) & set(usage.loc[usage[TIMESTAMP] == s2, ENTITY])
     ids = sorted(both)[:20]
     entity_df = pd.DataFrame(
@@ -109,11 +111,11 @@ def test_incremental_materialization_loads_only_newer_rows(layout_copy: Layout) 
     cfg = load_manifest(layout_copy.raw)
     store = fs.open_store("embedded", {}, layout_copy.data_dir)
     fs.apply(store, fs.objects_for("embedded", layout_copy.features))
-    previous = cfg.day_timestamp(cfg.snapshot_days()[-2])
-    start, _ = foundation.serving_window(cfg)
+    previous = cfg.calendar.day_timestamp(cfg.calendar.snapshot_days()[-2])
+    start, _ = foundation.serving_window(cfg.calendar)
     fs.materialize(store, start - pd.Timedelta(days=30), previous + pd.Timedelta(seconds=1))
     demo = pd.read_parquet(layout_copy.features / "demographic.parquet").set_index([ENTITY, TIMESTAMP])["tenure_days"]
-    latest = cfg.day_timestamp(cfg.history_days)
+    latest = cfg.calendar.day_timestamp(cfg.history_days)
     cid = next(c for c, ts in demo.index if ts == latest and (c, previous) in demo.index)
     assert foundation.lookup(layout_copy, "embedded", {}, [cid])["tenure_days"] == [demo[(cid, previous)]]
     foundation.publish_incremental(layout_copy, "embedded", {})

@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 import redis
 
-from churnops_features import store as fs
-from churnops_features.definitions import TRAINING_SERVICE
-from churnops_features.online import FeatureReader, redis_reader, sqlite_reader
-from churnops_models.data import load_manifest
-from churnops_models.features import ENTITY, FEATURES
-from churnops_pipelines import foundation
-from churnops_pipelines.foundation import Layout
+from churnops.data.generator import load_manifest
+from churnops.data.schema import ENTITY
+from churnops.features import steps as foundation
+from churnops.features.catalog import FEATURES
+from churnops.layout import Layout
+from churnops_feast import store as fs
+from churnops_feast.definitions import TRAINING_SERVICE
+from churnops_feast.online import FeatureReader, redis_reader, sqlite_reader
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -24,7 +25,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _check_against_feast(reader: FeatureReader, layout: Layout, mode: fs.Mode, env: dict[str, str]) -> None:
-    ids = sorted(foundation.served_customers(layout, load_manifest(layout.raw)))[:25]
+    ids = sorted(foundation.served_customers(layout, load_manifest(layout.raw).calendar))[:25]
     expected = foundation.lookup(layout, mode, env, ids)
     for i, cid in enumerate(ids):
         got = reader.read(cid)

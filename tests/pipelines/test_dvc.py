@@ -27,7 +27,7 @@ def test_dvc_repro_trains_and_tracks_metrics(tmp_path: Path) -> None:
             shutil.copy(src, project / item)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["customers"] = 1500
-    params["train"].update(trials=6, budget_minutes=2)
+    params["search"].update(trials=6, budget_minutes=2)
     params["gates"]["min_auc"] = 0.7
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     bin_dir = str(Path(sys.executable).parent)

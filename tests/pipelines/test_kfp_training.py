@@ -8,10 +8,10 @@ import mlflow
 import pytest
 from kfp import local
 
-from churnops_models import registry
-from churnops_pipelines import foundation
-from churnops_pipelines.foundation import Layout
-from churnops_pipelines.kfp_training import churn_training, compile_pipeline
+from churnops.features import steps as foundation
+from churnops.layout import Layout
+from churnops.training import registry
+from churnops_pipelines.training import churn_training, compile_pipeline
 
 GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "churn_training.yaml"
 

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from churnops_models import registry
-from churnops_models.ensemble import ChurnEnsemble
-from churnops_pipelines import foundation
-from churnops_pipelines.foundation import Layout
-from tests.serving.support import Registered, Server, fit_ensemble, register, start_server
+from churnops.features import steps as foundation
+from churnops.layout import Layout
+from churnops.training import registry
+from churnops.training.ensemble import ChurnEnsemble
+from tests.support.serving import Registered, Server, fit_ensemble, register, start_server
 
 
 @pytest.fixture(scope="session")

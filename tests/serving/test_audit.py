@@ -12,7 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from churnops_models.serving.audit import FileAuditSink, PostgresAuditSink, head_path_for, read_head, verify_file, verify_postgres
+from churnops.errors import IntegrityError
+from churnops.serving.audit import FileAuditSink, PostgresAuditSink, head_path_for, read_head, verify_file, verify_postgres
 
 
 def _entries(n: int, start: int = 0) -> list[dict[str, Any]]:
@@ -85,14 +86,14 @@ def test_rewritten_chain_is_detected_by_the_head(log: Path, tmp_path: Path) -> N
 def test_refuses_to_extend_a_log_that_lost_records(log: Path) -> None:
     lines = log.read_text().splitlines()
     _rewrite(log, lines[:6])
-    with pytest.raises(RuntimeError, match="head says 12"):
+    with pytest.raises(IntegrityError, match="head says 12"):
         FileAuditSink(log)
 
 
 CRASHER = """
 import os, sys
 from pathlib import Path
-from churnops_models.serving.audit import FileAuditSink, canonical, seal
+from churnops.serving.audit import FileAuditSink, canonical, seal
 sink = FileAuditSink(Path(sys.argv[1]), fsync="always")
 sink.append([{"request_id": "ok", "score": 0.1}])
 sealed, _ = seal([{"request_id": "torn", "score": 0.2}], sink._head)

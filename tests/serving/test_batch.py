@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops_models.ensemble import ChurnEnsemble
-from churnops_models.registry import sha256_file
-from churnops_models.serving.audit import verify_file
-from churnops_models.serving.batch import BatchInputError, score_file
-from churnops_models.serving.explain import CompiledModel, top_reasons
-from tests.serving.support import Registered
+from churnops.errors import IntegrityError
+from churnops.serving.audit import verify_file
+from churnops.serving.batch import BatchInputError, score_file
+from churnops.serving.explain import CompiledModel, top_reasons
+from churnops.training.ensemble import ChurnEnsemble
+from churnops.training.registry import sha256_file
+from tests.support.serving import Registered
 
 
 @pytest.fixture(scope="module")
@@ -94,4 +95,5 @@ def test_cli_scores_a_registered_model(registered: Registered, table: pd.DataFra
     assert record["kind"] == "batch" and record["rows"] == 500 and record["model_version"] == "3"
     assert record["output_sha256"] == sha256_file(tmp_path / "scores.parquet") and verify_file(batch_log).ok
     bad = subprocess.run([*cli, "--tracking-uri", registered.cfg.tracking_uri, "--model", "2"], capture_output=True, text=True, check=False)
-    assert bad.returncode == 2 and "does not match the registered" in bad.stderr  # the corrupted version is refused
+    # the corrupted version is refused: an integrity check, exit code 4 (see churnops.errors)
+    assert bad.returncode == IntegrityError.exit_code and "does not match the registered" in bad.stderr

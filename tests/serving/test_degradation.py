@@ -19,10 +19,10 @@ import httpx
 import pytest
 import redis
 
-from churnops_features.local_services import free_port
-from churnops_pipelines import foundation
-from churnops_pipelines.foundation import Layout
-from tests.serving.support import Registered, Server, start_server
+from churnops.features import steps as foundation
+from churnops.layout import Layout
+from churnops.processes import free_port
+from tests.support.serving import Registered, Server, start_server
 
 
 @dataclass
@@ -101,6 +101,20 @@ def _wait_for_recovery(server: Server, cid: int, within_s: float = 20) -> dict[s
         time.sleep(0.25)
 
 
+def _wait_for_answer(server: Server, cid: int, timeout_s: float = 30) -> dict[str, object]:
+    """The first 200 of a reject-mode server; anything but 200 or 503 (store still down) fails at once."""
+    deadline = time.monotonic() + timeout_s
+    with server.client() as c:
+        while True:
+            r = c.post("/v1/models/champion:predict", json={"instances": [{"customer_id": cid}]}, timeout=5)
+            if r.status_code == 200:
+                answer: dict[str, object] = r.json()["predictions"][0]
+                return answer
+            assert r.status_code == 503, r.text
+            assert time.monotonic() < deadline, f"reject-mode server still answers 503 after {timeout_s} s: {r.text}"
+            time.sleep(0.25)
+
+
 def test_degrades_when_redis_hangs_or_stops_and_recovers(
     layout_copy: Layout, redis_process: RedisProcess, pg_database: str, registered: Registered, tmp_path: Path
 ) -> None:
@@ -135,8 +149,9 @@ def test_degrades_when_redis_hangs_or_stops_and_recovers(
         redis_process.start()
         recovered = _wait_for_recovery(degrade, cid)
         assert recovered["degraded"] is False and recovered["churn_probability"] == healthy["churn_probability"]
-        with reject.client() as c:
-            assert c.post("/v1/models/champion:predict", json={"instances": [{"customer_id": cid}]}).status_code in (200, 503)
+        # reject mode recovers too: 503 while the breaker is open, then the same answer as before the outage
+        answered = _wait_for_answer(reject, cid)
+        assert answered["degraded"] is False and answered["churn_probability"] == healthy["churn_probability"]
 
         # degraded answers are counted and audited like any other
         metrics = httpx.get(degrade.url + "/metrics").text

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import shap
 
-from churnops_models.ensemble import ChurnEnsemble
-from churnops_models.serving.explain import CompiledModel, ExplanationUnavailableError, _TreeMember, top_reasons
-from tests.serving.support import fit_ensemble
+from churnops.serving.explain import CompiledModel, ExplanationUnavailableError, _TreeMember, top_reasons
+from churnops.training.ensemble import ChurnEnsemble
+from tests.support.serving import fit_ensemble
 
 
 def _rows(table: pd.DataFrame, model: CompiledModel, n: int = 300) -> np.ndarray:

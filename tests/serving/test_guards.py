@@ -11,26 +11,25 @@ import httpx
 import jwt
 import pytest
 
-from churnops_models.serving.inputs import FeatureSchema, InputError, parse_v1, parse_v2
-from churnops_models.serving.scoring import Breaker, risk_band
-from churnops_models.serving.security import (
-    AuthConfig,
-    AuthError,
+from churnops.errors import ChurnOpsError, ConfigError, InvalidInputError
+from churnops.serving.auth import AuthConfig, Role, authenticate, issue_token
+from churnops.serving.inputs import FeatureSchema, parse_v1, parse_v2
+from churnops.serving.scoring import Breaker, risk_band
+from churnops.serving.security import (
     GuardMiddleware,
     Limits,
     RateLimiter,
     Receive,
-    Role,
     Scope,
     Send,
-    authenticate,
-    issue_token,
+    decode_subject,
     json_problem,
     required_role,
 )
 
 SCHEMA = FeatureSchema(("tenure_days", "plan"), frozenset({"plan"}), frozenset({"mrr"}))
-CFG = AuthConfig(key="k" * 40)
+KEY = "k" * 40
+CFG = AuthConfig(key=KEY)
 
 
 def test_v1_accepts_ids_records_and_extra_catalog_features() -> None:
@@ -61,7 +60,7 @@ def test_v1_accepts_ids_records_and_extra_catalog_features() -> None:
     ],
 )
 def test_v1_errors_name_the_field(body: object, field: str) -> None:
-    with pytest.raises(InputError) as e:
+    with pytest.raises(InvalidInputError) as e:
         parse_v1(SCHEMA, body)
     assert e.value.field == field and e.value.status == 422
 
@@ -70,21 +69,26 @@ def test_v2_columns_become_instances() -> None:
     req = parse_v2(SCHEMA, [("tenure_days", [2], [1.0, None]), ("plan", [2, 1], ["a", "b"]), ("customer_id", [2], [7, 8])], {})
     assert [i.customer_id for i in req.instances] == [7, 8]
     assert req.instances[1].features == {"tenure_days": None, "plan": "b"}
-    with pytest.raises(InputError, match="same length"):
+    with pytest.raises(InvalidInputError, match="same length"):
         parse_v2(SCHEMA, [("tenure_days", [2], [1.0, 2.0]), ("plan", [1], ["a"])], {})
-    with pytest.raises(InputError, match="does not match"):
+    with pytest.raises(InvalidInputError, match="does not match"):
         parse_v2(SCHEMA, [("customer_id", [3], [1])], {})
 
 
+def _problem(body: bytes) -> tuple[int, str] | None:
+    e = json_problem(body)
+    return None if e is None else (e.status, e.detail)
+
+
 def test_json_problems_name_the_field() -> None:
-    assert json_problem(b'{"a": [1, 2]}') is None
-    assert json_problem(b'{"instances": [{"x": NaN}]}') == (
+    assert _problem(b'{"a": [1, 2]}') is None
+    assert _problem(b'{"instances": [{"x": NaN}]}') == (
         422,
         "instances[0].x: NaN, Infinity and numbers beyond float range are not valid JSON numbers",
     )
-    status, message = json_problem(b'{"a": -1e999}') or (0, "")
+    status, message = _problem(b'{"a": -1e999}') or (0, "")
     assert status == 422 and message.startswith("a:")
-    status, message = json_problem(b"{'a': 1}") or (0, "")
+    status, message = _problem(b"{'a': 1}") or (0, "")
     assert status == 400 and "not valid JSON" in message
 
 
@@ -93,7 +97,7 @@ def _claims(**over: object) -> dict[str, object]:
 
 
 def test_authenticate_takes_the_strongest_known_role() -> None:
-    tok = jwt.encode(_claims(roles=["viewer", "deployer", "wizard"]), CFG.key, algorithm="HS256")
+    tok = jwt.encode(_claims(roles=["viewer", "deployer", "wizard"]), KEY, algorithm="HS256")
     principal = authenticate(CFG, f"Bearer {tok}")
     assert principal.subject == "ann" and principal.role is Role.deployer
     assert authenticate(CFG, f"Bearer {issue_token(CFG, 'bob', ['viewer'])}").role is Role.viewer
@@ -118,17 +122,17 @@ REJECTED: list[tuple[str, Callable[[], str | None], int, str]] = [
 
 @pytest.mark.parametrize(("case", "header", "status", "message"), REJECTED, ids=[r[0] for r in REJECTED])
 def test_authenticate_rejects(case: str, header: Callable[[], str | None], status: int, message: str) -> None:
-    with pytest.raises(AuthError) as e:
+    with pytest.raises(ChurnOpsError) as e:
         authenticate(CFG, header())
     assert e.value.status == status and message in e.value.message
 
 
 def test_weak_or_none_configuration_is_refused() -> None:
-    with pytest.raises(ValueError, match="none"):
+    with pytest.raises(ConfigError, match="none"):
         AuthConfig(key="k" * 40, algorithm="none")
-    with pytest.raises(ValueError, match="32 characters"):
+    with pytest.raises(ConfigError, match="32 characters"):
         AuthConfig(key="short")
-    with pytest.raises(ValueError, match="unknown role"):
+    with pytest.raises(InvalidInputError, match="unknown role"):
         issue_token(CFG, "x", ["root"])
 
 
@@ -219,3 +223,37 @@ def test_guard_size_and_header_checks() -> None:
     assert bad_length.status_code == 400
     unauthenticated = _call(guard, "POST", "/v1/models/m:predict", content=b"{}")
     assert unauthenticated.status_code == 401 and unauthenticated.headers["www-authenticate"].startswith("Bearer")
+
+
+async def _crash(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RecursionError("maximum recursion depth exceeded in /secret/path/module.py")
+
+
+def test_an_unexpected_error_is_a_counted_500_without_internals() -> None:
+    seen: list[tuple[str, int]] = []
+    guard = GuardMiddleware(_crash, auth=None, limits=Limits(), on_error=lambda path, status: seen.append((path, status)))
+    r = _call(guard, "POST", "/v1/models/m:predict", content=b"{}", headers={"Content-Type": "application/json"})
+    assert r.status_code == 500
+    assert r.json()["error"].startswith("internal error (incident ") and "secret" not in r.text and "Recursion" not in r.text
+    assert seen == [("/v1/models/m:predict", 500)]
+
+
+def test_media_type_is_normalised_for_the_wrapped_app() -> None:
+    seen: list[bytes] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(dict(scope["headers"])[b"content-type"])
+        await _echo(scope, receive, send)
+
+    guard = GuardMiddleware(app, auth=None, limits=Limits())
+    for media in ("application/json; charset=utf-8", "Application/JSON"):
+        assert _call(guard, "POST", "/v1/models/m:predict", content=b"{}", headers={"Content-Type": media}).status_code == 200
+    assert seen == [b"application/json", b"application/json"]
+    assert _call(guard, "POST", "/v1/models/m:predict", content=b"{}", headers={"Content-Type": "text/plain"}).status_code == 415
+
+
+def test_subject_travels_as_utf8() -> None:
+    guard = GuardMiddleware(_echo, auth=CFG, limits=Limits())
+    bearer = {"Authorization": f"Bearer {issue_token(CFG, 'Zoë', ['predictor'])}", "Content-Type": "application/json"}
+    r = _call(guard, "POST", "/v1/models/m:predict", content=b"{}", headers=bearer)
+    assert decode_subject(r.headers["x-subject"]) == "Zoë"

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from kfp import local
 
-from churnops_pipelines.kfp_scoring import churn_batch_scoring, compile_pipeline
-from tests.serving.support import Registered
+from churnops.cli import main
+from churnops_pipelines.scoring import churn_batch_scoring, compile_pipeline
+from tests.support.serving import Registered
 
 GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "churn_batch_scoring.yaml"
 
@@ -33,3 +34,9 @@ def test_pipeline_scores_a_table_locally(registered: Registered, churn_table: pd
     out = pd.read_parquet(scores[0])
     assert len(out) == 1_500 and {"churn_probability", "risk_band", "reason_3_feature"} <= set(out.columns)
     assert out["customer_id"].tolist() == churn_table["customer_id"].head(1_500).tolist()
+    # the pipeline's scores are the CLI's scores for the same rows and model
+    cli_out = tmp_path / "cli_scores.parquet"
+    args = ["--data-dir", str(tmp_path / "data"), "score", str(src), "--out", str(cli_out), "--model", "champion", "--top-k", "3"]
+    assert main([*args, "--tracking-uri", registered.cfg.tracking_uri]) == 0
+    cli = pd.read_parquet(cli_out)
+    pd.testing.assert_frame_equal(out.reset_index(drop=True), cli.reset_index(drop=True), check_exact=False, rtol=1e-9)

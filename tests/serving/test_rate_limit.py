@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from churnops_pipelines.foundation import Layout
-from tests.serving.support import Registered, Server, start_server
+from churnops.layout import Layout
+from tests.support.serving import Registered, Server, start_server
 
 
 @pytest.fixture(scope="module")

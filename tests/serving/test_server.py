@@ -20,13 +20,13 @@ import httpx
 import jwt
 import pytest
 
-from churnops_features import store as feast_store
-from churnops_features.definitions import TRAINING_SERVICE
-from churnops_features.local_services import free_port
-from churnops_features.online import sqlite_reader
-from churnops_models.serving.audit import verify_file
-from churnops_pipelines.foundation import Layout
-from tests.serving.support import SECRET, Registered, Server, token
+from churnops.layout import Layout
+from churnops.processes import free_port
+from churnops.serving.audit import verify_file
+from churnops_feast import store as feast_store
+from churnops_feast.definitions import TRAINING_SERVICE
+from churnops_feast.online import sqlite_reader
+from tests.support.serving import SECRET, Registered, Server, token
 
 V1 = "/v1/models/{}:predict"
 

@@ -5,8 +5,11 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from churnops_models.data import DRIFT_PRESETS, GeneratorConfig, generate_blocks, load_manifest, read_raw, with_drift
-from churnops_pipelines.foundation import Layout
+from churnops.data.config import DRIFT_PRESETS, GeneratorConfig, with_drift
+from churnops.data.generator import generate_blocks, load_manifest
+from churnops.data.raw import read_raw
+from churnops.errors import InvalidInputError
+from churnops.layout import Layout
 
 CFG = GeneratorConfig(n_customers=1_500, block_size=1_500, seed=3)
 
@@ -45,7 +48,7 @@ def test_labels_follow_churn_dates_and_horizon(small_layout: Layout) -> None:
     expected = (churn.notna() & (churn < ts + horizon)).astype(int)
     assert (labels["churned_30d"] == expected).all()
     assert labels["churned_30d"].sum() > 0
-    assert set(labels["event_timestamp"]) == {cfg.day_timestamp(d) for d in cfg.labelled_snapshot_days()}
+    assert set(labels["event_timestamp"]) == {cfg.calendar.day_timestamp(d) for d in cfg.calendar.labelled_snapshot_days()}
 
 
 def test_usage_declines_before_churn(small_layout: Layout) -> None:
@@ -65,7 +68,7 @@ def test_drift_leaves_history_before_start_unchanged(preset: str) -> None:
     start = 130
     base = _first_block(CFG)["account_daily"]
     drifted = _first_block(with_drift(CFG, preset, start_day=start))["account_daily"]
-    cut = CFG.day_timestamp(start)
+    cut = CFG.calendar.day_timestamp(start)
     pd.testing.assert_frame_equal(base[base["date"] < cut].reset_index(drop=True), drifted[drifted["date"] < cut].reset_index(drop=True))
 
 
@@ -73,7 +76,7 @@ def test_covariate_drift_shifts_usage_and_prices() -> None:
     start = 120
     base = _first_block(CFG)
     drifted = _first_block(with_drift(CFG, "covariate", start_day=start))
-    cut = CFG.day_timestamp(start)
+    cut = CFG.calendar.day_timestamp(start)
 
     def after(t: dict[str, pd.DataFrame]) -> pd.DataFrame:
         d = t["account_daily"]
@@ -89,7 +92,7 @@ def test_covariate_drift_shifts_usage_and_prices() -> None:
 
 
 def test_unknown_drift_preset_is_rejected() -> None:
-    with pytest.raises(ValueError, match="unknown drift preset 'typo'"):
+    with pytest.raises(InvalidInputError, match="unknown drift preset 'typo'"):
         with_drift(CFG, "typo")
     assert set(DRIFT_PRESETS) == {"none", "covariate", "concept", "both"}
 
@@ -103,7 +106,7 @@ def test_unknown_drift_preset_is_rejected() -> None:
     ],
 )
 def test_bad_generator_config_is_rejected(kwargs: dict[str, int], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidInputError, match=message):
         GeneratorConfig(**kwargs)  # type: ignore[arg-type]
 
 

@@ -6,9 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops_models.data import GeneratorConfig, generate_blocks
-from churnops_models.features import DOMAINS, ENTITY, FEATURES, TIMESTAMP, compute_block_features, features_of
-from churnops_pipelines.foundation import Layout
+from churnops.data.config import GeneratorConfig
+from churnops.data.generator import generate_blocks
+from churnops.data.schema import ENTITY, TIMESTAMP
+from churnops.features.catalog import DOMAINS, FEATURES, features_of
+from churnops.features.engine import compute_block_features
+from churnops.layout import Layout
 
 CFG = GeneratorConfig(n_customers=800, block_size=800, seed=11)
 
@@ -58,23 +61,23 @@ def _shift_future(tables: dict[str, pd.DataFrame], ts: pd.Timestamp) -> dict[str
 def test_features_never_use_data_at_or_after_the_snapshot() -> None:
     """Point-in-time correctness: rewriting the future leaves a snapshot's features unchanged."""
     tables = next(generate_blocks(CFG)).tables
-    day = CFG.snapshot_days()[1]
-    ts = CFG.day_timestamp(day)
-    before = compute_block_features(CFG, tables, [day])
-    after = compute_block_features(CFG, _shift_future(tables, ts), [day])
+    day = CFG.calendar.snapshot_days()[1]
+    ts = CFG.calendar.day_timestamp(day)
+    before = compute_block_features(CFG.calendar, tables, [day])
+    after = compute_block_features(CFG.calendar, _shift_future(tables, ts), [day])
     for domain in DOMAINS:
         pd.testing.assert_frame_equal(before[domain], after[domain])
     # and the perturbation is strong enough to change the *next* snapshot
-    nxt = CFG.snapshot_days()[2]
-    changed = compute_block_features(CFG, _shift_future(tables, ts), [nxt])["usage"]
-    assert not changed.equals(compute_block_features(CFG, tables, [nxt])["usage"])
+    nxt = CFG.calendar.snapshot_days()[2]
+    changed = compute_block_features(CFG.calendar, _shift_future(tables, ts), [nxt])["usage"]
+    assert not changed.equals(compute_block_features(CFG.calendar, tables, [nxt])["usage"])
 
 
 def test_window_features_match_a_direct_computation() -> None:
     tables = next(generate_blocks(CFG)).tables
-    day = CFG.snapshot_days()[0]
-    ts = CFG.day_timestamp(day)
-    feats = compute_block_features(CFG, tables, [day])
+    day = CFG.calendar.snapshot_days()[0]
+    ts = CFG.calendar.day_timestamp(day)
+    feats = compute_block_features(CFG.calendar, tables, [day])
     usage = feats["usage"].set_index(ENTITY)
     support = feats["support"].set_index(ENTITY)
     billing = feats["billing"].set_index(ENTITY)
@@ -100,9 +103,9 @@ def test_window_features_match_a_direct_computation() -> None:
 
 def test_only_customers_active_at_the_snapshot_get_features() -> None:
     tables = next(generate_blocks(CFG)).tables
-    day = CFG.snapshot_days()[-1]
-    ts = CFG.day_timestamp(day)
-    feats = compute_block_features(CFG, tables, [day])["demographic"]
+    day = CFG.calendar.snapshot_days()[-1]
+    ts = CFG.calendar.day_timestamp(day)
+    feats = compute_block_features(CFG.calendar, tables, [day])["demographic"]
     churn = tables["customers"].set_index(ENTITY)["churn_date"]
     present = churn.loc[feats[ENTITY]]
     assert (present.isna() | (present >= ts)).all()
@@ -114,9 +117,9 @@ def test_block_size_does_not_change_the_feature_pipeline() -> None:
     """Features of a block depend only on that block's customers."""
     cfg = dataclasses.replace(CFG, n_customers=400, block_size=200)
     blocks = list(generate_blocks(cfg))
-    day = cfg.snapshot_days()[0]
-    separate = pd.concat([compute_block_features(cfg, b.tables, [day])["usage"] for b in blocks], ignore_index=True)
+    day = cfg.calendar.snapshot_days()[0]
+    separate = pd.concat([compute_block_features(cfg.calendar, b.tables, [day])["usage"] for b in blocks], ignore_index=True)
     merged_tables = {k: pd.concat([b.tables[k] for b in blocks], ignore_index=True) for k in blocks[0].tables}
-    together = compute_block_features(cfg, merged_tables, [day])["usage"]
+    together = compute_block_features(cfg.calendar, merged_tables, [day])["usage"]
     pd.testing.assert_frame_equal(separate, together)
     assert np.isfinite(together.drop(columns=[ENTITY, TIMESTAMP]).to_numpy(float)).all()

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churnops_models.ingest import IngestError, ingest
+from churnops.data.ingest import IngestError, ingest
 
 KEYS = {"id_column": "account", "time_column": "as_of", "target_column": "churned"}
 

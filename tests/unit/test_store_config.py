@@ -5,7 +5,8 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import P
 from feast.infra.online_stores.redis import RedisOnlineStoreConfig
 from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 
-from churnops_features.store import ConfigError, expand_env, load_config
+from churnops.errors import ConfigError
+from churnops_feast.store import expand_env, load_config
 
 
 def test_expand_env_uses_values_then_defaults() -> None:

@@ -6,10 +6,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churnops_models.data import read_raw
-from churnops_models.features import DOMAINS
-from churnops_models.validation import DataValidationError, ValidationRun, feature_suite, raw_suites, validate
-from churnops_pipelines.foundation import Layout
+from churnops.data.raw import read_raw
+from churnops.data.validation import ValidationRun, raw_suites, validate
+from churnops.errors import DataValidationError
+from churnops.features.catalog import DOMAINS
+from churnops.features.validation import feature_suite
+from churnops.layout import Layout
 
 
 def test_generated_data_passes_every_suite(small_layout: Layout) -> None:

@@ -1,0 +1,18 @@
+"""Monitoring: what the model sees and says in production, against what it was trained on.
+
+Pure statistics sit apart from I/O so that the predictor, the window job,
+the embedded runner and the tests share one definition of each figure.
+
+- ``profile``: the reference profile of a model version (bins, ranges, category
+  shares, score distribution), stored with the training run in MLflow;
+- ``drift``: PSI, Jensen-Shannon, KS and chi-square on the profile's bins,
+  feature quality, and the verdict with multiple-testing control;
+- ``live``: the predictor's sliding-window counts and the Prometheus collector
+  that computes the drift gauges on scrape;
+- ``performance``: delayed-label join, measured performance and CBPE estimates;
+- ``business``: churn rate, revenue at risk, campaign value, satisfaction;
+- ``fairness``: positive-rate and recall gaps across segments;
+- ``report``: the window job's JSON and HTML reports and Evidently's report;
+- ``predlog``: the prediction log that the window job reads;
+- ``dashboards``: Grafana dashboards and the embedded monitoring page.
+"""

@@ -1,0 +1,311 @@
+"""Scoring one request: features (online or sent), score, reasons, audit, metrics.
+
+``Scorer`` holds one loaded model version and everything a request needs.
+It knows nothing about HTTP or KServe: failures are ``churnops.errors``
+classes, each carrying its status, which the server's one handler turns
+into responses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from churnops.errors import BadRequestError, InvalidInputError, NotFoundError, NotImplementedInModelError, UnavailableError
+from churnops.monitoring.predlog import FeatureLayout, PredictionBatch, PredictionLog
+from churnops.serving.audit import AuditSink, digest
+from churnops.serving.explain import CompiledModel, Scored, known_categories, top_reasons
+from churnops.serving.inputs import FeatureSchema, Instance, ParsedRequest
+from churnops.serving.metrics import ServingMetrics
+from churnops.training.ensemble import ChurnEnsemble
+
+log = logging.getLogger(__name__)
+
+OnFailure = Literal["degrade", "reject"]
+
+
+class FeatureSource(Protocol):
+    def read_many(self, customer_ids: list[int]) -> list[dict[str, Any] | None]: ...
+
+
+@dataclass
+class Breaker:
+    """Circuit breaker for the online store: after a failure, skip it for ``cooldown_s``, then try again."""
+
+    cooldown_s: float = 2.0
+    clock: Callable[[], float] = time.monotonic
+    _open_until: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def allow(self) -> bool:
+        return self.clock() >= self._open_until
+
+    def failure(self) -> None:
+        with self._lock:
+            self._open_until = self.clock() + self.cooldown_s
+
+    def success(self) -> None:
+        with self._lock:
+            self._open_until = 0.0
+
+    def retry_after(self) -> int:
+        return max(1, int(np.ceil(self._open_until - self.clock())))
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A registered model version loaded for serving."""
+
+    registered_model: str
+    version: str
+    alias: str | None
+    model: ChurnEnsemble
+    threshold: float
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ServingPolicy:
+    on_store_failure: OnFailure = "degrade"
+
+
+def risk_bands(p: np.ndarray, threshold: float) -> np.ndarray:
+    """high: at or above the campaign threshold; medium: at least half of it; else low."""
+    return np.where(p >= threshold, "high", np.where(p >= threshold / 2, "medium", "low"))
+
+
+def risk_band(p: float, threshold: float) -> str:
+    return str(risk_bands(np.asarray([p]), threshold)[0])
+
+
+@dataclass
+class Outcome:
+    predictions: list[dict[str, Any]]
+    degraded: bool
+
+
+class Scorer:
+    def __init__(
+        self,
+        served: ServedModel,
+        schema: FeatureSchema,
+        source: FeatureSource | None,
+        store_errors: tuple[type[BaseException], ...],
+        audit: AuditSink | None,
+        metrics: ServingMetrics,
+        policy: ServingPolicy,
+        breaker: Breaker | None = None,
+        prediction_log: PredictionLog | None = None,
+    ) -> None:
+        self.served = served
+        self.compiled = CompiledModel(served.model)
+        self.schema = schema
+        self.source = source
+        self.store_errors = store_errors
+        self.audit = audit
+        self.metrics = metrics
+        self.policy = policy
+        self.breaker = breaker or Breaker()
+        self.labels = (served.registered_model, served.version)
+        self.prediction_log = prediction_log
+        self.layout = FeatureLayout(())
+        try:
+            self.layout = FeatureLayout(tuple(self.compiled.features), frozenset(self.compiled.categorical))
+        except InvalidInputError as e:  # e.g. a model trained on a user's table with column names SQL cannot hold
+            log.warning("model %s v%s: predictions are not logged for monitoring (%s)", *self.labels, e)
+            self.prediction_log = None
+        known = known_categories(served.model)
+        # (position in the model's features, name, values seen in training) of each categorical feature
+        self.categories = [(i, f, known[f]) for i, f in enumerate(self.compiled.features) if f in known]
+        if not self.compiled.explainable:
+            log.warning("model %s v%s serves without reasons: %s", *self.labels, self.compiled.unexplainable_reason)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Score one empty profile before taking traffic: first calls into the boosters are slow."""
+        rows = np.full((1, len(self.compiled.features)), None, dtype=object)
+        self.compiled.explain(rows) if self.compiled.explainable else self.compiled.predict(rows)
+
+    def _stage(self, stage: str, seconds: float) -> None:
+        self.metrics.latency.labels(*self.labels, stage).observe(seconds)
+
+    def fetch(self, instances: list[Instance]) -> tuple[list[dict[str, Any] | None], str | None]:
+        """Each instance's feature record; the second value names why the store was skipped, if it was."""
+        records: list[dict[str, Any] | None] = [inst.features for inst in instances]
+        wanted = [(i, inst.customer_id) for i, inst in enumerate(instances) if inst.features is None and inst.customer_id is not None]
+        if not wanted:
+            return records, None
+        if self.source is None:
+            raise BadRequestError("this server has no online store; send 'features' records", field="instances[].customer_id")
+        if not self.breaker.allow():
+            return self._store_down(records, wanted, "store_circuit_open")
+        t0 = time.perf_counter()
+        try:
+            rows = self.source.read_many([cid for _, cid in wanted])
+        except self.store_errors as e:
+            log.warning("online store failed (%s: %s); circuit open for %.1fs", type(e).__name__, e, self.breaker.cooldown_s)
+            self.breaker.failure()
+            return self._store_down(records, wanted, "store_error")
+        self.breaker.success()
+        self._stage("features", time.perf_counter() - t0)
+        for (i, cid), row in zip(wanted, rows, strict=True):
+            if row is None:
+                raise NotFoundError(f"customer {cid} has no features in the online store", field=f"instances[{i}].customer_id")
+            records[i] = row
+        return records, None
+
+    def _store_down(
+        self, records: list[dict[str, Any] | None], wanted: list[tuple[int, int]], reason: str
+    ) -> tuple[list[dict[str, Any] | None], str]:
+        if self.policy.on_store_failure == "reject":
+            raise UnavailableError("online feature store unavailable", retry_after=self.breaker.retry_after())
+        for i, _ in wanted:
+            records[i] = {}  # every feature missing: the model's answer for an unknown profile, flagged degraded
+        return records, reason
+
+    def rows(self, records: list[dict[str, Any] | None]) -> np.ndarray:
+        features = self.compiled.features
+        out = np.empty((len(records), len(features)), dtype=object)
+        for r, rec in enumerate(records):
+            assert rec is not None
+            out[r, :] = [rec.get(f) for f in features]
+        return out
+
+    def unseen(self, rows: np.ndarray) -> list[list[str]]:
+        """Per row, the categorical features whose value was never seen in training (scored as missing)."""
+        out: list[list[str]] = [[] for _ in range(len(rows))]
+        for i, name, known in self.categories:
+            for r, value in enumerate(rows[:, i]):
+                if value is not None and value not in known:
+                    out[r].append(name)
+        return out
+
+    def score(self, request: ParsedRequest, caller: str, client_request_id: str | None, full: bool = False) -> Outcome:
+        """Score every instance; ``full`` adds the whole attribution (the explain verb).
+
+        Every answer gets its own unique request id (the audit's key); a client's id is kept beside it.
+        """
+        t_start = time.perf_counter()
+        rid = uuid.uuid4().hex
+        records, degraded_reason = self.fetch(request.instances)
+        rows = self.rows(records)
+        t0 = time.perf_counter()
+        want_reasons = self.compiled.explainable and (full or request.top_k > 0)
+        if full and not self.compiled.explainable:
+            raise NotImplementedInModelError(
+                f"model v{self.served.version} cannot be explained exactly: {self.compiled.unexplainable_reason}"
+            )
+        scored = self.compiled.explain(rows) if want_reasons else self.compiled.predict(rows)
+        self._stage("explain" if want_reasons else "predict", time.perf_counter() - t0)
+        bands = risk_bands(scored.probability, self.served.threshold)
+        unseen = self.unseen(rows)
+        predictions = [
+            self._prediction(request, rows, scored, str(bands[r]), r, rid, degraded_reason, full, unseen[r]) for r in range(len(rows))
+        ]
+        if client_request_id is not None:
+            for p in predictions:
+                p["client_request_id"] = client_request_id
+        t0 = time.perf_counter()
+        if self.audit is not None:
+            try:
+                self.audit.append([self._audit_entry(p, records[i], caller, request.instances[i]) for i, p in enumerate(predictions)])
+            except OSError as e:
+                log.error("audit append failed: %s", e)
+                raise UnavailableError("audit trail unavailable; no prediction is served unaudited", retry_after=5) from None
+            self._stage("audit", time.perf_counter() - t0)
+        if self.prediction_log is not None:  # off the request path: it keeps references until its flusher runs
+            self.prediction_log.record_many(
+                PredictionBatch(
+                    *self.labels,
+                    self.layout,
+                    [inst.customer_id for inst in request.instances],
+                    [p["churn_probability"] for p in predictions],
+                    [p["risk_band"] for p in predictions],
+                    [p["request_id"] for p in predictions],
+                    rows,
+                    time.time(),
+                    degraded=degraded_reason is not None,
+                )
+            )
+        self._observe(predictions, rows, degraded_reason, unseen)
+        self._stage("total", time.perf_counter() - t_start)
+        return Outcome(predictions, degraded_reason is not None)
+
+    def _prediction(
+        self,
+        request: ParsedRequest,
+        rows: np.ndarray,
+        scored: Scored,
+        band: str,
+        r: int,
+        rid: str,
+        degraded: str | None,
+        full: bool,
+        unseen: list[str],
+    ) -> dict[str, Any]:
+        p = float(scored.probability[r])
+        out: dict[str, Any] = {
+            "customer_id": request.instances[r].customer_id,
+            "churn_probability": round(p, 6),
+            "risk_band": band,
+            "model": self.served.registered_model,
+            "model_version": self.served.version,
+            "request_id": f"{rid}/{r}" if len(rows) > 1 else rid,
+            "degraded": degraded is not None,
+        }
+        if scored.contributions is not None:
+            k = len(self.compiled.features) if full else request.top_k
+            out["reasons"] = [vars(x) for x in top_reasons(self.compiled, rows[r], scored.contributions[r], k)]
+            if full:
+                assert scored.margin is not None
+                out["base_value"] = scored.base_value
+                out["margin"] = float(scored.margin[r])
+                out["explanation_space"] = "log-odds of the uncalibrated ensemble score"
+        else:
+            out["reasons"] = []
+            out["reasons_unavailable"] = self.compiled.unexplainable_reason or "top_k is 0"
+        if degraded:
+            out["degraded_reason"] = degraded
+        if unseen:
+            out["unseen_categories"] = unseen  # scored as missing: the model never saw these values
+        return out
+
+    def _audit_entry(self, p: dict[str, Any], record: dict[str, Any] | None, caller: str, inst: Instance) -> dict[str, Any]:
+        return {
+            "request_id": p["request_id"],
+            "client_request_id": p.get("client_request_id"),
+            "time": time.time(),
+            "caller": caller,
+            "model": p["model"],
+            "model_version": p["model_version"],
+            "customer_id": inst.customer_id,
+            "feature_source": "request" if inst.features is not None else "online_store",
+            "features_sha256": digest(record or {}),
+            "score": p["churn_probability"],
+            "risk_band": p["risk_band"],
+            "reasons": [(x["feature"], round(x["contribution"], 6)) for x in p["reasons"][:5]],
+            "degraded": p["degraded"],
+        }
+
+    def _observe(self, predictions: list[dict[str, Any]], rows: np.ndarray, degraded: str | None, unseen: list[list[str]]) -> None:
+        m = self.metrics
+        m.predictions.labels(*self.labels).inc(len(predictions))
+        hist = m.score.labels(*self.labels)
+        for p in predictions:
+            hist.observe(p["churn_probability"])
+        missing = int(sum(v is None for v in rows.ravel()))
+        m.feature_values.labels(*self.labels).inc(rows.size)
+        if missing:
+            m.missing.labels(*self.labels).inc(missing)
+        if degraded:
+            m.degraded.labels(*self.labels, degraded).inc(len(predictions))
+        for names in unseen:
+            for name in names:
+                m.unseen.labels(*self.labels, name).inc()

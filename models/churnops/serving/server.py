@@ -1,0 +1,254 @@
+"""Wiring of the online predictor: registry + feature store + audit + guards into a KServe ModelServer.
+
+Everything is built from ``ServeConfig`` at the entry point. The same code runs
+as a local process (embedded mode: SQLite online store, file audit log) and
+in the cluster image behind an InferenceService (Redis, PostgreSQL audit).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from churnops.errors import ChurnOpsError, ConfigError
+from churnops.features.catalog import FEATURES
+from churnops.monitoring.predlog import LogStore, PredictionLog
+from churnops.monitoring.predlog_parquet import ParquetStore
+from churnops.monitoring.predlog_postgres import PostgresStore
+from churnops.serving.audit import AuditSink, FileAuditSink, FsyncPolicy, PostgresAuditSink
+from churnops.serving.auth import AuthConfig
+from churnops.serving.inputs import FeatureSchema
+from churnops.serving.metrics import ServingMetrics
+from churnops.serving.scoring import Breaker, OnFailure, Scorer, ServedModel, ServingPolicy
+from churnops.serving.security import Limits
+from churnops.training import registry
+from churnops_feast import store as feast_store
+from churnops_feast.definitions import TRAINING_SERVICE
+from churnops_feast.online import FeatureReader, redis_reader, sqlite_reader
+
+log = logging.getLogger(__name__)
+
+STORE_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, sqlite3.Error, OSError)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    data_dir: Path
+    models: tuple[str, ...] = ("champion",)  # aliases, versions or models:/ URIs; each is served under its own name
+    tracking_uri: str | None = None  # default: the embedded registry under data_dir
+    feature_mode: feast_store.Mode = "embedded"
+    feature_service: str = TRAINING_SERVICE
+    http_port: int = 8080
+    host: str = "127.0.0.1"  # loopback in embedded mode; a pod binds all addresses
+    auth: AuthConfig | None = None  # None: no authentication (only with --insecure-no-auth)
+    limits: Limits = field(default_factory=Limits)
+    on_store_failure: OnFailure = "degrade"
+    store_timeout_s: float = 0.05
+    breaker_cooldown_s: float = 2.0
+    audit_log: Path | None = None  # default: data_dir/audit/predictions.jsonl
+    audit_dsn: str | None = None  # PostgreSQL audit sink (cluster); wins over audit_log
+    fsync: FsyncPolicy = "interval"
+    prediction_log_enabled: bool = True
+    prediction_log: Path | None = None  # default: data_dir/predictions (Parquet segments)
+    prediction_log_dsn: str | None = None  # PostgreSQL prediction log (cluster); wins over prediction_log
+    prediction_log_flush_s: float = 1.0  # a crash loses at most the records of one flush interval
+    kserve_options: Mapping[str, Any] = field(default_factory=dict)  # KServe ModelServer options parsed by its own parser
+
+    def registry(self) -> registry.RegistryConfig:
+        if self.tracking_uri:
+            return registry.config_for(self.tracking_uri)
+        return registry.RegistryConfig.embedded(self.data_dir)
+
+
+def served_name(ref: str) -> str:
+    """URL name of a served model: the alias itself, or ``v<version>``."""
+    if ref.startswith("models:/"):
+        ref = ref.rsplit("@", 1)[-1] if "@" in ref else ref.rsplit("/", 1)[-1]
+    return f"v{ref}" if ref.isdigit() else ref
+
+
+def feature_schema(model_features: list[str], categorical: list[str]) -> FeatureSchema:
+    return FeatureSchema(tuple(model_features), frozenset(categorical), frozenset(f.name for f in FEATURES))
+
+
+def redis_client(env: Mapping[str, str], timeout_s: float) -> redis.Redis:
+    """The online store's Redis with the request budget as socket timeouts (no retries inside a request)."""
+    host, _, port = env.get("CHURNOPS_REDIS", "127.0.0.1:6379").split(",")[0].partition(":")
+    # no retries: a retry would spend the request's budget twice
+    return redis.Redis(
+        host=host, port=int(port or 6379), socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
+    )
+
+
+ReaderFactory = Callable[[list[str]], FeatureReader]
+
+
+def feature_readers(cfg: ServeConfig, env: Mapping[str, str]) -> ReaderFactory:
+    """Opens the store once; each model gets a reader of just its own features (fewer bytes, fewer decodes)."""
+    store = feast_store.open_store(cfg.feature_mode, env, cfg.data_dir)
+    if cfg.feature_mode == "cluster":
+        client = redis_client(env, cfg.store_timeout_s)
+        return lambda only: redis_reader(store, cfg.feature_service, client, only)
+    return lambda only: sqlite_reader(store, cfg.feature_service, only)
+
+
+def prediction_log(cfg: ServeConfig, registry: Any) -> PredictionLog | None:
+    """The monitoring log of every prediction: PostgreSQL in the cluster, Parquet segments under the data dir otherwise."""
+    if not cfg.prediction_log_enabled:
+        return None
+    if cfg.prediction_log_dsn:
+        store: LogStore = PostgresStore(cfg.prediction_log_dsn)
+    else:
+        store = ParquetStore(cfg.prediction_log or cfg.data_dir / "predictions")
+    return PredictionLog(store, registry, flush_interval_s=cfg.prediction_log_flush_s)
+
+
+def audit_sink(cfg: ServeConfig) -> AuditSink:
+    if cfg.audit_dsn:
+        return PostgresAuditSink(cfg.audit_dsn)
+    return FileAuditSink(cfg.audit_log or cfg.data_dir / "audit" / "predictions.jsonl", fsync=cfg.fsync)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What every served model of one process shares: store readers, audit trail, metrics, breaker, prediction log."""
+
+    readers: ReaderFactory
+    audit: AuditSink
+    metrics: ServingMetrics
+    breaker: Breaker
+    prediction_log: PredictionLog | None
+
+
+def load_scorer(cfg: ServeConfig, ref: str, shared: Shared) -> Scorer:
+    """Resolve ``ref`` in the registry, download and verify the artifact, compile it for serving."""
+    reg = cfg.registry()
+    version = registry.resolve_version(reg, ref)
+    model = registry.load_model(reg, version)  # raises ModelIntegrityError on a sha256 mismatch
+    info = registry.version_info(reg, version)
+    alias = ref if not ref.isdigit() and not ref.startswith("models:/") else None
+    served = ServedModel(reg.model_name, version, alias, model, info["threshold"], info["run_id"])
+    scorer = Scorer(
+        served,
+        feature_schema(model.feature_names, model.categorical),
+        shared.readers(list(model.feature_names)),
+        STORE_ERRORS,
+        shared.audit,
+        shared.metrics,
+        ServingPolicy(on_store_failure=cfg.on_store_failure),
+        shared.breaker,
+        shared.prediction_log,
+    )
+    shared.metrics.info.labels(reg.model_name, version, alias or "").set(1)
+    shared.metrics.reference(reg.model_name, version, info["metrics"])
+    log.info(
+        "serving %s v%s as %s (threshold %.3f, %d features)",
+        reg.model_name,
+        version,
+        served_name(ref),
+        served.threshold,
+        len(model.feature_names),
+    )
+    return scorer
+
+
+async def error_handler(_: Any, exc: ChurnOpsError) -> Any:
+    """The server's one handler: every ChurnOpsError becomes its status and a JSON body naming the problem."""
+    from starlette.responses import Response  # noqa: PLC0415 - comes with KServe, imported by serve() only
+
+    from churnops.serving.security import error_response  # noqa: PLC0415
+
+    if exc.status < 500:
+        log.info("%s %s", exc.status, exc.detail)  # a client's mistake: one line, no traceback
+    status, body, headers = error_response(exc)
+    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers if k != b"content-length"})
+
+
+def model_server_options(options: Mapping[str, Any], server_type: type) -> dict[str, Any]:
+    """The KServe ModelServer constructor arguments among the parsed options (one process, see ``serve``)."""
+    accepted = set(inspect.signature(server_type).parameters) - {"http_port", "workers"}
+    if int(options.get("workers", 1) or 1) != 1:
+        raise ConfigError("one process per server: scale out with replicas (the wiring is built at the entry point)", field="--workers")
+    return {k: v for k, v in options.items() if k in accepted}
+
+
+def count_errors(metrics: ServingMetrics, names: set[str]) -> Any:
+    def on_error(path: str, status: int) -> None:
+        parts = path.split("/")
+        model = next((p.split(":")[0] for p in parts[3:4] if p.split(":")[0] in names), "-")
+        metrics.errors.labels(model, str(status)).inc()
+
+    return on_error
+
+
+def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
+    """Start the ModelServer and block."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # more threads than cores make tail latency erratic
+    from kserve import ModelServer  # noqa: PLC0415 - imports FastAPI, uvicorn, gRPC: only when serving
+    from kserve.logging import logger as kserve_logger  # noqa: PLC0415
+    from kserve.model_server import app  # noqa: PLC0415
+    from prometheus_client import REGISTRY  # noqa: PLC0415
+
+    from churnops.serving.modelserver import ChurnModelServer, ChurnRepository, ClientErrorLogs  # noqa: PLC0415
+    from churnops.serving.openapi import spec  # noqa: PLC0415
+    from churnops.serving.predictor import ChurnModel  # noqa: PLC0415
+    from churnops.serving.security import GuardMiddleware, RateLimiter  # noqa: PLC0415
+
+    options = model_server_options(cfg.kserve_options, ModelServer)
+    metrics = ServingMetrics(REGISTRY)
+    readers = feature_readers(cfg, env)
+    audit = audit_sink(cfg)
+    shared = Shared(readers, audit, metrics, Breaker(cfg.breaker_cooldown_s), prediction_log(cfg, REGISTRY))
+    # large requests score here, off the event loop; one thread per core (the boosters release the GIL)
+    workers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="score")
+    models = []
+    for ref in cfg.models:
+        loader = partial(load_scorer, cfg, ref, shared)
+        model = ChurnModel(served_name(ref), loader, executor=workers)
+        model.load()
+        models.append(model)
+    ready = [m for m in models if m.ready]
+    if not ready:
+        raise SystemExit("no model could be loaded: " + "; ".join(f"{m.name}: {m.load_error}" for m in models))
+    names = [m.name for m in models]
+    first = ready[0].scorer
+    assert first is not None
+    document = spec(first.schema, names, first.served.version)
+    app.openapi = lambda: document
+    app.add_exception_handler(ChurnOpsError, error_handler)
+    app.add_middleware(
+        GuardMiddleware,
+        auth=cfg.auth,
+        limits=cfg.limits,
+        limiter=RateLimiter(cfg.limits.rate_per_s, cfg.limits.burst),
+        on_error=count_errors(metrics, set(names)),
+    )
+    kserve_logger.addFilter(ClientErrorLogs())
+    settings = {"enable_grpc": False, "enable_docs_url": False, **options}
+    server = ChurnModelServer(cfg.host, ChurnRepository(), **settings, http_port=cfg.http_port, workers=1)
+    for m in models:
+        server.register_model(m)  # unready ones too: they answer 503 and fail readiness instead of vanishing
+    print(
+        f"ChurnOps predictor on http://{cfg.host}:{cfg.http_port}: "
+        + ", ".join(f"{m.name} ({'ready' if m.ready else 'NOT READY'})" for m in models),
+        flush=True,
+    )
+    try:
+        server.start([])
+    finally:
+        workers.shutdown(wait=True)
+        if shared.prediction_log is not None:
+            shared.prediction_log.close()  # drains what is buffered: nothing is lost on a clean stop
+        audit.close()

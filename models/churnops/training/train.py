@@ -1,0 +1,232 @@
+"""Training end to end on one table: split, select, search, ensemble, evaluate, gate, register, card.
+
+The KFP pipeline runs the same steps as separate components; this module is
+the single-process path (CLI, bring-your-own-data, DVC).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from churnops.training import automl, ensemble, registry, selection
+from churnops.training.config import BusinessConfig, SearchPlan, TrainingConfig, plan_search
+from churnops.training.dataset import DatasetSpec, Split, cv_folds, time_holdout, xy
+from churnops.training.evaluation import Comparison, Evaluation, ThresholdChoice, bootstrap_auc_delta, choose_threshold, evaluate
+from churnops.training.gates import GateResult, check_gates, enforce
+from churnops.training.model_card import CardInputs, plot_evaluation, write_card
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingOutcome:
+    evaluation: Evaluation
+    gates: list[GateResult]
+    comparison: Comparison | None
+    registered: registry.Registered | None
+    card: Path | None
+    summary: dict[str, Any]
+
+
+class SearchProgress(Protocol):
+    """Told the plan before the search starts, then each finished trial."""
+
+    def planned(self, plan: SearchPlan) -> None: ...
+
+    def trial(self, number: int, best_cv_auc: float) -> None: ...
+
+
+@dataclass
+class FittedModel:
+    model: ensemble.ChurnEnsemble
+    spec: DatasetSpec
+    split: Split
+    decision: ThresholdChoice
+    selection: selection.Selection
+    search: automl.SearchResult
+    choice: ensemble.EnsembleChoice
+    plan: SearchPlan
+    seconds: float  # selection, search, ensemble and refit
+
+    @property
+    def threshold(self) -> float:
+        return self.decision.threshold
+
+
+def fit(frame: pd.DataFrame, spec: DatasetSpec, cfg: TrainingConfig, progress: SearchProgress | None = None) -> FittedModel:
+    """Everything up to a fitted, calibrated model and its decision threshold (training rows only)."""
+    started = time.perf_counter()
+    split = time_holdout(frame, spec, cfg.holdout_fraction)
+    plan = plan_search(cfg.budget, len(split.train), min(len(spec.features), cfg.max_features))
+    if progress is not None:
+        progress.planned(plan)
+    x_all, y = xy(split.train, spec)
+    chosen = selection.select(x_all, y, spec, cfg.seed, max_features=cfg.max_features, threads=plan.threads)
+    spec_sel = spec.with_features(chosen.selected)
+    x, _ = xy(split.train, spec_sel)
+    folds = cv_folds(split.train, spec_sel, plan.n_folds, cfg.seed)
+    result = automl.search(x, y, spec_sel, folds, plan, cfg.seed, progress.trial if progress is not None else None)
+    choice = ensemble.choose(result.ranked(), y, folds, cfg.top_k)
+    model = ensemble.fit_final(choice, x, y, spec_sel, cfg.seed, plan.threads)
+    decision = decision_threshold(choice, split.train, spec, cfg.business)
+    return FittedModel(model, spec_sel, split, decision, chosen, result, choice, plan, time.perf_counter() - started)
+
+
+def _revenue_and_segments(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray | None, np.ndarray | None]:
+    revenue = frame[spec.revenue_column].to_numpy(float) if spec.revenue_column else None
+    segments = frame[spec.segment_column].to_numpy() if spec.segment_column else None
+    return revenue, segments
+
+
+def decision_threshold(
+    choice: ensemble.EnsembleChoice, train: pd.DataFrame, spec: DatasetSpec, business: BusinessConfig
+) -> ThresholdChoice:
+    """The campaign threshold and its rule, chosen on the training rows' calibrated OOF scores."""
+    revenue, _ = _revenue_and_segments(train, spec)
+    return choose_threshold(train[spec.target_column].to_numpy(dtype=np.int64), choice.oof, revenue, business)
+
+
+def holdout_evaluation(
+    model: ensemble.ChurnEnsemble,
+    threshold: ThresholdChoice,
+    holdout: pd.DataFrame,
+    spec: DatasetSpec,
+    business: BusinessConfig,
+    max_gap: float,
+) -> tuple[Evaluation, np.ndarray]:
+    """Evaluation of ``model`` on the holdout rows, and its scores there."""
+    y = holdout[spec.target_column].to_numpy(dtype=np.int64)
+    p = model.predict_proba(holdout)
+    revenue, segments = _revenue_and_segments(holdout, spec)
+    return evaluate(y, p, threshold, revenue, segments, business, max_gap), p
+
+
+def assess(
+    fitted: FittedModel, cfg: TrainingConfig, champion: ensemble.ChurnEnsemble | None, champion_version: str | None
+) -> tuple[Evaluation, Comparison | None, list[GateResult]]:
+    """Evaluate on the holdout, compare with the champion, and apply the gates (no side effects)."""
+    holdout = fitted.split.holdout
+    ev, p = holdout_evaluation(fitted.model, fitted.decision, holdout, fitted.spec, cfg.business, cfg.gates.max_fairness_gap)
+    comparison = None
+    if champion is not None and champion_version is not None:
+        y = holdout[fitted.spec.target_column].to_numpy(dtype=np.int64)
+        comparison = bootstrap_auc_delta(y, p, champion.predict_proba(holdout), champion_version, seed=cfg.seed)
+    return ev, comparison, check_gates(ev, cfg.gates, comparison)
+
+
+def summarize(fitted: FittedModel, ev: Evaluation) -> dict[str, Any]:
+    s = fitted.search
+    return {
+        "training_rows": len(fitted.split.train),
+        "holdout_rows": len(fitted.split.holdout),
+        "holdout_from": str(fitted.split.cutoff),
+        "rows_dropped_for_label_gap": fitted.split.dropped_for_gap,
+        "features_selected": len(fitted.selection.selected),
+        "search_plan": fitted.plan.describe(),
+        "trials": {
+            "completed": s.trials_completed,
+            "pruned": s.trials_pruned,
+            "failed": s.trials_failed,
+            "stopped_early": s.stopped_early,
+            "seconds": round(s.seconds, 1),
+        },
+        "training_seconds": {"expected": round(fitted.plan.expected_s, 1), "actual": round(fitted.seconds, 1)},
+        "cv_auc_by_family": {c.family: round(c.cv_auc, 4) for c in s.ranked()},
+        "ensemble": {"kind": fitted.choice.combiner.kind, "members": fitted.model.families, "oof_auc": fitted.choice.oof_scores},
+        "threshold": fitted.threshold,
+        "threshold_rule": fitted.decision.note,
+        "holdout": ev.headline(),
+    }
+
+
+def train_and_register(
+    frame: pd.DataFrame,
+    spec: DatasetSpec,
+    cfg: TrainingConfig,
+    reg: registry.RegistryConfig,
+    out_dir: Path,
+    lineage: dict[str, Any],
+    progress: SearchProgress | None = None,
+) -> TrainingOutcome:
+    """Train; if every gate passes, log to MLflow, register as challenger and write the model card.
+
+    A failed gate raises ``QualityGateError`` after the evaluation and card are written to ``out_dir``.
+    """
+    fitted = fit(frame, spec, cfg, progress)
+    champion_version = registry.alias_version(reg, registry.CHAMPION)
+    champion = registry.load_model(reg, champion_version) if champion_version else None
+    ev, comparison, gates = assess(fitted, cfg, champion, champion_version)
+    summary = summarize(fitted, ev)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "evaluation.json").write_text(
+        json.dumps({"evaluation": ev.to_dict(), "gates": [asdict(g) for g in gates], "summary": summary}, indent=2, default=str) + "\n"
+    )
+    (out_dir / "metrics.json").write_text(json.dumps({**ev.headline(), "gates_passed": all(g.passed for g in gates)}, indent=2) + "\n")
+    (out_dir / "selection.json").write_text(json.dumps(fitted.selection.to_dict(), indent=2) + "\n")
+    plots = plot_evaluation(ev, fitted.selection.importance, out_dir)
+    training_info = {
+        k: summary[k]
+        for k in (
+            "training_rows",
+            "holdout_rows",
+            "holdout_from",
+            "features_selected",
+            "search_plan",
+            "trials",
+            "cv_auc_by_family",
+            "ensemble",
+            "threshold",
+        )
+    }
+    card_inputs = CardInputs(reg.model_name, None, ev, gates, comparison, lineage, training_info, plots)
+    write_card(card_inputs, out_dir)
+    enforce(gates)
+
+    params = {
+        "seed": cfg.seed,
+        "n_trials": fitted.plan.n_trials,
+        "n_folds": fitted.plan.n_folds,
+        "timeout_s": fitted.plan.timeout_s,
+        "families": list(fitted.plan.families),
+        "max_features": cfg.max_features,
+        "ensemble": fitted.choice.combiner.kind,
+        "threshold": fitted.threshold,
+        "threshold_rule": fitted.decision.rule,
+    }
+    metrics = {**ev.headline(), **{f"cv_auc_{k}": v for k, v in summary["cv_auc_by_family"].items()}}
+    if comparison is not None:
+        metrics["delta_auc_vs_champion"] = comparison.delta_auc
+    tags = {k: str(v) for k, v in lineage.items()}
+    example = fitted.split.holdout[list(fitted.spec.features)].head(20)
+    registered = registry.log_and_register(reg, fitted.model, example, params, metrics, tags, {"evaluation": out_dir})
+    card, _ = write_card(
+        CardInputs(
+            reg.model_name,
+            registered.version,
+            ev,
+            gates,
+            comparison,
+            {**lineage, "mlflow_run": registered.run_id, "model_sha256": registered.sha256},
+            training_info,
+            plots,
+        ),
+        out_dir,
+    )
+    return TrainingOutcome(
+        ev, gates, comparison, registered, card, {**summary, "model_version": registered.version, "model_uri": registered.model_uri}
+    )
+
+
+def shuffled(frame: pd.DataFrame, spec: DatasetSpec, seed: int) -> pd.DataFrame:
+    """The same table with the target permuted (a model must not learn from it)."""
+    out = frame.copy()
+    out[spec.target_column] = np.random.default_rng(seed).permutation(out[spec.target_column].to_numpy())
+    return out

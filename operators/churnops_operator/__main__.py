@@ -1,0 +1,5 @@
+"""``python -m churnops_operator``."""
+
+from churnops_operator.main import main
+
+main()

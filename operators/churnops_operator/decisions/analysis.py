@@ -1,0 +1,251 @@
+"""Judge a canary against the stable model with tests that stay valid under repeated looks.
+
+A rollout looks at the same, growing sample at every interval. A fixed
+threshold on each look (what Flagger and Argo Rollouts do) fails a canary that
+is as good as the stable model whenever noise crosses the line once, and the
+more looks, the likelier that is. Here every check is a sequential test whose
+false-alarm probability over *all* looks is bounded:
+
+- error rate, latency and AUC use a mixture sequential probability ratio test
+  (mSPRT; Johari, Pekelis and Walsh, "Always valid inference", 2017): the
+  estimate ``d`` with variance ``V`` is compared with the boundary ``d0`` of the
+  null hypothesis through ``L = sqrt(V / (V + t^2)) * exp(t^2 (d - d0)^2 / (2 V (V + t^2)))``
+  for a normal mixture of scale ``t``; under the null, ``P(L ever >= 1/a) <= a``
+  (Ville's inequality), so the test may look after every request;
+- the score PSI has no likelihood ratio; its check spends the error budget over
+  looks (``a_j = a * 6 / (pi^2 j^2)``, summing to ``a``) on a normal bound of the
+  bias-corrected PSI.
+
+Decision rule: a check *fails* when a test rejects "the canary is within its
+limit" or when a metric it needs is missing, empty, NaN or erroring (never
+counted as success); it *passes* when every required metric is present and no
+test rejects; it *waits* while the canary has fewer than ``min_samples``
+requests. The budget ``false_rollback_rate`` is split evenly over the four
+metrics (Bonferroni). AUC is judged only once both models have
+``min_labelled`` delayed labels; before that it is reported as pending.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Literal
+
+from churnops_contract import metrics as m
+from churnops_operator.spec import Analysis
+
+Outcome = Literal["pass", "fail", "unavailable", "pending"]
+CheckOutcome = Literal["pass", "fail", "wait"]
+METRICS = ("error_rate", "latency", "score_psi", "auc")
+SLOW_SHARE = 0.05  # p95 <= limit  <=>  at most 5 % of requests slower than the limit
+
+
+@dataclass(frozen=True)
+class VersionSample:
+    """Counts for one model version over the analysis window; None when unavailable."""
+
+    requests: float | None = None
+    errors: float | None = None
+    slow: float | None = None  # requests slower than the latency limit's bucket
+    timed: float | None = None  # requests in the latency histogram
+    p95_ms: float | None = None  # reported figure, not used for the decision
+    score_buckets: tuple[float, ...] | None = None  # per-bucket (not cumulative) counts
+    auc: float | None = None
+    labelled: float | None = None
+    positive_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    canary: VersionSample
+    stable: VersionSample
+    step_requests: float | None  # canary requests since the current step began
+    look: int  # 1 for the first check of this analysis, 2 for the next ...
+    problems: tuple[str, ...] = ()  # query errors, for the verdict's reasons
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    name: str
+    outcome: Outcome
+    canary: float | None
+    stable: float | None
+    limit: float
+    evidence: float  # log-likelihood ratio over its rejection boundary (>= 1 rejects)
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: CheckOutcome
+    samples: int  # canary requests in the analysis window
+    step_samples: int
+    results: tuple[MetricResult, ...] = field(default=())
+    reason: str = ""
+
+    def figures(self) -> dict[str, object]:
+        """The verdict for status and events: figures rounded for people."""
+        out: dict[str, object] = {"outcome": self.outcome, "samples": self.samples, "reason": self.reason}
+        for r in self.results:
+            out[r.name] = {
+                "outcome": r.outcome,
+                "canary": _round(r.canary),
+                "stable": _round(r.stable),
+                "limit": r.limit,
+                "evidence": round(r.evidence, 3),
+            }
+        return out
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 5)
+
+
+def known(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def msprt_log_lr(estimate: float, variance: float, null: float, tau: float) -> float:
+    """log of the normal-mixture likelihood ratio for ``estimate ~ N(theta, variance)`` against theta = null."""
+    v = max(variance, 1e-12)
+    t2 = tau * tau
+    return 0.5 * math.log(v / (v + t2)) + t2 * (estimate - null) ** 2 / (2.0 * v * (v + t2))
+
+
+def _evidence(estimate: float, variance: float, null: float, tau: float, alpha: float, worse_if_above: bool) -> float:
+    """log LR over log(1/alpha), counted only in the direction that means "worse"; >= 1 rejects."""
+    if (estimate > null) != worse_if_above or estimate == null:
+        return 0.0
+    return max(msprt_log_lr(estimate, variance, null, tau), 0.0) / math.log(1.0 / alpha)
+
+
+def _rate_var(x: float, n: float) -> float:
+    p = (x + 0.5) / (n + 1.0)  # keeps the variance positive when no event has happened yet
+    return p * (1.0 - p) / n
+
+
+def error_rate(c: VersionSample, s: VersionSample, a: Analysis, alpha: float) -> MetricResult:
+    name, limit = "error_rate", a.max_error_rate
+    if not all(known(x) for x in (c.requests, c.errors, s.requests, s.errors)):
+        return MetricResult(name, "unavailable", None, None, limit, 0.0, "error or request counts missing")
+    assert c.requests is not None and c.errors is not None and s.requests is not None and s.errors is not None
+    if c.requests <= 0 or s.requests <= 0:
+        return MetricResult(name, "unavailable", None, None, limit, 0.0, "a model answered no requests in the window")
+    pc, ps = min(c.errors / c.requests, 1.0), min(s.errors / s.requests, 1.0)
+    var = _rate_var(c.errors, c.requests) + _rate_var(s.errors, s.requests)
+    ev = _evidence(pc - ps, var, limit, max(limit, 0.005), alpha, worse_if_above=True)
+    outcome: Outcome = "fail" if ev >= 1.0 else "pass"
+    return MetricResult(name, outcome, pc, ps, limit, ev, f"canary {pc:.4f} vs stable {ps:.4f}, allowed excess {limit:g}")
+
+
+def latency(c: VersionSample, s: VersionSample, a: Analysis, alpha: float) -> MetricResult:
+    name, limit = "latency_p95_ms", a.max_latency_p95_ms
+    if not all(known(x) for x in (c.slow, c.timed, s.slow, s.timed)):
+        return MetricResult(name, "unavailable", c.p95_ms, s.p95_ms, limit, 0.0, "latency histogram missing")
+    assert c.slow is not None and c.timed is not None and s.slow is not None and s.timed is not None
+    if c.timed <= 0 or s.timed <= 0:
+        return MetricResult(name, "unavailable", c.p95_ms, s.p95_ms, limit, 0.0, "no timed requests in the window")
+    qc, qs = c.slow / c.timed, s.slow / s.timed
+    var_c = _rate_var(c.slow, c.timed)
+    # Both must reject: the canary breaks the objective, and it is slower than the stable model.
+    above_objective = _evidence(qc, var_c, SLOW_SHARE, 0.05, alpha, worse_if_above=True)
+    above_stable = _evidence(qc - qs, var_c + _rate_var(s.slow, s.timed), 0.0, 0.05, alpha, worse_if_above=True)
+    ev = min(above_objective, above_stable)
+    outcome: Outcome = "fail" if ev >= 1.0 else "pass"
+    return MetricResult(name, outcome, c.p95_ms, s.p95_ms, limit, ev, f"share slower than {limit:g} ms: canary {qc:.4f}, stable {qs:.4f}")
+
+
+def psi(canary: tuple[float, ...], stable: tuple[float, ...]) -> float:
+    """Population stability index between two histograms of counts (half-count smoothing)."""
+    k = len(canary)
+    nc, ns = sum(canary), sum(stable)
+    total = 0.0
+    for ci, si in zip(canary, stable, strict=True):
+        p = (ci + 0.5) / (nc + 0.5 * k)
+        q = (si + 0.5) / (ns + 0.5 * k)
+        total += (p - q) * math.log(p / q)
+    return total
+
+
+def score_psi(c: VersionSample, s: VersionSample, a: Analysis, alpha: float, look: int) -> MetricResult:
+    name, limit = "score_psi", a.max_score_psi
+    cb, sb = c.score_buckets, s.score_buckets
+    if cb is None or sb is None or len(cb) != len(sb) or len(cb) < 2 or not all(known(x) for x in (*cb, *sb)):
+        return MetricResult(name, "unavailable", None, None, limit, 0.0, "score histograms missing")
+    nc, ns = sum(cb), sum(sb)
+    if nc <= 0 or ns <= 0:
+        return MetricResult(name, "unavailable", None, None, limit, 0.0, "no scores in the window")
+    value = psi(cb, sb)
+    k = len(cb)
+    h = 1.0 / nc + 1.0 / ns
+    bias = (k - 1) * h  # expected PSI of two samples of one distribution
+    se = math.sqrt(2.0 * (k - 1)) * h + math.sqrt(4.0 * max(limit, 0.0) * h)
+    spent = alpha * 6.0 / (math.pi**2 * max(look, 1) ** 2)
+    z = NormalDist().inv_cdf(1.0 - spent)
+    lower = value - bias - z * se  # a one-sided lower bound of the true PSI at this look
+    ev = 0.0 if lower <= 0 else lower / limit if limit > 0 else math.inf
+    outcome: Outcome = "fail" if lower > limit else "pass"
+    return MetricResult(name, outcome, value, None, limit, ev, f"PSI {value:.4f} (lower bound {lower:.4f})")
+
+
+def auc_variance(auc: float, positives: float, negatives: float) -> float:
+    """Hanley and McNeil (1982) variance of an AUC estimate."""
+    q1 = auc / (2.0 - auc)
+    q2 = 2.0 * auc * auc / (1.0 + auc)
+    return (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) / (positives * negatives)
+
+
+def auc(c: VersionSample, s: VersionSample, a: Analysis, alpha: float) -> MetricResult:
+    name, limit = "auc_delta", a.min_auc_delta
+    labelled = [x.labelled for x in (c, s)]
+    if not all(known(x) and x >= a.min_labelled for x in labelled):  # type: ignore[operator]
+        return MetricResult(name, "pending", c.auc, s.auc, limit, 0.0, f"fewer than {a.min_labelled} delayed labels per model")
+    if not all(known(x) for x in (c.auc, s.auc, c.positive_rate, s.positive_rate)):
+        return MetricResult(name, "unavailable", c.auc, s.auc, limit, 0.0, "labels exist but AUC or churn rate is missing")
+    assert c.auc is not None and s.auc is not None and c.positive_rate is not None and s.positive_rate is not None
+    variances = []
+    for sample, rate in ((c, c.positive_rate), (s, s.positive_rate)):
+        assert sample.labelled is not None and sample.auc is not None
+        pos = max(sample.labelled * rate, 1.0)
+        neg = max(sample.labelled - pos, 1.0)
+        variances.append(auc_variance(min(max(sample.auc, 0.5), 0.999), pos, neg))
+    delta = c.auc - s.auc
+    ev = _evidence(delta, sum(variances), limit, max(abs(limit), 0.02), alpha, worse_if_above=False)
+    outcome: Outcome = "fail" if ev >= 1.0 else "pass"
+    return MetricResult(name, outcome, c.auc, s.auc, limit, ev, f"AUC canary {c.auc:.4f} vs stable {s.auc:.4f}")
+
+
+def judge(a: Analysis, obs: Observation, min_samples: int) -> Verdict:
+    """One check of the canary; see the module docstring for the rule."""
+    samples = obs.canary.requests
+    if not known(samples):
+        why = "; ".join(obs.problems) or "canary request count missing"
+        return Verdict("fail", 0, 0, (), f"no canary request count: {why}")
+    assert samples is not None
+    step = int(obs.step_requests) if known(obs.step_requests) else 0  # type: ignore[arg-type]
+    if samples < min_samples:
+        return Verdict("wait", int(samples), step, (), f"{int(samples)} of {min_samples} canary requests")
+    alpha = a.false_rollback_rate / len(METRICS)
+    results = (
+        error_rate(obs.canary, obs.stable, a, alpha),
+        latency(obs.canary, obs.stable, a, alpha),
+        score_psi(obs.canary, obs.stable, a, alpha, obs.look),
+        auc(obs.canary, obs.stable, a, alpha),
+    )
+    failed = [r for r in results if r.outcome in ("fail", "unavailable")]
+    if failed:
+        reason = "; ".join(f"{r.name} {r.outcome}: {r.detail}" for r in failed)
+        if obs.problems:
+            reason += f" ({'; '.join(obs.problems)})"
+        return Verdict("fail", int(samples), step, results, reason)
+    return Verdict("pass", int(samples), step, results, "all judged metrics within limits")
+
+
+def latency_bucket(limit_ms: float) -> str:
+    """The histogram bound used for "slower than the limit": the smallest bucket at or above it."""
+    seconds = limit_ms / 1000.0
+    for bound in m.LATENCY_BUCKETS:
+        if bound >= seconds - 1e-12:
+            return f"{bound:g}"
+    return "+Inf"

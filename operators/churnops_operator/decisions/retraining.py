@@ -1,0 +1,129 @@
+"""Drift-driven retraining: when to start a Kubeflow Pipelines run, and what its end means.
+
+The rule itself is the monitoring's retraining policy (``churnops_contract.policy``),
+shared with the embedded runner; this module keeps its state in the
+ModelDeployment's status and adds what a cluster needs around it:
+
+- starting is two-phase: ``evaluate`` records a *pending* run with a fixed
+  key; the handler then finds a run of that name or creates it, and records
+  its id. An operator killed between the two finds the run it created, so a
+  trigger never makes two runs;
+- at most one run is in flight; no evaluation while a canary is analysed;
+- a run that succeeds with a registered challenger newer than the stable
+  version becomes the rollout's candidate (``rollout.choose_target``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from churnops_contract import policy
+from churnops_operator.decisions.rollout import Event
+from churnops_operator.spec import DeploymentSpec
+
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED")
+
+
+@dataclass(frozen=True)
+class RetrainingStatus:
+    breaches: int = 0
+    last_triggered: float | None = None
+    last_evaluation: float | None = None
+    triggers: int = 0
+    pending_key: str | None = None  # display name of the run to find or create
+    run_id: str | None = None
+    run_state: str | None = None
+    candidate: str | None = None  # challenger version produced by the last successful run
+    reason: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.pending_key is not None and (self.run_state is None or self.run_state not in TERMINAL)
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "breaches": self.breaches,
+            "lastTriggered": self.last_triggered,
+            "lastEvaluation": self.last_evaluation,
+            "triggers": self.triggers,
+            "runName": self.pending_key,
+            "runId": self.run_id,
+            "runState": self.run_state,
+            "candidateVersion": self.candidate,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_status(cls, raw: dict[str, Any] | None) -> RetrainingStatus:
+        raw = raw or {}
+
+        def num(key: str) -> float | None:
+            value = raw.get(key)
+            return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+        return cls(
+            breaches=int(raw.get("breaches") or 0),
+            last_triggered=num("lastTriggered"),
+            last_evaluation=num("lastEvaluation"),
+            triggers=int(raw.get("triggers") or 0),
+            pending_key=raw.get("runName"),
+            run_id=raw.get("runId"),
+            run_state=raw.get("runState"),
+            candidate=raw.get("candidateVersion"),
+            reason=raw.get("reason") or "",
+        )
+
+
+def retraining_policy(spec: DeploymentSpec) -> policy.RetrainingPolicy:
+    r = spec.monitoring.retraining
+    return policy.RetrainingPolicy(enabled=r.enabled, consecutive=spec.monitoring.drift.consecutive, cooldown_s=r.cooldown_s)
+
+
+def evaluation_due(spec: DeploymentSpec, rs: RetrainingStatus, canary_active: bool, now: float) -> bool:
+    if canary_active or rs.active:
+        return False
+    return rs.last_evaluation is None or now - rs.last_evaluation >= spec.monitoring.evaluation_interval_s
+
+
+def evaluate(
+    spec: DeploymentSpec, rs: RetrainingStatus, obs: policy.Observation, run_prefix: str
+) -> tuple[RetrainingStatus, tuple[Event, ...]]:
+    """Apply the policy to one observation; on a trigger, record the run to start."""
+    state = policy.PolicyState(breaches=rs.breaches, last_retraining=rs.last_triggered)
+    decision = policy.decide(retraining_policy(spec), state, obs)
+    new = replace(
+        rs,
+        breaches=decision.state.breaches,
+        last_triggered=decision.state.last_retraining,
+        last_evaluation=obs.time,
+        reason=decision.reason,
+    )
+    if not decision.retrain:
+        events: tuple[Event, ...] = ()
+        if decision.breached and decision.state.breaches != rs.breaches:
+            events = (Event("Warning", "DriftDetected", decision.reason),)
+        return new, events
+    key = f"{run_prefix}-retrain-{rs.triggers + 1}"
+    new = replace(new, triggers=rs.triggers + 1, pending_key=key, run_id=None, run_state=None, candidate=None)
+    return new, (
+        Event("Warning", "RetrainingTriggered", f"Starting pipeline {spec.monitoring.retraining.pipeline} as {key}: {decision.reason}"),
+    )
+
+
+def on_run(
+    rs: RetrainingStatus, run_id: str, state: str, challenger: str | None, stable: str | None
+) -> tuple[RetrainingStatus, tuple[Event, ...]]:
+    """Record a run's state; a success with a newer challenger makes it the candidate."""
+    new = replace(rs, run_id=run_id, run_state=state)
+    if state == rs.run_state or state not in TERMINAL:
+        return new, ()
+    if state != "SUCCEEDED":
+        return new, (Event("Warning", "RetrainingFailed", f"Run {rs.pending_key} ({run_id}) ended {state}"),)
+    if challenger is None or (stable is not None and int(challenger) <= int(stable)):
+        return replace(new, reason="run succeeded without a new challenger"), (
+            Event("Normal", "RetrainingFinished", f"Run {rs.pending_key} succeeded; no challenger newer than {stable}"),
+        )
+    return replace(new, candidate=challenger, reason=f"run produced challenger {challenger}"), (
+        Event("Normal", "RetrainingFinished", f"Run {rs.pending_key} succeeded with challenger version {challenger}"),
+    )

@@ -1,0 +1,206 @@
+"""The KServe and Gateway API objects a ModelDeployment should have, built as plain data.
+
+``import kserve`` would load numpy, pandas, FastAPI, gRPC and Arrow into the
+operator (about 2 s, and a large image), so the objects are dicts here; the
+tests round-trip each one through the kserve SDK's v1beta1 models and Gateway
+API's published schemas.
+
+Serverless (Knative) mode: one InferenceService ``<name>``. KServe's own
+canary: the spec carries the canary model and ``canaryTrafficPercent`` sends
+that share to it, the rest to the previous rolled-out revision (the stable
+one); promotion removes the field, rollback pins it to 0. A missing
+InferenceService is recreated with the stable model only: a fresh object has
+no previous revision, so a canary split would send everything to the canary.
+
+Standard (RawDeployment) mode: KServe has no traffic split, so the stable and
+the canary run in two InferenceServices that alternate between the slots
+``<name>-blue`` and ``<name>-green``, and a Gateway API ``HTTPRoute`` named
+``<name>`` weights their predictor Services. Promotion flips the stable slot
+(the canary's InferenceService already runs the new version at 100 %), so no
+object is rebuilt at the moment of promotion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from churnops_operator.decisions.rollout import SLOTS, RolloutStatus
+from churnops_operator.spec import API_VERSION, KIND, DeploymentSpec
+
+ISVC_API = "serving.kserve.io/v1beta1"
+ISVC_KIND = "InferenceService"
+ROUTE_API = "gateway.networking.k8s.io/v1"
+ROUTE_KIND = "HTTPRoute"
+LABEL_DEPLOYMENT = "churnops.io/deployment"
+LABEL_VERSION = "churnops.io/model-version"
+LABEL_ROLE = "churnops.io/role"
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "churnops-operator", "app.kubernetes.io/part-of": "churnops"}
+PREDICTOR_PORT = 80  # KServe's predictor Service port in RawDeployment mode
+
+
+@dataclass(frozen=True)
+class Owner:
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Desired:
+    objects: tuple[dict[str, Any], ...]  # to create or patch, in this order
+    absent: tuple[tuple[str, str], ...]  # (kind, name) to delete after the objects are applied
+
+
+def _meta(owner: Owner, name: str, labels: Mapping[str, str], annotations: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": {**MANAGED_BY, LABEL_DEPLOYMENT: owner.name, **labels},
+        "annotations": dict(annotations),
+        "ownerReferences": [
+            {"apiVersion": API_VERSION, "kind": KIND, "name": owner.name, "uid": owner.uid, "controller": True, "blockOwnerDeletion": True}
+        ],
+    }
+
+
+def inference_service(
+    owner: Owner, name: str, spec: DeploymentSpec, version: str, storage_uri: str, role: str, mode: str, canary_percent: int | None
+) -> dict[str, Any]:
+    """One InferenceService serving ``version``; ``canary_percent`` None leaves no split."""
+    env = [
+        {"name": "CHURNOPS_REGISTERED_MODEL", "value": spec.model.registered_model},
+        {"name": "CHURNOPS_MODEL_VERSION", "value": version},
+        {"name": "CHURNOPS_FEATURE_SERVICE", "value": spec.feature_service},
+        {"name": "CHURNOPS_EXPLAIN", "value": "true" if spec.serving.explain else "false"},
+    ]
+    predictor: dict[str, Any] = {
+        "minReplicas": spec.serving.min_replicas,
+        "maxReplicas": spec.serving.max_replicas,
+        # Explicit null: a merge patch removes a split left by a previous state or an edit.
+        "canaryTrafficPercent": canary_percent,
+        "model": {
+            "modelFormat": {"name": "churnops"},
+            "runtime": spec.serving.runtime,
+            "storageUri": storage_uri,
+            "env": env,
+        },
+    }
+    return {
+        "apiVersion": ISVC_API,
+        "kind": ISVC_KIND,
+        "metadata": _meta(owner, name, {LABEL_VERSION: version, LABEL_ROLE: role}, {MODE_ANNOTATION: mode}),
+        "spec": {"predictor": predictor},
+    }
+
+
+def http_route(owner: Owner, spec: DeploymentSpec, backends: list[tuple[str, int]]) -> dict[str, Any]:
+    """The HTTPRoute splitting traffic between predictor Services; weights sum to 100."""
+    gateway = spec.serving.gateway
+    assert gateway is not None  # the spec parser requires it in Standard mode
+    parent: dict[str, Any] = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.name}
+    if gateway.namespace:
+        parent["namespace"] = gateway.namespace
+    if gateway.section_name:
+        parent["sectionName"] = gateway.section_name
+    route: dict[str, Any] = {
+        "parentRefs": [parent],
+        "rules": [
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                "backendRefs": [{"name": f"{svc}-predictor", "port": PREDICTOR_PORT, "weight": weight} for svc, weight in backends],
+            }
+        ],
+    }
+    if spec.serving.hostnames:
+        route["hostnames"] = list(spec.serving.hostnames)
+    return {"apiVersion": ROUTE_API, "kind": ROUTE_KIND, "metadata": _meta(owner, owner.name, {}, {}), "spec": route}
+
+
+def observed_version(obj: Mapping[str, Any] | None) -> str | None:
+    if obj is None:
+        return None
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    version = labels.get(LABEL_VERSION)
+    return str(version) if version is not None else None
+
+
+def desired(
+    owner: Owner,
+    spec: DeploymentSpec,
+    st: RolloutStatus,
+    uris: Mapping[str, str],
+    observed: Mapping[str, Mapping[str, Any]],
+) -> Desired:
+    """What should exist for ``st``; ``observed`` maps InferenceService names to what the API server has."""
+    assert st.stable is not None
+    name = owner.name
+    slots = tuple(f"{name}-{slot}" for slot in SLOTS)
+    if spec.serving.mode == "Serverless":
+        current = observed.get(name)
+        if st.canary is not None and current is not None:
+            obj = inference_service(owner, name, spec, st.canary, uris[st.canary], "canary", "Serverless", st.weight)
+        elif st.canary is None and st.phase == "RolledBack" and st.rejected and observed_version(current) == st.rejected[-1]:
+            # Keep the rolled-back revision pinned at 0 %: the previous revision (stable) takes all traffic.
+            rejected = st.rejected[-1]
+            obj = inference_service(owner, name, spec, rejected, uris[rejected], "rejected", "Serverless", 0)
+        else:
+            obj = inference_service(owner, name, spec, st.stable, uris[st.stable], "stable", "Serverless", None)
+        return Desired((obj,), (*((ISVC_KIND, s) for s in slots), (ROUTE_KIND, name)))
+    stable_name, canary_name = f"{name}-{st.stable_slot}", f"{name}-{st.canary_slot}"
+    objects = [inference_service(owner, stable_name, spec, st.stable, uris[st.stable], "stable", "RawDeployment", None)]
+    absent: list[tuple[str, str]] = [(ISVC_KIND, name)]
+    if st.canary is not None:
+        objects.append(inference_service(owner, canary_name, spec, st.canary, uris[st.canary], "canary", "RawDeployment", None))
+        backends = [(stable_name, 100 - st.weight), (canary_name, st.weight)]
+    else:
+        absent.append((ISVC_KIND, canary_name))
+        backends = [(stable_name, 100)]
+    objects.append(http_route(owner, spec, backends))
+    return Desired(tuple(objects), tuple(absent))
+
+
+def versions_needed(spec: DeploymentSpec, st: RolloutStatus) -> tuple[str, ...]:
+    """Model versions whose storage URIs ``desired`` may need."""
+    found = [v for v in (st.stable, st.canary) if v is not None]
+    if spec.serving.mode == "Serverless" and st.phase == "RolledBack" and st.rejected:
+        found.append(st.rejected[-1])
+    return tuple(dict.fromkeys(found))
+
+
+def differs(want: Any, have: Any) -> bool:
+    """Whether ``have`` lacks what ``want`` asks for: dicts compare by ``want``'s keys (None means absent), lists whole."""
+    if isinstance(want, Mapping):
+        if not isinstance(have, Mapping):
+            return True
+        for key, value in want.items():
+            if value is None:
+                if have.get(key) is not None:
+                    return True
+            elif differs(value, have.get(key)):
+                return True
+        return False
+    if isinstance(want, list):
+        if not isinstance(have, list) or len(want) != len(have):
+            return True
+        return any(differs(w, h) for w, h in zip(want, have, strict=True))
+    return bool(want != have)
+
+
+def strip_nulls(obj: Any) -> Any:
+    """The object to create: a null in a merge patch means "remove", in a created object nothing."""
+    if isinstance(obj, Mapping):
+        return {k: strip_nulls(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [strip_nulls(v) for v in obj]
+    return obj
+
+
+def route_weights(route: Mapping[str, Any] | None) -> list[int]:
+    """The backend weights of an HTTPRoute (for status and tests)."""
+    if not route:
+        return []
+    rules = (route.get("spec") or {}).get("rules") or []
+    return [int(ref.get("weight", 1)) for rule in rules for ref in rule.get("backendRefs") or []]

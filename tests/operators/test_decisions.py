@@ -1,0 +1,300 @@
+"""Table tests of the pure decisions: spec parsing, the sequential tests, the rollout machine, serving objects."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from churnops_contract import policy
+from churnops_operator.decisions import analysis, retraining, rollout, serving
+from churnops_operator.decisions.analysis import Observation, VersionSample
+from churnops_operator.decisions.rollout import RolloutStatus
+from churnops_operator.reconcile import status_patch
+from churnops_operator.spec import Analysis, SpecError, parse, parse_duration
+
+BASE: dict[str, Any] = {"model": {"version": "1"}, "featureService": "churn_v1"}
+
+
+def spec(**over: Any) -> Any:
+    return parse({**BASE, **over})
+
+
+def sample(n: float = 2000, errors: float = 0, slow: float = 0, scores: tuple[float, ...] | None = None, **kw: Any) -> VersionSample:
+    buckets = scores if scores is not None else tuple(n / 11 for _ in range(11))
+    return VersionSample(requests=n, errors=errors, slow=slow, timed=n, p95_ms=40.0, score_buckets=buckets, **kw)
+
+
+def obs(c: VersionSample, s: VersionSample | None = None, look: int = 1, step: float | None = None) -> Observation:
+    return Observation(c, s or sample(20000), step if step is not None else c.requests, look)
+
+
+# --- spec ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"model": {"version": "1", "alias": "challenger"}}, "spec.model"),
+        ({"model": {}}, "spec.model"),
+        ({"model": {"version": "v7"}}, "spec.model.version"),
+        ({"rollout": {"steps": [5, 5, 100]}}, "spec.rollout.steps[1]"),
+        ({"rollout": {"steps": [5, 50]}}, "spec.rollout.steps"),
+        ({"rollout": {"steps": [0, 100]}}, "spec.rollout.steps[0]"),
+        ({"rollout": {"interval": "5 minutes"}}, "spec.rollout.interval"),
+        ({"rollout": {"analysis": {"maxErrorRate": 2}}}, "spec.rollout.analysis.maxErrorRate"),
+        ({"rollout": {"analysis": {"maxErrorRate": float("nan")}}}, "spec.rollout.analysis.maxErrorRate"),
+        ({"serving": {"mode": "Standard"}}, "spec.serving.gateway"),
+        ({"serving": {"minReplicas": 5, "maxReplicas": 2}}, "spec.serving"),
+        ({"monitoring": {"drift": {"methods": ["wasserstein"]}}}, "spec.monitoring.drift.methods[0]"),
+        ({"featureService": ""}, "spec.featureService"),
+    ],
+)
+def test_invalid_specs_name_the_field(over: dict[str, Any], field: str) -> None:
+    with pytest.raises(SpecError) as e:
+        spec(**over)
+    assert str(e.value).startswith(field), str(e.value)
+
+
+def test_defaults_and_durations() -> None:
+    s = spec()
+    assert s.rollout.steps == (5, 25, 50, 100) and s.rollout.interval_s == 300 and s.monitoring.retraining.cooldown_s == 86400
+    assert parse_duration("1h30m", "x") == 5400 and parse_duration("0.5s", "x") == 0.5
+    assert s.analysis_key() == spec(monitoring={"evaluationInterval": "1m"}).analysis_key()  # monitoring does not restart analyses
+    assert s.analysis_key() != spec(rollout={"interval": "1m"}).analysis_key()
+
+
+# --- sequential tests ---------------------------------------------------------------------------------
+
+
+def test_msprt_is_negative_at_the_null_and_grows_with_the_distance() -> None:
+    assert analysis.msprt_log_lr(0.0, 1e-4, 0.0, 0.01) < 0
+    values = [analysis.msprt_log_lr(d, 1e-4, 0.0, 0.01) for d in (0.02, 0.04, 0.08)]
+    assert values == sorted(values) and values[-1] > math.log(400)
+
+
+def test_equal_canary_passes_and_an_erroring_one_fails() -> None:
+    a = Analysis()
+    assert analysis.judge(a, obs(sample()), 200).outcome == "pass"
+    verdict = analysis.judge(a, obs(sample(errors=200)), 200)  # 10 % errors vs 0 %
+    assert verdict.outcome == "fail" and "error_rate fail" in verdict.reason
+
+
+def test_errors_within_the_allowed_excess_pass() -> None:
+    assert analysis.judge(Analysis(), obs(sample(errors=10)), 200).outcome == "pass"  # 0.5 % excess < 1 %
+
+
+def test_slow_canary_fails_only_when_slower_than_the_stable_model_too() -> None:
+    a = Analysis()
+    assert analysis.judge(a, obs(sample(slow=400)), 200).outcome == "fail"  # 20 % slower than 100 ms
+    both_slow = obs(sample(slow=400), sample(20000, slow=4000))
+    assert analysis.judge(a, both_slow, 200).outcome == "pass"  # the cluster is slow, not the canary
+
+
+def test_shifted_scores_fail_the_psi_check() -> None:
+    shifted = (0, 0, 0, 0, 0, 0, 0, 500, 500, 500, 500)
+    verdict = analysis.judge(Analysis(), obs(sample(scores=shifted)), 200)
+    assert verdict.outcome == "fail" and "score_psi fail" in verdict.reason
+
+
+def test_auc_is_pending_without_labels_and_judged_with_them() -> None:
+    a = Analysis()
+    v = analysis.judge(a, obs(sample(auc=0.80, labelled=50, positive_rate=0.2)), 200)
+    assert v.outcome == "pass" and {r.name: r.outcome for r in v.results}["auc_delta"] == "pending"
+    worse = obs(sample(auc=0.75, labelled=20000, positive_rate=0.2), sample(20000, auc=0.85, labelled=20000, positive_rate=0.2))
+    assert analysis.judge(a, worse, 200).outcome == "fail"
+    same = obs(sample(auc=0.85, labelled=20000, positive_rate=0.2), sample(20000, auc=0.85, labelled=20000, positive_rate=0.2))
+    assert analysis.judge(a, same, 200).outcome == "pass"
+
+
+@pytest.mark.parametrize("missing", ["requests", "errors", "slow", "score_buckets"])
+def test_missing_metrics_fail_the_check(missing: str) -> None:
+    c = replace(sample(), **{missing: None})
+    verdict = analysis.judge(Analysis(), obs(c), 200)
+    assert verdict.outcome == "fail"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_metrics_fail_the_check(value: float) -> None:
+    assert analysis.judge(Analysis(), obs(replace(sample(), errors=value)), 200).outcome == "fail"
+
+
+def test_labels_without_auc_fail_the_check() -> None:
+    c = sample(auc=None, labelled=20000, positive_rate=0.2)
+    assert analysis.judge(Analysis(), obs(c, sample(20000, auc=0.85, labelled=20000, positive_rate=0.2)), 200).outcome == "fail"
+
+
+def test_too_few_samples_waits() -> None:
+    assert analysis.judge(Analysis(), obs(sample(50)), 200).outcome == "wait"
+
+
+def test_latency_bucket_is_the_first_bound_at_or_above_the_limit() -> None:
+    assert analysis.latency_bucket(100) == "0.1" and analysis.latency_bucket(4) == "0.005" and analysis.latency_bucket(10_000) == "+Inf"
+
+
+# --- rollout machine -----------------------------------------------------------------------------------
+
+
+def passing(samples: int = 1000) -> analysis.Verdict:
+    return analysis.Verdict("pass", samples, samples, (), "ok")
+
+
+def failing() -> analysis.Verdict:
+    return analysis.Verdict("fail", 1000, 1000, (), "error_rate fail")
+
+
+def started(s: Any, now: float = 100.0) -> RolloutStatus:
+    """A canary of version 2 decided at ``now`` and applied to the serving objects in the same instant."""
+    st = rollout.decide(s, RolloutStatus(), "1", 0.0).status
+    return rollout.traffic_applied(rollout.decide(s, st, "2", now).status, now)
+
+
+def test_no_check_before_the_serving_objects_carry_the_canary() -> None:
+    s = spec()
+    st = rollout.decide(s, rollout.decide(s, RolloutStatus(), "1", 0.0).status, "2", 100.0).status
+    assert not rollout.check_due(s, st, 10_000.0)
+    st = rollout.traffic_applied(st, 9_000.0)
+    assert not rollout.check_due(s, st, 9_100.0) and rollout.check_due(s, st, 9_300.0)
+
+
+def test_first_version_is_deployed_without_a_canary_then_a_new_one_starts_at_the_first_step() -> None:
+    s = spec()
+    t = rollout.decide(s, RolloutStatus(), "1", 0.0)
+    assert t.status.stable == "1" and t.status.canary is None and t.events[0].reason == "Deployed"
+    t = rollout.decide(s, t.status, "2", 10.0)
+    assert (t.status.canary, t.status.weight, t.status.rollout_id) == ("2", 5, 1)
+
+
+def test_healthy_canary_walks_every_step_then_promotes() -> None:
+    s = spec()
+    st = started(s)
+    weights = [st.weight]
+    now = 100.0
+    while st.canary is not None:
+        now += 300
+        assert rollout.check_due(s, st, now)
+        st = rollout.decide(s, st, "2", now, passing()).status
+        weights.append(st.weight)
+    assert weights == [5, 25, 50, 100, 0]
+    assert st.stable == "2" and st.phase == "Promoted" and st.history[-1]["event"] == "Promoted" and st.stable_slot == "green"
+
+
+def test_rollback_happens_at_exactly_the_failure_threshold() -> None:
+    s = spec(rollout={"failureThreshold": 3})
+    st = started(s)
+    for i in range(1, 4):
+        t = rollout.decide(s, st, "2", 100.0 + 300 * i, failing())
+        st = t.status
+        assert (st.canary is None) == (i == 3), i
+    assert st.phase == "RolledBack" and st.rejected == ("2",) and t.events[-1].reason == "RolledBack"
+    assert rollout.decide(s, st, "2", 10_000.0).status == st  # a rejected version is not retried
+
+
+def test_a_passing_check_without_enough_step_samples_waits() -> None:
+    s = spec()
+    st = started(s)
+    st = rollout.decide(s, st, "2", 400.0, analysis.Verdict("pass", 5000, 50, (), "ok")).status
+    assert st.weight == 5 and st.failed_checks == 0
+
+
+def test_no_traffic_past_the_progress_deadline_counts_as_failures() -> None:
+    s = spec(rollout={"progressDeadline": "10m"})
+    st = started(s)
+    wait = analysis.Verdict("wait", 10, 10, (), "10 of 200")
+    st = rollout.decide(s, st, "2", 400.0, wait).status
+    assert st.failed_checks == 0
+    st = rollout.decide(s, st, "2", 800.0, wait).status
+    assert st.failed_checks == 1 and "progress deadline" in st.message
+
+
+def test_spec_change_restarts_the_analysis_as_a_new_rollout() -> None:
+    s = spec()
+    st = rollout.decide(s, started(s), "2", 400.0, passing()).status
+    assert st.weight == 25
+    changed = spec(rollout={"analysis": {"maxScorePSI": 0.3}})
+    t = rollout.decide(changed, st, "2", 500.0)
+    assert (t.status.weight, t.status.rollout_id, t.events[0].reason) == (5, st.rollout_id + 1, "AnalysisRestarted")
+
+
+def test_new_target_replaces_the_canary_and_the_stable_target_withdraws_it() -> None:
+    s = spec()
+    st = started(s)
+    assert rollout.decide(s, st, "3", 200.0).status.canary == "3"
+    withdrawn = rollout.decide(s, st, "1", 200.0).status
+    assert withdrawn.canary is None and withdrawn.stable == "1" and withdrawn.history[-1]["event"] == "CanaryAborted"
+
+
+def test_status_round_trips() -> None:
+    st = started(spec())
+    assert RolloutStatus.from_status(st.to_status()) == st
+
+
+def test_choose_target_prefers_a_newer_retrained_candidate_unless_disabled_or_rejected() -> None:
+    assert rollout.choose_target("3", "4", True, ()) == "4"
+    assert rollout.choose_target("3", "4", False, ()) == "3"
+    assert rollout.choose_target("3", "4", True, ("4",)) == "3"
+    assert rollout.choose_target("5", "4", True, ()) == "5"
+
+
+# --- retraining ------------------------------------------------------------------------------------------
+
+
+def test_retraining_triggers_after_consecutive_breaches_then_waits_for_the_cooldown() -> None:
+    s = spec(monitoring={"drift": {"consecutive": 2}, "retraining": {"cooldown": "1h"}})
+    rs = retraining.RetrainingStatus()
+    rs, ev = retraining.evaluate(s, rs, policy.Observation(time=0.0, drift_detected=True), "ns-churn")
+    assert rs.pending_key is None and ev[0].reason == "DriftDetected"
+    rs, ev = retraining.evaluate(s, rs, policy.Observation(time=10.0, drift_detected=True), "ns-churn")
+    assert rs.pending_key == "ns-churn-retrain-1" and ev[0].reason == "RetrainingTriggered" and rs.active
+    rs, _ = retraining.on_run(rs, "run-1", "SUCCEEDED", "2", "1")
+    assert rs.candidate == "2" and not rs.active
+    for t in (20.0, 30.0, 40.0):
+        rs, _ = retraining.evaluate(s, rs, policy.Observation(time=t, drift_detected=True), "ns-churn")
+    assert rs.triggers == 1 and "cooldown" in rs.reason
+
+
+def test_a_failed_run_leaves_no_candidate() -> None:
+    rs = retraining.RetrainingStatus(pending_key="k", triggers=1)
+    rs, ev = retraining.on_run(rs, "r", "FAILED", None, "1")
+    assert rs.candidate is None and ev[0].reason == "RetrainingFailed"
+
+
+# --- serving objects ---------------------------------------------------------------------------------------
+
+OWNER = serving.Owner("churn", "churn", "uid-1")
+URIS = {"1": "s3://m/1", "2": "s3://m/2"}
+
+
+def test_serverless_canary_uses_kserve_traffic_split_only_on_an_existing_service() -> None:
+    s = spec()
+    st = started(s)
+    fresh = serving.desired(OWNER, s, st, URIS, {})
+    assert fresh.objects[0]["spec"]["predictor"]["canaryTrafficPercent"] is None  # recreate the stable first
+    existing = serving.desired(OWNER, s, st, URIS, {"churn": fresh.objects[0]})
+    predictor = existing.objects[0]["spec"]["predictor"]
+    assert predictor["canaryTrafficPercent"] == 5 and predictor["model"]["storageUri"] == "s3://m/2"
+
+
+def test_standard_mode_weights_sum_to_100_and_promotion_flips_the_slot() -> None:
+    s = spec(serving={"mode": "Standard", "gateway": {"name": "gw"}})
+    st = started(s)
+    want = serving.desired(OWNER, s, st, URIS, {})
+    route = want.objects[-1]
+    assert serving.route_weights(route) == [95, 5] and [o["metadata"]["name"] for o in want.objects] == [
+        "churn-blue",
+        "churn-green",
+        "churn",
+    ]
+    promoted = replace(st, canary=None, stable="2", stable_slot="green", weight=0)
+    after = serving.desired(OWNER, s, promoted, URIS, {})
+    assert serving.route_weights(after.objects[-1]) == [100] and ("InferenceService", "churn-blue") in after.absent
+
+
+def test_differs_and_status_patch() -> None:
+    want = {"spec": {"a": 1, "gone": None, "l": [1, 2]}}
+    assert not serving.differs(want, {"spec": {"a": 1, "l": [1, 2], "extra": 3}})
+    assert serving.differs(want, {"spec": {"a": 1, "gone": 5, "l": [1, 2]}})
+    assert serving.differs(want, {"spec": {"a": 1, "l": [1]}})
+    assert status_patch({"a": 1, "b": {"x": 1, "y": 2}}, {"a": 1, "b": {"x": 2}, "c": None}) == {"b": {"x": 2, "y": None}}

@@ -1,0 +1,279 @@
+"""The operator as a process against kmock's Kubernetes API, a Prometheus fake, a KFP fake and a real MLflow server.
+
+Every test ends with the RBAC check (``conftest.k8s``): a call the operator's
+ClusterRole would refuse fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.operators.fakes import Traffic
+from tests.operators.harness import ISVC_PATH, MD_PATH, NS, Cluster
+
+FAST = {"interval": "0.4s", "minSamples": 100, "failureThreshold": 2}
+
+
+def spec(model: str, version: str = "1", **rollout: Any) -> dict[str, Any]:
+    return {"model": {"registeredModel": model, "version": version}, "featureService": "churn_v1", "rollout": {**FAST, **rollout}}
+
+
+def start_stable(k8s: Cluster, model: str, versions: int = 2, **rollout: Any) -> None:
+    k8s.register(model, versions)
+    for v in range(1, versions + 1):
+        k8s.prom.set(str(v), Traffic())
+    k8s.operator.start()
+    k8s.apply_md("churn", spec(model, **rollout))
+    k8s.wait(
+        "version 1 serving", lambda: (k8s.isvc("churn") or {}).get("metadata", {}).get("labels", {}).get("churnops.io/model-version") == "1"
+    )
+
+
+def canary_percent(k8s: Cluster) -> int | None:
+    predictor = ((k8s.isvc("churn") or {}).get("spec") or {}).get("predictor") or {}
+    value = predictor.get("canaryTrafficPercent")
+    return int(value) if value is not None else None
+
+
+class Recorder:
+    """Samples the status and serving objects in a thread; checks the invariants on every sample."""
+
+    def __init__(self, k8s: Cluster, name: str = "churn") -> None:
+        self.k8s, self.name = k8s, name
+        self.samples: list[dict[str, Any]] = []
+        self.violations: list[str] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            status = self.k8s.status(self.name)
+            isvcs = self.k8s.api.get(ISVC_PATH.format(ns=NS)).json().get("items") or []
+            route = self.k8s.route(self.name)
+            weights = [ref.get("weight") for rule in ((route or {}).get("spec") or {}).get("rules") or [] for ref in rule["backendRefs"]]
+            canaries = [i for i in isvcs if i["metadata"]["labels"].get("churnops.io/role") == "canary"]
+            if len(canaries) > 1:
+                self.violations.append(f"{len(canaries)} canary InferenceServices")
+            if weights and sum(weights) != 100:
+                self.violations.append(f"route weights {weights} do not sum to 100")
+            self.samples.append({"rollout": status.get("rolloutId"), "weight": status.get("canaryWeight"), "route": weights})
+            time.sleep(0.03)
+
+    def __enter__(self) -> Recorder:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+    def assert_monotone(self) -> None:
+        last: dict[Any, int] = {}
+        for s in self.samples:
+            if s["rollout"] is None or not s["weight"]:
+                continue
+            assert s["weight"] >= last.get(s["rollout"], 0), f"weight went down within rollout {s['rollout']}: {self.samples}"
+            last[s["rollout"]] = s["weight"]
+        assert not self.violations, self.violations
+
+
+def test_healthy_canary_is_promoted_through_every_step(k8s: Cluster, model: str) -> None:
+    start_stable(k8s, model)
+    assert k8s.status("churn")["phase"] == "Promoted"
+    seen: list[int] = []
+    with Recorder(k8s) as rec:
+        k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+
+        def promoted() -> bool:
+            percent = canary_percent(k8s)
+            if percent is not None and (not seen or seen[-1] != percent):
+                seen.append(percent)
+            return k8s.status("churn").get("stableVersion") == "2" and percent is None
+
+        k8s.wait("promotion of version 2", promoted, 60, every=0.02)
+    rec.assert_monotone()
+    assert seen == [5, 25, 50, 100], f"KServe canary percentages seen: {seen}"
+    assert (k8s.isvc("churn") or {})["metadata"]["labels"]["churnops.io/model-version"] == "2"
+    k8s.wait("champion alias moved", lambda: k8s.alias(model, "champion") == "2")
+    tags = k8s.version_tags(model, "2")
+    assert "passed every step" in tags["promotion_reason"]
+    assert k8s.version_tags(model, "1")["replaced_by"] == "2"
+    status = k8s.status("churn")
+    assert status["history"][-1]["event"] == "Promoted"
+    assert status["observedGeneration"] == k8s.md("churn")["metadata"]["generation"]  # type: ignore[index]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+    reasons = k8s.reasons()
+    assert reasons.count("StepAdvanced") == 3 and "CanaryStarted" in reasons and "Promoted" in reasons
+
+
+def test_bad_canary_is_rolled_back_exactly_at_the_threshold(k8s: Cluster, model: str) -> None:
+    start_stable(k8s, model, failureThreshold=3)
+    k8s.prom.set("2", Traffic(error_rate=0.2))
+    k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+    k8s.wait("rollback", lambda: k8s.status("churn").get("phase") == "RolledBack", 60)
+    reasons = k8s.reasons()
+    assert reasons.count("CheckFailed") == 2 and reasons.count("RolledBack") == 1  # the third failed check rolls back
+    status = k8s.status("churn")
+    assert status["stableVersion"] == "1" and status.get("canaryVersion") is None and status["rejectedVersions"] == ["2"]
+    assert "3 failed checks" in status["history"][-1]["reason"] and "error_rate fail" in status["history"][-1]["reason"]
+    k8s.wait("canary pinned to 0 %", lambda: canary_percent(k8s) == 0)  # KServe: the previous (stable) revision takes all traffic
+    k8s.wait("rollback recorded in MLflow", lambda: "rollback_reason" in k8s.version_tags(model, "2"))
+    assert k8s.alias(model, "champion") == "1"
+    time.sleep(1.5)  # a rejected version is not tried again
+    assert k8s.status("churn")["phase"] == "RolledBack" and k8s.reasons().count("CanaryStarted") == 1
+
+
+@pytest.mark.parametrize("mode", ["empty", "nan", "error", "http500", "timeout"])
+def test_unavailable_metrics_never_count_as_success(k8s: Cluster, model: str, mode: str) -> None:
+    start_stable(k8s, model)
+    k8s.prom.set("2", Traffic(mode=mode))
+    k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+    k8s.wait("rollback", lambda: k8s.status("churn").get("phase") == "RolledBack", 60)
+    assert "StepAdvanced" not in k8s.reasons()
+    assert k8s.status("churn")["stableVersion"] == "1"
+
+
+def test_operator_killed_at_any_moment_reaches_the_same_end_state(k8s: Cluster, model: str) -> None:
+    k8s.register(model, 2)
+    k8s.prom.set("1", Traffic())
+    k8s.prom.set("2", Traffic())
+    k8s.operator.start()
+    std = spec(model, interval="0.3s")
+    std["serving"] = {"mode": "Standard", "gateway": {"name": "churnops"}}
+    k8s.apply_md("churn", std)
+    k8s.wait("stable route", lambda: k8s.route("churn"))
+    rng = random.Random(7)
+    kills = 0
+
+    def progress() -> tuple[Any, ...]:
+        st, route = k8s.status("churn"), k8s.route("churn")
+        return (st.get("rolloutPhase"), st.get("canaryWeight"), st.get("stableSlot"), json.dumps((route or {}).get("spec")))
+
+    def done() -> bool:
+        st = k8s.status("churn")
+        return st.get("stableVersion") == "2" and k8s.isvc("churn-blue") is None
+
+    with Recorder(k8s) as rec:
+        k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+        while not done():
+            # Kill shortly after each observed transition: in the middle of the pass that follows it.
+            before = progress()
+
+            def moved(before: tuple[Any, ...] = before) -> bool:
+                return progress() != before or done()
+
+            k8s.wait("progress", moved, 60, every=0.02)
+            time.sleep(rng.uniform(0.0, 0.4))
+            k8s.operator.kill()
+            kills += 1
+            k8s.operator.start()
+    rec.assert_monotone()
+    assert kills >= 5
+    status = k8s.status("churn")
+    assert status["phase"] == "Promoted" and status["stableSlot"] == "green"
+    route = k8s.route("churn")
+    assert [(r["name"], r["weight"]) for r in route["spec"]["rules"][0]["backendRefs"]] == [("churn-green-predictor", 100)]  # type: ignore[index]
+    k8s.wait("champion alias moved", lambda: k8s.alias(model, "champion") == "2")
+
+
+def test_serving_objects_edited_or_deleted_out_of_band_are_repaired(k8s: Cluster, model: str) -> None:
+    start_stable(k8s, model)
+    path = f"{ISVC_PATH.format(ns=NS)}/churn"
+    patch = {"spec": {"predictor": {"minReplicas": 9, "canaryTrafficPercent": 50, "model": {"storageUri": "s3://elsewhere"}}}}
+    k8s.api.patch(path, json=patch, headers={"Content-Type": "application/merge-patch+json"}).raise_for_status()
+
+    def repaired() -> bool:
+        predictor = (k8s.isvc("churn") or {}).get("spec", {}).get("predictor", {})
+        return (
+            predictor.get("minReplicas") == 1
+            and "canaryTrafficPercent" not in predictor
+            and predictor["model"]["storageUri"].endswith("/1")
+        )
+
+    k8s.wait("edit repaired", repaired)
+    k8s.delete(path)
+    k8s.wait("recreated", lambda: k8s.isvc("churn") is not None)
+    assert "Updated" in k8s.reasons() and k8s.reasons().count("Created") == 2
+
+
+def test_deletion_while_the_operator_is_down_is_finished_on_restart(k8s: Cluster, model: str) -> None:
+    start_stable(k8s, model)
+    assert "churnops.io/finalizer" in k8s.md("churn")["metadata"]["finalizers"]  # type: ignore[index]
+    k8s.operator.stop()
+    k8s.delete(f"{MD_PATH.format(ns=NS)}/churn")
+    time.sleep(0.5)
+    assert k8s.md("churn") is not None and k8s.isvc("churn") is not None  # held by the finalizer
+    k8s.operator.start()
+    k8s.wait("resource and children gone", lambda: k8s.md("churn") is None and k8s.isvc("churn") is None)
+
+
+def test_conflicts_are_retried(k8s: Cluster, model: str) -> None:
+    k8s.kube.call(lambda: k8s.kube.k.inject("POST", "inferenceservices", 409, times=1))
+    start_stable(k8s, model)
+    k8s.kube.call(lambda: k8s.kube.k.inject("PATCH", "inferenceservices", 409, times=3))
+    k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+    k8s.wait("promotion despite conflicts", lambda: k8s.status("churn").get("stableVersion") == "2", 60)
+    injected = k8s.kube.call(lambda: list(k8s.kube.k.injected))
+    assert len(injected) == 4, injected
+
+
+def test_spec_change_mid_analysis_restarts_the_analysis(k8s: Cluster, model: str) -> None:
+    start_stable(k8s, model, interval="1s", minSamples=5000)  # the fake's 2000 requests never complete a step
+    k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+    k8s.wait("canary", lambda: k8s.status("churn").get("canaryVersion") == "2")
+    first = k8s.status("churn")["rolloutId"]
+    k8s.patch_md_spec("churn", {"rollout": {"analysis": {"maxScorePSI": 0.3}}})
+    k8s.wait("restart", lambda: k8s.status("churn").get("rolloutId") == first + 1)
+    status = k8s.status("churn")
+    assert status["canaryWeight"] == 5 and status["checks"] == 0 and "AnalysisRestarted" in k8s.reasons()
+
+
+def test_drift_starts_exactly_one_retraining_per_cooldown_and_rolls_out_its_challenger(k8s: Cluster, model: str) -> None:
+    k8s.register(model, 1)
+    k8s.prom.set("1", Traffic(drift=0.6))
+    k8s.prom.set("2", Traffic())
+
+    def trained(run: dict[str, Any]) -> None:  # what the training pipeline does: register, alias challenger
+        threading.Thread(target=finish_training, args=(run["run_id"],), daemon=True).start()
+
+    def finish_training(run_id: str) -> None:
+        k8s.register(model, 0)
+        k8s.mlflow.post("/api/2.0/mlflow/model-versions/create", json={"name": model, "source": f"s3://churnops-models/{model}/2"})
+        k8s.set_alias(model, "challenger", "2")
+        time.sleep(0.5)
+        k8s.kfp.finish(run_id)
+
+    k8s.kfp.state.on_create = trained
+    k8s.operator.start()
+    md = spec(model)
+    md["monitoring"] = {
+        "evaluationInterval": "0.2s",
+        "drift": {"consecutive": 2},
+        "retraining": {"cooldown": "1h", "parameters": {"seed": "7"}},
+    }
+    k8s.apply_md("churn", md)
+    k8s.wait("retrained challenger promoted", lambda: k8s.status("churn").get("stableVersion") == "2", 60)
+    time.sleep(1.5)  # drift persists: still in cooldown, no second run
+    assert len(k8s.kfp.state.created) == 1
+    run = k8s.kfp.state.created[0]
+    assert run["display_name"] == f"{NS}-churn-retrain-1" and run["runtime_config"] == {"parameters": {"seed": "7"}}
+    reasons = k8s.reasons()
+    assert reasons.count("RetrainingTriggered") == 1 and "RetrainingFinished" in reasons and "Promoted" in reasons
+    assert k8s.status("churn")["retraining"]["runState"] == "SUCCEEDED"
+
+
+def test_invalid_spec_degrades_with_the_field_named(k8s: Cluster, model: str) -> None:
+    k8s.register(model, 1)
+    k8s.operator.start()
+    k8s.apply_md("churn", spec(model, steps=[50, 25, 100]))  # the emulator skips the CRD's CEL rules
+    k8s.wait("degraded", lambda: k8s.status("churn").get("phase") == "Degraded")
+    status = k8s.status("churn")
+    assert "spec.rollout.steps[1]" in status["message"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "False"
+    assert k8s.reasons().count("Degraded") == 1  # not repeated on every pass
