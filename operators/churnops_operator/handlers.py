@@ -13,6 +13,7 @@ share a lock.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,7 +84,8 @@ def register(registry: kopf.OperatorRegistry, state: State) -> None:
         settings.peering.standalone = cfg.standalone
         settings.peering.mandatory = not cfg.standalone  # replicas must agree on a leader: wait for the peering object
         settings.peering.priority = cfg.priority
-        settings.posting.level = 20  # events for INFO and above
+        settings.posting.loggers = False  # Events come from decisions (kopf.event), not from every log line
+        settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 30
 

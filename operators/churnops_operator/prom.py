@@ -9,8 +9,9 @@ decisions treat None as "not available", never as success.
 
 from __future__ import annotations
 
+import asyncio
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from churnops_contract import metrics as m
 from churnops_contract import policy
@@ -67,12 +68,14 @@ def version_queries(model: str, version: str, seconds: float, limit_ms: float) -
 
 
 class Prometheus:
-    def __init__(self, base_url: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 5.0, concurrency: int = 8) -> None:
         self.http = JsonClient("prometheus", base_url, timeout_s)
+        self.slots = asyncio.Semaphore(concurrency)  # many resources checking at once must not flood Prometheus
 
     async def vector(self, expr: str, at: float) -> dict[str, float]:
         """An instant query's samples keyed by their ``le`` label (or "" when unlabelled)."""
-        answer = await self.http.request("GET", "/api/v1/query", params={"query": expr, "time": f"{at:.3f}"})
+        async with self.slots:
+            answer = await self.http.request("GET", "/api/v1/query", params={"query": expr, "time": f"{at:.3f}"})
         if answer.get("status") != "success":
             raise ExternalError("prometheus", 200, f"{answer.get('errorType')}: {answer.get('error')}")
         data = answer.get("data") or {}
@@ -115,21 +118,22 @@ class Prometheus:
         return tuple(max(b - a, 0.0) for a, b in zip([0.0, *cumulative[:-1]], cumulative, strict=True))
 
     async def sample(self, q: VersionQueries, at: float, notes: list[str]) -> VersionSample:
-        requests = await self.scalar(q.requests, at, notes)
-        errors = await self.scalar(q.errors, at, notes)
-        timed = await self.scalar(q.timed, at, notes)
-        fast = await self.scalar(q.fast, at, notes)
-        coverage = await self.scalar(q.coverage, at, notes)
+        """All of one version's figures, queried concurrently (a hanging Prometheus costs one timeout, not ten)."""
+        scalars = (q.requests, q.errors, q.timed, q.fast, q.coverage, q.p95, q.auc, q.churn_rate)
+        values, buckets = await asyncio.gather(
+            asyncio.gather(*(self.scalar(expr, at, notes) for expr in scalars)), self.buckets(q.scores, at, notes)
+        )
+        requests, errors, timed, fast, coverage, p95, auc, churn_rate = values
         return VersionSample(
             requests=requests,
             errors=errors,
             timed=timed,
             slow=None if timed is None or fast is None else max(timed - fast, 0.0),
-            p95_ms=await self.scalar(q.p95, at, notes),
-            score_buckets=await self.buckets(q.scores, at, notes),
-            auc=await self.scalar(q.auc, at, notes),
+            p95_ms=p95,
+            score_buckets=buckets,
+            auc=auc,
             labelled=None if coverage is None or requests is None else coverage * requests,
-            positive_rate=await self.scalar(q.churn_rate, at, notes),
+            positive_rate=churn_rate,
         )
 
     async def observe(
@@ -138,10 +142,18 @@ class Prometheus:
         """Counts for both versions since the analysis began, and the canary's since the step began."""
         notes: list[str] = []
         span = max(now - since, 1.0)
-        c = await self.sample(version_queries(model, canary, span, limit_ms), now, notes)
-        s = await self.sample(version_queries(model, stable, span, limit_ms), now, notes)
         step_q = version_queries(model, canary, max(now - step_since, 1.0), limit_ms)
-        step = await self.scalar(step_q.requests, now, notes)
+        # Errors without a version label cannot be told apart: the error check must not read them as zero.
+        blind = f'sum(increase({m.total(m.ERRORS)}{{{m.LABEL_MODEL}="{_escape(model)}",{m.LABEL_VERSION}=""}}[{window(span)}]))'
+        c, s, step, unattributed = await asyncio.gather(
+            self.sample(version_queries(model, canary, span, limit_ms), now, notes),
+            self.sample(version_queries(model, stable, span, limit_ms), now, notes),
+            self.scalar(step_q.requests, now, notes),
+            self.scalar(blind, now, notes),
+        )
+        if unattributed:
+            notes.append(f"{unattributed:.0f} errors of {model} carry no version label: the error rate cannot be judged")
+            c, s = replace(c, errors=None), replace(s, errors=None)
         return Observation(c, s, step, look, tuple(notes))
 
     async def retraining_signals(
@@ -151,13 +163,16 @@ class Prometheus:
         notes: list[str] = []
         methods = f'{m.LABEL_METHOD}=~"{"|".join(drift_methods)}"'
         features = f'{m.LABEL_FEATURE}!="{m.SCORE_FEATURE}"'
-        worst = await self.scalar(f"max({m.DRIFT_SCORE}{selector(model, version, methods, features)})", now, notes)
-        share = await self.scalar(f"max({m.DRIFTED_FEATURES_SHARE}{selector(model, version)})", now, notes)
         measured = {m.LABEL_SEGMENT: m.ALL_SEGMENTS, m.LABEL_METRIC: "auc"}
-        auc_m = await self.scalar(f"max({m.PERFORMANCE}{selector(model, version, **measured, source=m.SOURCE_MEASURED)})", now, notes)
-        auc_e = await self.scalar(f"max({m.PERFORMANCE}{selector(model, version, **measured, source=m.SOURCE_ESTIMATED)})", now, notes)
-        coverage = await self.scalar(f"max({m.LABEL_COVERAGE}{selector(model, version)})", now, notes)
-        served = await self.scalar(f"sum(increase({m.total(m.PREDICTIONS)}{selector(model, version)}[1d]))", now, notes)
+        exprs = (
+            f"max({m.DRIFT_SCORE}{selector(model, version, methods, features)})",
+            f"max({m.DRIFTED_FEATURES_SHARE}{selector(model, version)})",
+            f"max({m.PERFORMANCE}{selector(model, version, **measured, source=m.SOURCE_MEASURED)})",
+            f"max({m.PERFORMANCE}{selector(model, version, **measured, source=m.SOURCE_ESTIMATED)})",
+            f"max({m.LABEL_COVERAGE}{selector(model, version)})",
+            f"sum(increase({m.total(m.PREDICTIONS)}{selector(model, version)}[1d]))",
+        )
+        worst, share, auc_m, auc_e, coverage, served = await asyncio.gather(*(self.scalar(e, now, notes) for e in exprs))
         labelled = int(coverage * served) if coverage is not None and served is not None else 0
         return policy.Observation(
             time=now,

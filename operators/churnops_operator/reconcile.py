@@ -11,7 +11,6 @@ fully decided: there is never a half-taken decision to undo.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -239,7 +238,7 @@ async def reconcile(sys: Systems, res: Resource) -> Result:
             events += applied
             if carries_canary:
                 st = rollout.traffic_applied(st, now)
-        synced = await converge_registry(sys, spec, st, _num(old.get("registrySyncedAt")))
+        synced = await converge_registry(sys, spec, st, rollout.number(old, "registrySyncedAt"))
         rs, run_events = await track_run(sys, spec, rs, st.stable)
         events += run_events
         spec_target, problem = await resolve_target(sys, spec)
@@ -290,10 +289,6 @@ async def _optional(coro: Any) -> Any:
         return await coro
     except ExternalError:
         return None
-
-
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 def _degraded(st: RolloutStatus, rs: retraining.RetrainingStatus, res: Resource, now: float, old: Mapping[str, Any], error: str) -> Result:

@@ -8,6 +8,7 @@ summarises the risk bands. Runs in the ChurnOps image like the training pipeline
 from kfp import compiler, dsl
 from kfp.dsl import Dataset, Input, Metrics, Output
 
+from churnops_pipelines.cluster import with_store_access
 from churnops_pipelines.training import IMAGE
 
 PIPELINE_NAME = "churn-batch-scoring"
@@ -70,6 +71,7 @@ def churn_batch_scoring(
     chunk_rows: int = 50_000,
 ) -> None:
     scored = batch_score(input_path=input_path, tracking_uri=tracking_uri, model_ref=model_ref, top_k=top_k, chunk_rows=chunk_rows)
+    with_store_access(scored)
     summarize_scores(scores=scored.outputs["scores"])
 
 

@@ -10,6 +10,7 @@ from kfp import compiler, dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from churnops.training.config import BusinessConfig, GateConfig, SearchBudget, TrainingConfig
+from churnops_pipelines.cluster import with_store_access
 
 IMAGE = "ghcr.io/churnops/churnops:0.1.0"
 PIPELINE_NAME = "churn-training"
@@ -371,7 +372,7 @@ def churn_training(
     months_saved: float = _BUSINESS.months_saved,
     max_contact_share: float = _BUSINESS.max_contact_share,
 ) -> None:
-    data = load_training_data(data_dir=data_dir, store_mode=store_mode)
+    data = with_store_access(load_training_data(data_dir=data_dir, store_mode=store_mode))
     checked = validate_training_data(dataset=data.outputs["dataset"])
     split = split_data(dataset=data.outputs["dataset"], holdout_fraction=holdout_fraction).after(checked)
     chosen = select_features(train=split.outputs["train"], seed=seed, max_features=max_features)
@@ -405,6 +406,7 @@ def churn_training(
         max_contact_share=max_contact_share,
         max_fairness_gap=max_fairness_gap,
     )
+    with_store_access(evaluated)
     gated = quality_gates(
         evaluation=evaluated.outputs["evaluation"],
         min_auc=min_auc,
@@ -421,6 +423,7 @@ def churn_training(
         artifact_location=artifact_location,
         gates=gated.outputs["Output"],
     )
+    with_store_access(registered)
     write_model_card(
         evaluation=evaluated.outputs["evaluation"],
         gate_report=gated.outputs["gate_report"],

@@ -59,6 +59,21 @@ def obs(t: float = 0.0, **signals: object) -> Observation:
         pytest.param(obs(estimated_auc=0.85, reference_auc=REF), (), True, id="estimated-within-limit"),
         pytest.param(obs(estimated_auc=NAN, reference_auc=REF), (), False, id="estimated-nan"),
         pytest.param(
+            obs(calibration_ratio=0.5, labelled=500),
+            ("calibration: observed/expected churners 0.50, off by 25% or more",),
+            True,
+            id="calibration-broken-no-reference-needed",
+        ),
+        pytest.param(
+            obs(calibration_ratio=1.25, labelled=500),
+            ("calibration: observed/expected churners 1.25, off by 25% or more",),
+            True,
+            id="calibration-exactly-at-limit",
+        ),
+        pytest.param(obs(calibration_ratio=0.875, labelled=500), (), True, id="calibration-within-limit"),
+        pytest.param(obs(calibration_ratio=0.5, labelled=199), (), False, id="calibration-too-few-labels"),
+        pytest.param(obs(calibration_ratio=NAN, labelled=500), (), False, id="calibration-nan"),
+        pytest.param(
             obs(drift_detected=True, measured_auc=0.75, labelled=500, estimated_auc=0.7, reference_auc=REF),
             ("drift", "measured AUC 0.750 < reference 0.875 - 0.0625", "estimated AUC 0.700 < reference 0.875 - 0.0625"),
             True,

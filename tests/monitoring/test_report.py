@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from churnops.monitoring.business import business_report
-from churnops.monitoring.drift import Layout, count_frame
+from churnops.monitoring.drift import BinnedStatistics, DriftPolicy, DriftResult, Layout, WindowCounts, count_frame
 from churnops.monitoring.fairness import FairnessConfig, fairness_report
 from churnops.monitoring.performance import join_labels, performance_report
 from churnops.monitoring.profile import CategoricalProfile, NumericProfile, ReferenceProfile, bin_counts
@@ -145,3 +146,26 @@ def test_outcome_figures_become_contract_gauges() -> None:
     assert {s.labels["metric"] for s in got[m.FAIRNESS_GAP]} == {"positive_rate_gap", "recall_gap"}
     assert {s.labels["metric"] for s in got[m.SATISFACTION]} == {"csat", "nps"}
     assert m.EXPECTED_SAVINGS in got and m.CAMPAIGN_ROI in got
+
+
+class StrictDetector:
+    """Another detector behind the same interface: the default statistics under a policy that never alerts."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def detect(
+        self, layout: Layout, frame: pd.DataFrame, scores: np.ndarray | Sequence[float], features: Sequence[str] | None, policy: DriftPolicy
+    ) -> tuple[WindowCounts, DriftResult]:
+        self.calls += 1
+        return BinnedStatistics().detect(layout, frame, scores, features, replace(policy, drifted_share=1.0, score_psi_floor=100.0))
+
+
+def test_the_window_job_reports_what_its_detector_decides(tmp_path: Path, small_profile: ReferenceProfile, make_small: SmallFrame) -> None:
+    frame, scores = make_small(800, seed=43, shift=1.0)
+    default = run_window_job(small_profile, frame, scores, tmp_path / "default", WindowInfo("m", "1"), evidently=False)
+    detector = StrictDetector()
+    strict = run_window_job(small_profile, frame, scores, tmp_path / "strict", WindowInfo("m", "1"), evidently=False, detector=detector)
+    assert default.result.drift_detected is True
+    assert detector.calls == 1 and strict.result.drift_detected is False
+    assert json.loads(strict.json_path.read_text())["drift_detected"] is False

@@ -9,6 +9,7 @@ type or a reference to a missing pipeline, version or experiment is a 400.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -26,12 +27,16 @@ from churnops_contract import metrics as m
 SCORE_LE = (*(f"{b:g}" for b in m.SCORE_BUCKETS), "+Inf")
 
 
+class _Listener(ThreadingHTTPServer):
+    request_queue_size = 256  # the default backlog (5) refuses connections when 100 resources query at once
+    daemon_threads = True
+
+
 class _Server:
     """A ThreadingHTTPServer on a free loopback port, stopped on exit."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Listener(("127.0.0.1", 0), handler)
         self.httpd.owner = self  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -62,7 +67,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(raw)))
         self.end_headers()
-        self.wfile.write(raw)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout)
+            self.wfile.write(raw)
 
     def body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
@@ -90,11 +96,15 @@ class Traffic:
 @dataclass
 class PromState:
     versions: dict[str, Traffic] = field(default_factory=dict)
+    unattributed_errors: float = 0.0  # errors exported without a version label
     delay_s: float = 5.0  # how long a "timeout" answer takes (the tests give the operator 2 s)
     queries: list[str] = field(default_factory=list)
 
 
 def _answer(state: PromState, query: str) -> tuple[int, Any, float]:
+    if 'version=""' in query:
+        value = [{"metric": {}, "value": [time.time(), repr(state.unattributed_errors)]}] if state.unattributed_errors else []
+        return 200, {"status": "success", "data": {"resultType": "vector", "result": value}}, 0.0
     version = re.search(r'version="([^"]+)"', query)
     t = state.versions.get(version.group(1)) if version else None
     if t is None:

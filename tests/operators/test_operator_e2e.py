@@ -63,7 +63,7 @@ class Recorder:
             if weights and sum(weights) != 100:
                 self.violations.append(f"route weights {weights} do not sum to 100")
             self.samples.append({"rollout": status.get("rolloutId"), "weight": status.get("canaryWeight"), "route": weights})
-            time.sleep(0.03)
+            time.sleep(0.1)
 
     def __enter__(self) -> Recorder:
         self.thread.start()
@@ -110,6 +110,7 @@ def test_healthy_canary_is_promoted_through_every_step(k8s: Cluster, model: str)
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
     reasons = k8s.reasons()
     assert reasons.count("StepAdvanced") == 3 and "CanaryStarted" in reasons and "Promoted" in reasons
+    assert "Logging" not in reasons  # one Event per decision, not one per log line
 
 
 def test_bad_canary_is_rolled_back_exactly_at_the_threshold(k8s: Cluster, model: str) -> None:
@@ -137,6 +138,14 @@ def test_unavailable_metrics_never_count_as_success(k8s: Cluster, model: str, mo
     k8s.wait("rollback", lambda: k8s.status("churn").get("phase") == "RolledBack", 60)
     assert "StepAdvanced" not in k8s.reasons()
     assert k8s.status("churn")["stableVersion"] == "1"
+
+
+def test_errors_without_a_version_label_are_not_read_as_zero(k8s: Cluster, model: str) -> None:
+    start_stable(k8s, model)
+    k8s.prom.state.unattributed_errors = 40.0  # a predictor that labels errors by model and code only
+    k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+    k8s.wait("rollback", lambda: k8s.status("churn").get("phase") == "RolledBack", 60)
+    assert "carry no version label" in k8s.status("churn")["history"][-1]["reason"]
 
 
 def test_operator_killed_at_any_moment_reaches_the_same_end_state(k8s: Cluster, model: str) -> None:

@@ -8,7 +8,8 @@ import pytest
 import shap
 
 from churnops.serving.explain import CompiledModel, ExplanationUnavailableError, _TreeMember, top_reasons
-from churnops.training.ensemble import ChurnEnsemble
+from churnops.training.dataset import feature_matrix
+from churnops.training.ensemble import ChurnEnsemble, _logit, calibrate
 from tests.support.serving import fit_ensemble
 
 
@@ -39,6 +40,26 @@ def test_reasons_and_base_value_sum_to_the_margin(request: pytest.FixtureRequest
         member = request.getfixturevalue(fixture).members[0]
         raw = member.predict_proba(churn_table[model.features].tail(300))[:, 1]
         assert 1 / (1 + np.exp(-scored.margin)) == pytest.approx(raw, abs=1e-5)
+
+
+@pytest.mark.parametrize("fixture", ["xgb_single", "tree_stack"])
+def test_reasons_sum_to_the_ensembles_own_margin(request: pytest.FixtureRequest, churn_table: pd.DataFrame, fixture: str) -> None:
+    """base + sum of contributions is the margin of the ensemble's own uncalibrated score, computed here through
+    scikit-learn's member pipelines and combiner, not from the booster margins the attribution starts from."""
+    ensemble: ChurnEnsemble = request.getfixturevalue(fixture)
+    model = CompiledModel(ensemble)
+    scored = model.explain(_rows(churn_table, model))
+    assert scored.contributions is not None and scored.base_value is not None
+    x = feature_matrix(churn_table.tail(300), ensemble.feature_names, ensemble.categorical)
+    probas = np.column_stack([member.predict_proba(x)[:, 1] for member in ensemble.members])
+    if ensemble.combiner.kind == "stack":
+        assert ensemble.combiner.stacker is not None
+        margin = ensemble.combiner.stacker.decision_function(_logit(probas))
+    else:
+        margin = _logit(ensemble.combiner.combine(probas))
+    assert scored.base_value + scored.contributions.sum(axis=1) == pytest.approx(margin, abs=1e-4)
+    # and the served probability is that margin's score through the calibrator
+    assert scored.probability == pytest.approx(calibrate(ensemble.calibrator, 1 / (1 + np.exp(-margin))), abs=1e-5)
 
 
 def test_tree_contributions_equal_shap_tree_explainer(tree_stack: ChurnEnsemble, churn_table: pd.DataFrame) -> None:

@@ -252,7 +252,7 @@ def test_metrics_follow_the_contract(server: Server, customers: list[int]) -> No
     assert 'churnops_predictions_total{model="churn-classifier",version="1"}' in text
     for stage in ("features", "explain", "audit", "total"):
         assert f'stage="{stage}"' in text
-    assert 'churnops_errors_total{code="422",model="champion"}' in text
+    assert 'churnops_errors_total{code="422",model="churn-classifier",version="1"}' in text  # the canary's errors are its own
     assert "churnops_score_bucket" in text and "churnops_missing_feature_values_total" in text
     assert "customer_id=" not in text  # no customer ids in labels
 

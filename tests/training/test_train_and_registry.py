@@ -259,10 +259,10 @@ def test_export_with_blanks_and_revenue_in_tens(churn_table: pd.DataFrame, tmp_p
     assert (ev["threshold_rule"]["rule"], ev["threshold_rule"]["profitable"]) == ("f1_within_capacity", False)
     assert ev["recall"] > 0.3 and ev["precision"] < 1.0  # not the highest threshold that flags nobody
     assert 0 < ev["business"]["at_threshold"]["contacted"] <= 0.25 * ev["rows"] * 1.2  # about the team's capacity on new rows
-    assert evaluation["summary"]["ingest_notes"] == [
-        f"column 'days_since_last_login': {int(blank.sum()):,} blank cells (only whitespace) read as missing values"
-    ]
+    note = f"column 'days_since_last_login': {int(blank.sum()):,} blank cells (only whitespace) read as missing values"
+    assert f'"ingest_notes": [\n    "{note}"\n  ]' in out  # in the run's summary too
     card = (data_dir / "reports" / "training" / "model_card.md").read_text()
+    assert f"- notes: {note}" in card
     assert "No contact is profitable with the stated campaign economics" in card
 
 
@@ -272,14 +272,14 @@ def test_small_table_default_search_is_small_and_accurate(tmp_path: Path) -> Non
     cfg = TrainingConfig(seed=1)
     fitted = fit(frame, spec, cfg)
     plan = fitted.plan
-    assert plan.families == ATTRIBUTABLE_FAMILIES and plan.threads == 1 and plan.n_trials <= 15
+    assert plan.families == ATTRIBUTABLE_FAMILIES and plan.threads == 1 and plan.n_trials <= 24
     assert plan.expected_s < 60
     ev, _, _ = assess(fitted, cfg, None, None)
     x, y = xy(fitted.split.train, spec)
     xh, yh = xy(fitted.split.holdout, spec)
     prep = preprocessor(spec, "lightgbm").fit(x)
     lgb = LGBMClassifier(n_jobs=1, verbose=-1, random_state=0).fit(prep.transform(x), y)
-    baseline = roc_auc_score(yh, lgb.predict_proba(prep.transform(xh))[:, 1])
+    baseline = roc_auc_score(yh, np.asarray(lgb.predict_proba(prep.transform(xh)))[:, 1])
     assert ev.roc_auc >= baseline - 0.005
 
 
@@ -324,7 +324,7 @@ def test_training_recovers_known_churn_probabilities() -> None:
     assert roc_auc_score(y, p) > roc_auc_score(y, true_p) - 0.04  # and it ranks nearly as well as the truth
     # the calibrated scores are no certainties, in the ensemble and in the compiled scoring the server uses
     served = CompiledModel(fitted.model).predict(holdout).probability
-    assert served == pytest.approx(p, abs=1e-9)
+    assert served == pytest.approx(p, abs=1e-5)  # XGBoost scores in float32 natively
     assert ((p > 0) & (p < 1)).all() and ((served > 0) & (served < 1)).all()
 
 

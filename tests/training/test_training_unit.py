@@ -204,11 +204,11 @@ def test_threshold_without_revenue_is_best_f1_within_capacity() -> None:
 def test_search_budget_scales_with_the_table() -> None:
     small = plan_search(SearchBudget(), rows=3_500, features=20)
     assert small.families == ATTRIBUTABLE_FAMILIES  # the families the served ensemble can use
-    assert (small.threads, small.n_folds, small.n_trials, small.shallow_trees) == (1, 3, 15, True)
+    assert (small.threads, small.n_folds, small.n_trials, small.patience, small.shallow_trees) == (1, 3, 24, 24, True)
     assert 0 < small.expected_s < 60
     assert "expected about" in small.describe() and "1 thread per model" in small.describe()
     large = plan_search(SearchBudget(), rows=38_000, features=60)
-    assert large.families == FAMILIES and (large.threads, large.n_trials, large.shallow_trees) == (2, 40, False)
+    assert large.families == FAMILIES and (large.threads, large.n_trials, large.patience, large.shallow_trees) == (2, 40, 13, False)
     assert large.expected_s > 10 * small.expected_s
     assert plan_search(SearchBudget(), rows=1_500, features=20).n_folds == 5  # few rows: more, smaller folds
     # whatever the user sets is kept
@@ -266,9 +266,10 @@ def test_isotonic_calibration_never_reaches_zero_or_one() -> None:
 
 
 def test_platt_calibration_never_reaches_zero_or_one() -> None:
-    """On separable scores Platt's slope is huge and its sigmoid saturates at exactly 0 and 1 in float64."""
-    raw = np.r_[np.full(100, 1e-6), np.full(100, 1 - 1e-6)]
-    cal = fit_calibrator(raw, np.r_[np.zeros(100, dtype=np.int64), np.ones(100, dtype=np.int64)])
+    """Training scores squeezed near 0.5 give Platt a steep slope; a new row scored far out saturates its sigmoid at exactly 1."""
+    rng = np.random.default_rng(0)
+    raw = np.r_[rng.uniform(0.45, 0.49, 500), rng.uniform(0.51, 0.55, 500)]
+    cal = fit_calibrator(raw, np.r_[np.zeros(500, dtype=np.int64), np.ones(500, dtype=np.int64)])
     q = calibrate(cal, np.array([0.0, 1e-6, 0.5, 1 - 1e-6, 1.0]))
     assert q.min() > 0 and q.max() < 1
 

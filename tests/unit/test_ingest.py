@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from churnops.cli import main
 from churnops.data.ingest import IngestError, ingest
 
 KEYS = {"id_column": "account", "time_column": "as_of", "target_column": "churned"}
@@ -117,3 +118,31 @@ def test_corrupt_parquet_is_reported(tmp_path: Path) -> None:
     path.write_bytes(b"PAR1 this is not parquet")
     with pytest.raises(IngestError, match="cannot be read as parquet"):
         ingest(path, **KEYS)
+
+
+def test_blank_cells_are_missing_values_and_counted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """CSV exports often write a missing number as a space: a missing value, counted, not a wrong type."""
+    frame = pd.concat([_good()] * 10, ignore_index=True)
+    frame["as_of"] = pd.date_range("2026-01-01", periods=len(frame)).astype(str)
+    frame["seats"] = frame["seats"].astype(object)
+    frame.loc[[3, 11, 25], "seats"] = [" ", "   ", "\t"]
+    frame.loc[5, "plan"] = " "
+    path = _write(frame, tmp_path / "export.csv")
+    table = ingest(path, **KEYS)
+    assert "seats" in table.schema.numeric and "plan" in table.schema.categorical
+    assert table.frame["seats"].isna().sum() == 3 and table.frame["seats"].dtype == "float64"
+    assert table.frame["seats"].iloc[[0, 1, 2]].tolist() == [3.0, 10.0, 4.0]
+    assert table.frame["plan"].isna().iloc[5]  # a blank category is missing too, not a level " "
+    assert "column 'seats': 3 blank cells (only whitespace) read as missing values" in table.notes
+    assert "column 'plan': 1 blank cell (only whitespace) read as missing values" in table.notes
+    assert main(["data", "ingest", str(path), "--id-column", "account", "--time-column", "as_of", "--target-column", "churned"]) == 0
+    assert "note: column 'seats': 3 blank cells (only whitespace) read as missing values" in capsys.readouterr().out
+
+
+def test_text_next_to_blanks_is_still_a_wrong_type(tmp_path: Path) -> None:
+    frame = pd.concat([_good()] * 10, ignore_index=True)
+    frame["as_of"] = pd.date_range("2026-01-01", periods=len(frame)).astype(str)
+    frame["seats"] = frame["seats"].astype(object)
+    frame.loc[[3, 11], "seats"] = [" ", "about 10"]
+    with pytest.raises(IngestError, match=r"column 'seats' is numeric but has non-numeric values: 'about 10' \(rows 13\)"):
+        ingest(_write(frame, tmp_path / "d.csv"), **KEYS)

@@ -45,3 +45,23 @@ def test_cluster_defaults_work_without_environment() -> None:
     cfg = load_config("cluster", {})
     assert cfg.offline_store.password == ""
     assert cfg.offline_store.sslmode == "disable"
+
+
+def test_a_password_with_url_characters_is_encoded_in_the_registry_url_only() -> None:
+    cfg = load_config("cluster", {"CHURNOPS_PG_PASSWORD": "p@ss:w/rd%"})
+    assert cfg.registry.path.startswith("postgresql+psycopg://postgres:p%40ss%3Aw%2Frd%25@127.0.0.1:5432/")
+    assert cfg.offline_store.password == "p@ss:w/rd%"
+
+
+def test_redis_connection_string_options_reach_the_serving_client() -> None:
+    from churnops.serving.server import redis_options  # noqa: PLC0415 - imports the serving stack
+
+    assert redis_options("cache.aws:6380,password=tok,ssl=true,db=2") == {
+        "host": "cache.aws",
+        "port": 6380,
+        "password": "tok",
+        "ssl": True,
+        "db": 2,
+    }
+    with pytest.raises(ConfigError, match="CHURNOPS_REDIS: unknown setting 'sentinel'"):
+        redis_options("h:1,sentinel=x")

@@ -16,10 +16,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from churnops.cli import audit, data, demo, features, model, score, serve, train
+from churnops.cli import audit, data, demo, features, model, monitor, score, serve, train
 from churnops.errors import ChurnOpsError
 
-GROUPS = (demo, data, features, train, model, score, audit)
+GROUPS = (demo, data, features, train, model, score, audit, monitor)
 
 
 def command_of(argv: Sequence[str]) -> str | None:

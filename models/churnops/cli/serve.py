@@ -65,7 +65,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_kser
     log.add_argument("--prediction-log-dsn", default=None, help="PostgreSQL instead (cluster); overrides --prediction-log")
     log.add_argument("--prediction-log-flush-s", type=float, default=1.0, help="flush interval: the most a crash can lose (default 1 s)")
     log.add_argument("--no-prediction-log", action="store_true", help="do not log predictions (monitoring sees none)")
-    serve.set_defaults(func=run_serve, enable_grpc=False)  # KServe enables gRPC by default; this predictor speaks REST
+    # KServe enables gRPC by default (this predictor speaks REST) and names every model "model" unless told
+    serve.set_defaults(func=run_serve, enable_grpc=False, model_name=None)
 
     token = sub.add_parser("token", help="issue a JWT for the predictor (HMAC secret)")
     token.add_argument("--subject", required=True)
@@ -150,7 +151,8 @@ def run_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         prediction_log=args.prediction_log,
         prediction_log_dsn=args.prediction_log_dsn,
         prediction_log_flush_s=args.prediction_log_flush_s,
-        kserve_options=vars(args),
+        kserve_options={k: v for k, v in vars(args).items() if k != "model_name"},
+        model_name=getattr(args, "model_name", None),
     )
     serve(cfg, env)
     return 0

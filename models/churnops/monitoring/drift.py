@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -727,6 +727,30 @@ def _verdict(rows: int, feats: tuple[FeatureDrift, ...], score: ScoreDrift, test
             shown = f"{share:.0%}" if share is not None else "no feature tested"
             reasons.append(f"{len(drifted)} of {tested} features drifted ({shown} < {policy.drifted_share:.0%}); score: {score.reason}")
     return DriftResult(rows, feats, score, tested, drifted, share, detected, tuple(reasons), policy)
+
+
+class Detector(Protocol):
+    """What the window job needs from a drift detector: the window's counts on the profile's bins and a verdict.
+
+    ``BinnedStatistics`` (below) is the default. Another engine (for example
+    alibi-detect, which must stay out of the default install for its licence
+    and its NumPy pin, running in an environment of its own) plugs in here and
+    still reports on the profile's bins, so reports and gauges keep one shape.
+    """
+
+    def detect(
+        self, layout: Layout, frame: pd.DataFrame, scores: np.ndarray | Sequence[float], features: Sequence[str] | None, policy: DriftPolicy
+    ) -> tuple[WindowCounts, DriftResult]: ...
+
+
+class BinnedStatistics:
+    """The default detector: PSI, JS, KS and chi-square on the profile's bins, verdict with multiple-testing control."""
+
+    def detect(
+        self, layout: Layout, frame: pd.DataFrame, scores: np.ndarray | Sequence[float], features: Sequence[str] | None, policy: DriftPolicy
+    ) -> tuple[WindowCounts, DriftResult]:
+        counts = count_frame(layout, frame, scores, features)
+        return counts, evaluate(layout, counts, policy)
 
 
 def detect_drift(

@@ -43,7 +43,7 @@ from prometheus_client.registry import Collector
 
 from churnops.errors import InvalidInputError
 from churnops.monitoring.business import BusinessReport
-from churnops.monitoring.drift import DriftPolicy, DriftResult, FeatureDrift, Layout, WindowCounts, count_frame, evaluate
+from churnops.monitoring.drift import BinnedStatistics, Detector, DriftPolicy, DriftResult, FeatureDrift, Layout, WindowCounts
 from churnops.monitoring.fairness import FairnessResult
 from churnops.monitoring.live import result_families
 from churnops.monitoring.performance import PerformanceReport
@@ -243,8 +243,8 @@ def evidently_report(
 ) -> Path:
     """Evidently's DataDriftPreset on the same columns, saved as HTML."""
     # Evidently costs seconds to import; only this report needs it.
-    from evidently import DataDefinition, Dataset, Report  # type: ignore[import-untyped]  # noqa: PLC0415
-    from evidently.presets import DataDriftPreset  # type: ignore[import-untyped]  # noqa: PLC0415
+    from evidently import DataDefinition, Dataset, Report  # noqa: PLC0415
+    from evidently.presets import DataDriftPreset  # noqa: PLC0415
 
     cols = [*numeric, *categorical]
     definition = DataDefinition(numerical_columns=list(numeric), categorical_columns=list(categorical))
@@ -346,16 +346,17 @@ def run_window_job(
     evidently: bool = True,
     evidently_reference: pd.DataFrame | None = None,
     max_plots: int | None = None,
+    detector: Detector | None = None,
 ) -> WindowJobOutput:
     """Judge one window of the prediction log and write its reports into ``out_dir``.
 
     ``frame`` holds the window's feature columns (``features`` names them;
     default every column). Evidently compares with ``evidently_reference``
     (e.g. the training frame) or, without it, with ``reference_sample``.
+    ``detector`` replaces the default statistics (``drift.Detector``).
     """
     layout = Layout.of(profile)
-    counts = count_frame(layout, frame, scores, features)
-    result = evaluate(layout, counts, policy)
+    counts, result = (detector or BinnedStatistics()).detect(layout, frame, scores, features, policy or DriftPolicy())
     doc = report_dict(result, layout, counts, info)
     doc["generated_at"] = dt.datetime.now(dt.UTC).isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ class ServingMetrics:
         mv = (c.LABEL_MODEL, c.LABEL_VERSION)
         self.requests = Counter(c.REQUESTS, "Scoring requests answered", [*mv, "protocol"], registry=registry)
         self.predictions = Counter(c.PREDICTIONS, "Customers scored", mv, registry=registry)
-        self.errors = Counter(c.ERRORS, "Requests answered with an error status", [c.LABEL_MODEL, c.LABEL_CODE], registry=registry)
+        self.errors = Counter(c.ERRORS, "Requests answered with an error status", [*mv, c.LABEL_CODE], registry=registry)
         self.latency = Histogram(
             c.LATENCY,
             "Latency by stage (features, predict, explain, audit, total)",
@@ -39,6 +39,9 @@ class ServingMetrics:
             "Model performance; the predictor exports its version's holdout figures (source=reference)",
             [*mv, c.LABEL_SEGMENT, c.LABEL_METRIC, c.LABEL_SOURCE],
             registry=registry,
+        )
+        self.drift_skipped = Counter(
+            c.DRIFT_SKIPPED, "Predictions the live drift monitor could not count (see the log)", mv, registry=registry
         )
         self.info = Gauge(c.MODEL_INFO, "Served model versions (1 = loaded and ready)", [*mv, "alias"], registry=registry)
 

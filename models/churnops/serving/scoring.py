@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from churnops.errors import BadRequestError, InvalidInputError, NotFoundError, NotImplementedInModelError, UnavailableError
+from churnops.monitoring.live import LiveDriftMonitor
 from churnops.monitoring.predlog import FeatureLayout, PredictionBatch, PredictionLog
 from churnops.serving.audit import AuditSink, digest
 from churnops.serving.explain import CompiledModel, Scored, known_categories, top_reasons
@@ -103,6 +104,7 @@ class Scorer:
         policy: ServingPolicy,
         breaker: Breaker | None = None,
         prediction_log: PredictionLog | None = None,
+        drift: LiveDriftMonitor | None = None,
     ) -> None:
         self.served = served
         self.compiled = CompiledModel(served.model)
@@ -115,6 +117,7 @@ class Scorer:
         self.breaker = breaker or Breaker()
         self.labels = (served.registered_model, served.version)
         self.prediction_log = prediction_log
+        self.drift = drift
         self.layout = FeatureLayout(())
         try:
             self.layout = FeatureLayout(tuple(self.compiled.features), frozenset(self.compiled.categorical))
@@ -234,6 +237,12 @@ class Scorer:
                     degraded=degraded_reason is not None,
                 )
             )
+        if self.drift is not None and degraded_reason is None:  # a degraded row holds no real inputs
+            try:
+                self.drift.observe(rows, scored.probability)
+            except InvalidInputError as e:  # monitoring never fails a prediction; a value it cannot bin is reported
+                log.warning("live drift skipped %d row(s) of model %s v%s: %s", len(rows), *self.labels, e)
+                self.metrics.drift_skipped.labels(*self.labels).inc(len(rows))
         self._observe(predictions, rows, degraded_reason, unseen)
         self._stage("total", time.perf_counter() - t_start)
         return Outcome(predictions, degraded_reason is not None)

@@ -22,11 +22,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from churnops.errors import ChurnOpsError, ConfigError
+from churnops.errors import ChurnOpsError, ConfigError, NotFoundError
 from churnops.features.catalog import FEATURES
+from churnops.monitoring.live import DriftCollector, LiveDriftMonitor
 from churnops.monitoring.predlog import LogStore, PredictionLog
 from churnops.monitoring.predlog_parquet import ParquetStore
 from churnops.monitoring.predlog_postgres import PostgresStore
+from churnops.monitoring.profile import load_profile
 from churnops.serving.audit import AuditSink, FileAuditSink, FsyncPolicy, PostgresAuditSink
 from churnops.serving.auth import AuthConfig
 from churnops.serving.inputs import FeatureSchema
@@ -65,6 +67,7 @@ class ServeConfig:
     prediction_log_dsn: str | None = None  # PostgreSQL prediction log (cluster); wins over prediction_log
     prediction_log_flush_s: float = 1.0  # a crash loses at most the records of one flush interval
     kserve_options: Mapping[str, Any] = field(default_factory=dict)  # KServe ModelServer options parsed by its own parser
+    model_name: str | None = None  # one served version under a fixed URL name (KServe's --model_name): stable and canary alike
 
     def registry(self) -> registry.RegistryConfig:
         if self.tracking_uri:
@@ -83,13 +86,33 @@ def feature_schema(model_features: list[str], categorical: list[str]) -> Feature
     return FeatureSchema(tuple(model_features), frozenset(categorical), frozenset(f.name for f in FEATURES))
 
 
+def redis_options(connection: str) -> dict[str, Any]:
+    """Feast's Redis connection string, ``host:port[,password=…][,ssl=true][,db=N]``, as redis-py options."""
+    address, *settings = [part.strip() for part in connection.split(",")]
+    host, _, port = address.partition(":")
+    options: dict[str, Any] = {"host": host or "127.0.0.1", "port": int(port or 6379)}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep:
+            raise ConfigError(f"expected key=value, got {setting!r}", field="CHURNOPS_REDIS")
+        if key == "password":
+            options["password"] = value
+        elif key == "ssl":
+            options["ssl"] = value.lower() in ("1", "true", "yes")
+        elif key == "db":
+            options["db"] = int(value)
+        elif key == "username":
+            options["username"] = value
+        else:
+            raise ConfigError(f"unknown setting {key!r} (password, username, ssl, db)", field="CHURNOPS_REDIS")
+    return options
+
+
 def redis_client(env: Mapping[str, str], timeout_s: float) -> redis.Redis:
     """The online store's Redis with the request budget as socket timeouts (no retries inside a request)."""
-    host, _, port = env.get("CHURNOPS_REDIS", "127.0.0.1:6379").split(",")[0].partition(":")
+    options = redis_options(env.get("CHURNOPS_REDIS", "127.0.0.1:6379"))
     # no retries: a retry would spend the request's budget twice
-    return redis.Redis(
-        host=host, port=int(port or 6379), socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
-    )
+    return redis.Redis(**options, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
 
 
 ReaderFactory = Callable[[list[str]], FeatureReader]
@@ -132,6 +155,16 @@ class Shared:
     prediction_log: PredictionLog | None
 
 
+def drift_monitor(reg: registry.RegistryConfig, version: str, features: list[str]) -> LiveDriftMonitor | None:
+    """Live drift against the version's reference profile; None (with a warning) for a version trained without one."""
+    try:
+        profile = load_profile(reg.tracking_uri, reg.model_name, version)
+    except NotFoundError as e:
+        log.warning("model %s v%s: no live drift (%s)", reg.model_name, version, e)
+        return None
+    return LiveDriftMonitor(profile, features, model=reg.model_name, version=version)
+
+
 def load_scorer(cfg: ServeConfig, ref: str, shared: Shared) -> Scorer:
     """Resolve ``ref`` in the registry, download and verify the artifact, compile it for serving."""
     reg = cfg.registry()
@@ -150,6 +183,7 @@ def load_scorer(cfg: ServeConfig, ref: str, shared: Shared) -> Scorer:
         ServingPolicy(on_store_failure=cfg.on_store_failure),
         shared.breaker,
         shared.prediction_log,
+        drift_monitor(reg, version, model.feature_names),
     )
     shared.metrics.info.labels(reg.model_name, version, alias or "").set(1)
     shared.metrics.reference(reg.model_name, version, info["metrics"])
@@ -184,13 +218,29 @@ def model_server_options(options: Mapping[str, Any], server_type: type) -> dict[
     return {k: v for k, v in options.items() if k in accepted}
 
 
-def count_errors(metrics: ServingMetrics, names: set[str]) -> Any:
+def count_errors(metrics: ServingMetrics, labels_of: Callable[[str], tuple[str, str] | None]) -> Callable[[str, int], None]:
+    """Counts every error status under the model and version it concerns, so a canary's errors are told from the stable's.
+
+    ``labels_of(url name)`` gives (registered model, version) of a served model, None for an unknown name. A served
+    model without a loaded version counts under an empty version (the operator treats such errors as its canary's).
+    """
+
     def on_error(path: str, status: int) -> None:
         parts = path.split("/")
-        model = next((p.split(":")[0] for p in parts[3:4] if p.split(":")[0] in names), "-")
-        metrics.errors.labels(model, str(status)).inc()
+        name = parts[3].split(":")[0] if len(parts) > 3 and parts[1] in ("v1", "v2") and parts[2] == "models" else None
+        found = labels_of(name) if name else None
+        metrics.errors.labels(*(found or ("-", "-")), str(status)).inc()
 
     return on_error
+
+
+def served_labels(models: list[Any], registered_model: str, name: str) -> tuple[str, str] | None:
+    """(registered model, version) of the model served as ``name``; the version is empty while it is not loaded."""
+    for m in models:
+        if m.name == name:
+            labels: tuple[str, str] = m.scorer.labels if m.scorer is not None else (registered_model, "")
+            return labels
+    return None
 
 
 def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
@@ -213,10 +263,12 @@ def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
     shared = Shared(readers, audit, metrics, Breaker(cfg.breaker_cooldown_s), prediction_log(cfg, REGISTRY))
     # large requests score here, off the event loop; one thread per core (the boosters release the GIL)
     workers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="score")
+    if cfg.model_name and len(cfg.models) != 1:
+        raise ConfigError("serves exactly one --model under a fixed name", field="--model_name")
     models = []
     for ref in cfg.models:
         loader = partial(load_scorer, cfg, ref, shared)
-        model = ChurnModel(served_name(ref), loader, executor=workers)
+        model = ChurnModel(cfg.model_name or served_name(ref), loader, executor=workers)
         model.load()
         models.append(model)
     ready = [m for m in models if m.ready]
@@ -233,9 +285,11 @@ def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
         auth=cfg.auth,
         limits=cfg.limits,
         limiter=RateLimiter(cfg.limits.rate_per_s, cfg.limits.burst),
-        on_error=count_errors(metrics, set(names)),
+        on_error=count_errors(metrics, partial(served_labels, models, cfg.registry().model_name)),
     )
     kserve_logger.addFilter(ClientErrorLogs())
+    # drift gauges are computed when Prometheus scrapes, for whichever versions are loaded then
+    REGISTRY.register(DriftCollector(lambda: [m.scorer.drift for m in models if m.scorer is not None and m.scorer.drift is not None]))
     settings = {"enable_grpc": False, "enable_docs_url": False, **options}
     server = ChurnModelServer(cfg.host, ChurnRepository(), **settings, http_port=cfg.http_port, workers=1)
     for m in models:

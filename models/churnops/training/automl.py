@@ -127,7 +127,7 @@ def default_params(family: str, shallow: bool = False) -> dict[str, Any]:
     }[family]
 
 
-def suggest_params(trial: optuna.Trial, family: str) -> dict[str, Any]:
+def suggest_params(trial: optuna.trial.BaseTrial, family: str) -> dict[str, Any]:
     if family == "lightgbm":
         return {
             "n_estimators": trial.suggest_int("lgb_n_estimators", 100, 600, step=50),

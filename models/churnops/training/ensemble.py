@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 
 EPS = 1e-6
 ISOTONIC_MIN_ROWS = 5_000
-# Strength of the prior on each isotonic bin's churn rate, in rows at the training base rate: the
-# smallest that keeps every bin off 0 and 1 while moving a bin of a few hundred rows by well under 1 %.
+# Strength of the prior on each isotonic bin's churn rate, in rows at the training base rate. A bin of n
+# rows moves by at most a / (n + a): one point for 200 rows, 6 points for a top bin of 30 churners. On the
+# default data (38,220 training rows) holdout Brier moved by +0.00001 and log-loss fell from 0.2276 to 0.2258.
 PRIOR_ROWS = 2.0
 # Platt's sigmoid reaches exactly 0 or 1 in float64 beyond |margin| ~ 37; below one in a million the
 # difference between two churn probabilities means nothing for a campaign.

@@ -13,7 +13,7 @@ METRIC_PREFIX = "churnops_"
 # --- serving ---------------------------------------------------------------------------------
 REQUESTS = "churnops_requests"  # counter {model, version, protocol}
 PREDICTIONS = "churnops_predictions"  # counter {model, version}
-ERRORS = "churnops_errors"  # counter {model, code}: every status >= 400 the server sends
+ERRORS = "churnops_errors"  # counter {model, version, code}: every status >= 400 the server sends ("-" outside a model)
 LATENCY = "churnops_latency_seconds"  # histogram {model, version, stage}
 SCORE = "churnops_score"  # histogram {model, version}: calibrated churn probability
 DEGRADED = "churnops_degraded_predictions"  # counter {model, version, reason}
@@ -30,6 +30,7 @@ DRIFT_DETECTED = "churnops_drift_detected"  # gauge {model, version}: 1 when the
 SCORE_DRIFT = "churnops_score_drift"  # gauge {model, version, method}: prediction (score) drift
 FEATURE_QUALITY = "churnops_feature_quality"  # gauge {model, version, feature, check}: missing / out_of_range / unseen rate
 DRIFT_WINDOW_SIZE = "churnops_drift_window_size"  # gauge {model, version}: predictions in the live window
+DRIFT_SKIPPED = "churnops_drift_skipped_predictions"  # counter {model, version}: rows the live monitor could not count
 
 # --- performance from delayed labels, and estimated before they arrive --------------------------
 PERFORMANCE = "churnops_performance"  # gauge {model, version, segment, metric, source}
@@ -79,7 +80,7 @@ PREDICTOR_JOB = "churnops-predictor"  # Prometheus job of predictor targets (Chu
 STAGES = ("features", "predict", "explain", "audit", "total")
 DRIFT_METHODS = ("psi", "js", "ks", "chi2")
 QUALITY_CHECKS = ("missing", "out_of_range", "unseen")
-PERFORMANCE_METRICS = ("auc", "pr_auc", "precision", "recall", "brier", "ece")
+PERFORMANCE_METRICS = ("auc", "pr_auc", "precision", "recall", "brier", "ece", "calibration_ratio")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 

@@ -9,7 +9,10 @@ Rules:
 - a *breach* is drift detected after multiple-testing control, or a drop of
   the measured AUC (only once ``min_labelled`` labels back it) or of the
   estimated AUC below the reference (the holdout AUC at training) by more
-  than the allowed drop;
+  than the allowed drop, or calibration that no longer holds (observed
+  churners over the sum of the scores off by at least ``max_calibration_drift``,
+  once ``min_labelled`` labels back it): concept drift changes how behaviour
+  relates to churn, which moves calibration long before it moves the ranking;
 - a missing signal (None or NaN) is neither a breach nor a recovery: it
   neither counts toward nor resets the consecutive-breach count;
 - retraining starts after ``consecutive`` breached evaluations in a row,
@@ -32,12 +35,18 @@ class RetrainingPolicy:
     min_labelled: int = 200  # labelled predictions needed before a measured AUC counts
     max_auc_drop: float = 0.05  # measured AUC below reference by more than this is a breach
     max_estimated_auc_drop: float = 0.05  # same for the estimated AUC (before labels arrive)
+    max_calibration_drift: float = 0.25  # |observed churners / expected churners - 1| at or above this is a breach
 
     def __post_init__(self) -> None:
         if self.consecutive < 1:
             raise ValueError(f"consecutive must be at least 1, got {self.consecutive}")
         # `not x >= 0` also refuses NaN, which would make every comparison false (a NaN cooldown never holds anything back).
-        limits = {"cooldown_s": self.cooldown_s, "max_auc_drop": self.max_auc_drop, "max_estimated_auc_drop": self.max_estimated_auc_drop}
+        limits = {
+            "cooldown_s": self.cooldown_s,
+            "max_auc_drop": self.max_auc_drop,
+            "max_estimated_auc_drop": self.max_estimated_auc_drop,
+            "max_calibration_drift": self.max_calibration_drift,
+        }
         for name, value in {**limits, "min_labelled": self.min_labelled}.items():
             if not value >= 0:
                 raise ValueError(f"{name} must be a number not below 0, got {value}")
@@ -54,6 +63,7 @@ class Observation:
     labelled: int = 0
     estimated_auc: float | None = None
     reference_auc: float | None = None
+    calibration_ratio: float | None = None  # observed churners / sum of the scores, on labelled predictions
 
     def __post_init__(self) -> None:
         # The cooldown compares times: a NaN or infinite time would let a second run start at once.
@@ -111,6 +121,13 @@ def breaches(policy: RetrainingPolicy, obs: Observation) -> tuple[tuple[str, ...
                 found.append(
                     f"estimated AUC {obs.estimated_auc:.3f} < reference {obs.reference_auc:.3f} - {policy.max_estimated_auc_drop:g}"
                 )
+    if _known(obs.calibration_ratio) and obs.labelled >= policy.min_labelled:
+        assert obs.calibration_ratio is not None
+        observed = True
+        if abs(obs.calibration_ratio - 1) >= policy.max_calibration_drift:
+            found.append(
+                f"calibration: observed/expected churners {obs.calibration_ratio:.2f}, off by {policy.max_calibration_drift:.0%} or more"
+            )
     return tuple(found), observed
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from churnops_contract import policy
-from churnops_operator.decisions.rollout import Event
+from churnops_operator.decisions.rollout import Event, number
 from churnops_operator.spec import DeploymentSpec
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED")
@@ -57,15 +57,10 @@ class RetrainingStatus:
     @classmethod
     def from_status(cls, raw: dict[str, Any] | None) -> RetrainingStatus:
         raw = raw or {}
-
-        def num(key: str) -> float | None:
-            value = raw.get(key)
-            return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
         return cls(
             breaches=int(raw.get("breaches") or 0),
-            last_triggered=num("lastTriggered"),
-            last_evaluation=num("lastEvaluation"),
+            last_triggered=number(raw, "lastTriggered"),
+            last_evaluation=number(raw, "lastEvaluation"),
             triggers=int(raw.get("triggers") or 0),
             pending_key=raw.get("runName"),
             run_id=raw.get("runId"),

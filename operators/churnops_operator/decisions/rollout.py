@@ -26,6 +26,8 @@ Rules:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -35,6 +37,14 @@ from churnops_operator.spec import DeploymentSpec
 Phase = Literal["Pending", "Progressing", "Promoted", "RolledBack", "Degraded", "Retraining"]
 HISTORY_LIMIT = 20
 SLOTS = ("blue", "green")  # Standard mode: the two InferenceServices the stable and canary alternate in
+
+
+def number(raw: Mapping[str, Any], key: str) -> float | None:
+    """A finite number from a status read back from the API server, or None."""
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -95,11 +105,6 @@ class RolloutStatus:
     @classmethod
     def from_status(cls, raw: dict[str, Any] | None) -> RolloutStatus:
         raw = raw or {}
-
-        def num(key: str) -> float | None:
-            value = raw.get(key)
-            return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
         return cls(
             phase=raw.get("rolloutPhase") or "Pending",
             stable=raw.get("stableVersion"),
@@ -110,10 +115,10 @@ class RolloutStatus:
             checks=int(raw.get("checks") or 0),
             rollout_id=int(raw.get("rolloutId") or 0),
             analysis_key=raw.get("analysisKey"),
-            analysis_started=num("analysisStartedAt"),
-            traffic_since=num("trafficSince"),
-            step_started=num("stepStartedAt"),
-            last_check=num("lastCheckAt"),
+            analysis_started=number(raw, "analysisStartedAt"),
+            traffic_since=number(raw, "trafficSince"),
+            step_started=number(raw, "stepStartedAt"),
+            last_check=number(raw, "lastCheckAt"),
             stable_slot=str(raw.get("stableSlot")) if raw.get("stableSlot") in SLOTS else SLOTS[0],
             rejected=tuple(raw.get("rejectedVersions") or ()),
             last_verdict=raw.get("lastVerdict"),

@@ -73,6 +73,8 @@ def inference_service(
     env = [
         {"name": "CHURNOPS_REGISTERED_MODEL", "value": spec.model.registered_model},
         {"name": "CHURNOPS_MODEL_VERSION", "value": version},
+        # stable and canary answer under one URL name (/v1/models/<deployment>:predict), whichever gets the request
+        {"name": "CHURNOPS_SERVED_NAME", "value": owner.name},
         {"name": "CHURNOPS_FEATURE_SERVICE", "value": spec.feature_service},
         {"name": "CHURNOPS_EXPLAIN", "value": "true" if spec.serving.explain else "false"},
     ]

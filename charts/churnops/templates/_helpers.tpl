@@ -1,0 +1,169 @@
+{{/*
+Names, labels, images, security contexts and the connection settings shared by the templates.
+*/}}
+
+{{- define "churnops.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Object name prefix; kept at 40 characters so every suffix fits the 63-character limit. */}}
+{{- define "churnops.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "churnops.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable over upgrades (never the chart version). Call with (dict "ctx" $ "component" "operator"). */}}
+{{- define "churnops.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "churnops.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* All labels of an object. Call with (dict "ctx" $ "component" "operator"). */}}
+{{- define "churnops.labels" -}}
+helm.sh/chart: {{ include "churnops.chart" .ctx }}
+{{ include "churnops.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: churnops
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* An image reference: repository@digest when a digest is given, else repository:tag. */}}
+{{- define "churnops.image" -}}
+{{- if .digest }}{{ .repository }}@{{ .digest }}{{ else }}{{ .repository }}:{{ .tag }}{{ end }}
+{{- end }}
+
+{{- define "churnops.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Pod Security Standard "restricted", pod level. */}}
+{{- define "churnops.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .uid | default 10001 }}
+runAsGroup: {{ .uid | default 10001 }}
+fsGroup: {{ .uid | default 10001 }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Pod Security Standard "restricted", container level; the root filesystem is read-only (writable paths are emptyDirs). */}}
+{{- define "churnops.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "churnops.operatorServiceAccount" -}}
+{{- if .Values.operator.serviceAccount.name }}{{ .Values.operator.serviceAccount.name }}{{ else }}{{ include "churnops.fullname" . }}-operator{{ end }}
+{{- end }}
+
+{{/* Endpoints: the configured one, else the bundled service, else a clear failure. */}}
+{{- define "churnops.mlflowUrl" -}}
+{{- if .Values.endpoints.mlflow }}{{ .Values.endpoints.mlflow }}
+{{- else if .Values.mlflow.bundled.enabled }}http://{{ include "churnops.fullname" . }}-mlflow.{{ .Release.Namespace }}.svc:5000
+{{- else }}{{ fail "endpoints.mlflow is required unless mlflow.bundled.enabled is true" }}
+{{- end }}
+{{- end }}
+
+{{- define "churnops.redisHost" -}}
+{{- if .Values.featureStore.redis.host }}{{ .Values.featureStore.redis.host }}
+{{- else if .Values.redis.bundled.enabled }}{{ include "churnops.fullname" . }}-redis.{{ .Release.Namespace }}.svc
+{{- else }}{{ fail "featureStore.redis.host is required unless redis.bundled.enabled is true" }}
+{{- end }}
+{{- end }}
+
+{{- define "churnops.postgresHost" -}}
+{{- if .Values.featureStore.postgresql.host }}{{ .Values.featureStore.postgresql.host }}
+{{- else if .Values.postgresql.bundled.enabled }}{{ include "churnops.fullname" . }}-postgresql.{{ .Release.Namespace }}.svc
+{{- else }}{{ fail "featureStore.postgresql.host is required unless postgresql.bundled.enabled is true" }}
+{{- end }}
+{{- end }}
+
+{{/* libpq connection string without the password (libpq reads PGPASSWORD from the environment). */}}
+{{- define "churnops.postgresDsn" -}}
+{{- $pg := .Values.featureStore.postgresql -}}
+host={{ include "churnops.postgresHost" . }} port={{ $pg.port }} dbname={{ $pg.database }} user={{ $pg.user }} sslmode={{ $pg.sslmode }} connect_timeout=10
+{{- end }}
+
+{{/*
+Environment of every ChurnOps process that reads the stores and the registry: feature_store.cluster.yaml's
+CHURNOPS_* variables, PGPASSWORD for libpq, MLflow's tracking URI. Passwords come from credentials.existingSecret.
+*/}}
+{{- define "churnops.storeEnv" -}}
+{{- $pg := .Values.featureStore.postgresql -}}
+{{- $cred := .Values.credentials -}}
+- name: CHURNOPS_FEAST_PROJECT
+  value: {{ .Values.featureStore.project | quote }}
+- name: CHURNOPS_PG_HOST
+  value: {{ include "churnops.postgresHost" . | quote }}
+- name: CHURNOPS_PG_PORT
+  value: {{ $pg.port | quote }}
+- name: CHURNOPS_PG_DATABASE
+  value: {{ $pg.database | quote }}
+- name: CHURNOPS_PG_USER
+  value: {{ $pg.user | quote }}
+- name: CHURNOPS_PG_SCHEMA
+  value: {{ $pg.schema | quote }}
+- name: CHURNOPS_PG_SSLMODE
+  value: {{ $pg.sslmode | quote }}
+- name: CHURNOPS_PG_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $cred.existingSecret }}
+      key: {{ $cred.postgresPasswordKey }}
+- name: PGPASSWORD
+  value: $(CHURNOPS_PG_PASSWORD)
+{{- if $cred.redisPasswordKey }}
+- name: CHURNOPS_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $cred.existingSecret }}
+      key: {{ $cred.redisPasswordKey }}
+- name: CHURNOPS_REDIS
+  value: "{{ include "churnops.redisHost" . }}:{{ .Values.featureStore.redis.port }},password=$(CHURNOPS_REDIS_PASSWORD){{ if .Values.featureStore.redis.tls }},ssl=true{{ end }}"
+{{- else }}
+- name: CHURNOPS_REDIS
+  value: "{{ include "churnops.redisHost" . }}:{{ .Values.featureStore.redis.port }}{{ if .Values.featureStore.redis.tls }},ssl=true{{ end }}"
+{{- end }}
+- name: MLFLOW_TRACKING_URI
+  value: {{ include "churnops.mlflowUrl" . | quote }}
+{{- end }}
+
+{{/* The namespaces the chart's NetworkPolicies and PeerAuthentications cover: the release's and the serving ones. */}}
+{{- define "churnops.allNamespaces" -}}
+{{- $all := list .Release.Namespace }}
+{{- range .Values.serving.namespaces }}{{ if not (has . $all) }}{{ $all = append $all . }}{{ end }}{{ end }}
+{{- join "," $all }}
+{{- end }}
+
+{{- /* Egress to the managed services outside the cluster (RDS, ElastiCache, an external MLflow, S3 endpoints). */}}
+{{- define "churnops.externalEgress" -}}
+{{- range .Values.networkPolicy.externalServiceCIDRs }}
+- to:
+    - ipBlock:
+        cidr: {{ . }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,69 @@
+"""Rendering the chart with the pinned helm, once per scenario (``ci/*-values.yaml``) and cached."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.k8s_tools import ROOT, binary, run
+
+CHART = ROOT / "charts" / "churnops"
+NAMESPACE = "churnops-system"
+RELEASE = "churnops"
+SCENARIOS = sorted(p.name.removesuffix("-values.yaml") for p in (CHART / "ci").glob("*-values.yaml"))
+
+
+def helm(*args: str | Path) -> tuple[int, str, str]:
+    result = run([binary("helm"), *args])
+    return result.returncode, result.stdout, result.stderr
+
+
+def template(*values_args: str | Path, crds: bool = True) -> tuple[int, str, str]:
+    """``helm template`` of the chart with extra arguments (``-f file``, ``--set k=v``)."""
+    extra = ["--include-crds"] if crds else []
+    return helm("template", RELEASE, CHART, "--namespace", NAMESPACE, *extra, *values_args)
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+@functools.cache
+def rendered(scenario: str) -> tuple[dict[str, Any], ...]:
+    """Every object the scenario renders, CRDs included."""
+    code, out, err = template("-f", CHART / "ci" / f"{scenario}-values.yaml")
+    assert code == 0, f"helm template with ci/{scenario}-values.yaml failed:\n{err}"
+    return tuple(documents(out))
+
+
+def objects(scenario: str, kind: str | None = None) -> list[dict[str, Any]]:
+    return [o for o in rendered(scenario) if kind is None or o["kind"] == kind]
+
+
+def all_objects() -> list[tuple[str, dict[str, Any]]]:
+    return [(s, o) for s in SCENARIOS for o in rendered(s)]
+
+
+def object_id(item: tuple[str, dict[str, Any]]) -> str:
+    scenario, obj = item
+    meta = obj.get("metadata") or {}
+    return f"{scenario}:{obj['kind']}/{meta.get('namespace', '')}/{meta.get('name')}"
+
+
+def pod_specs(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pod spec(s) inside a workload object (none for other kinds)."""
+    spec = obj.get("spec") or {}
+    if obj["kind"] in {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}:
+        return [spec["template"]["spec"]]
+    if obj["kind"] == "CronJob":
+        return [spec["jobTemplate"]["spec"]["template"]["spec"]]
+    if obj["kind"] == "Pod":
+        return [spec]
+    return []
+
+
+def load_yaml(path: Path) -> list[dict[str, Any]]:
+    return documents(path.read_text())
