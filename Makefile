@@ -42,21 +42,26 @@ lock: | $(UV) ## Re-resolve uv.lock after changing pyproject.toml
 ##@ Run
 
 .PHONY: demo
-demo: install ## Main job: data -> features -> Feast -> AutoML -> registry -> batch + online scoring with reasons
+demo: install ## Main job: train, serve, canary, promote, drift, retrain, roll back, reports (embedded defaults)
 	$(BIN)/churnops --data-dir $(DATA_DIR) demo
-
-.PHONY: demo-cluster-store
-demo-cluster-store: install ## Same, on the cluster store (Redis + PostgreSQL from CHURNOPS_* variables)
-	$(BIN)/churnops --data-dir $(DATA_DIR) demo --mode cluster
 
 .PHONY: serve
 serve: install ## Online predictor for the champion on :8080 (after `make demo`); tokens: churnops token --help
 	OMP_NUM_THREADS=1 $(BIN)/churnops --data-dir $(DATA_DIR) serve --model champion --model challenger
 
+.PHONY: monitor
+monitor: install ## Local monitoring page on :8765: scores, drift, measured vs estimated performance, business, fairness
+	$(BIN)/churnops --data-dir $(DATA_DIR) monitor serve --port 8765
+
+.PHONY: drift-report
+drift-report: install ## Drift report of the champion's last 24 h of predictions (under $(DATA_DIR)/reports/monitoring/)
+	$(BIN)/churnops --data-dir $(DATA_DIR) monitor drift --window 24h --model champion
+
 .PHONY: pipelines
-pipelines: install ## Compile the KFP pipelines (training, batch scoring) into pipelines/compiled/
+pipelines: install ## Compile the KFP pipelines (training, batch scoring, drift window) into pipelines/compiled/
 	$(BIN)/python -c "from churnops_pipelines.training import compile_pipeline; compile_pipeline('pipelines/compiled/churn_training.yaml')"
 	$(BIN)/python -c "from churnops_pipelines.scoring import compile_pipeline; compile_pipeline('pipelines/compiled/churn_batch_scoring.yaml')"
+	$(BIN)/python -c "from churnops_pipelines.monitoring import compile_pipeline; compile_pipeline('pipelines/compiled/churn_drift_window.yaml')"
 
 .PHONY: dashboards
 dashboards: install ## Regenerate the Grafana dashboards (manifests/monitoring/dashboards/*.json) from churnops.monitoring.dashboards

@@ -11,60 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from churnops_contract import metrics as m
 from churnops_contract import policy
-from churnops_operator.decisions.analysis import Observation, VersionSample, latency_bucket
+from churnops_contract.queries import VersionQueries, drift_verdict, selector, unattributed_errors, version_queries
+from churnops_operator.decisions.analysis import Observation, VersionSample
 from churnops_operator.http import ExternalError, JsonClient
-
-
-def selector(model: str, version: str, *matchers: str, **extra: str) -> str:
-    """A label selector for one model version; ``matchers`` are extra raw matchers such as ``method=~"psi|ks"``."""
-    labels = {m.LABEL_MODEL: model, m.LABEL_VERSION: version, **extra}
-    return "{" + ",".join([*(f'{k}="{_escape(v)}"' for k, v in labels.items()), *matchers]) + "}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def window(seconds: float) -> str:
-    return f"{max(math.ceil(seconds), 1)}s"
-
-
-@dataclass(frozen=True)
-class VersionQueries:
-    requests: str
-    errors: str
-    timed: str
-    fast: str  # requests at or under the latency limit's bucket
-    p95: str
-    scores: str  # by le
-    auc: str
-    coverage: str
-    churn_rate: str
-
-
-def version_queries(model: str, version: str, seconds: float, limit_ms: float) -> VersionQueries:
-    sel = selector(model, version)
-    total = selector(model, version, **{m.LABEL_STAGE: "total"})
-    w = window(seconds)
-    le = latency_bucket(limit_ms)
-    fast_sel = selector(model, version, **{m.LABEL_STAGE: "total", "le": le})
-    measured = {m.LABEL_SEGMENT: m.ALL_SEGMENTS, m.LABEL_SOURCE: m.SOURCE_MEASURED}
-    return VersionQueries(
-        requests=f"sum(increase({m.total(m.REQUESTS)}{sel}[{w}]))",
-        # A version that never failed has no error series: zero errors, as long as it answered requests.
-        errors=f"sum(increase({m.total(m.ERRORS)}{sel}[{w}])) or 0 * sum(increase({m.total(m.REQUESTS)}{sel}[{w}]))",
-        timed=f"sum(increase({m.LATENCY}_count{total}[{w}]))",
-        fast=f"sum(increase({m.LATENCY}_bucket{fast_sel}[{w}]))",
-        p95=f"1000 * histogram_quantile(0.95, sum by (le) (increase({m.LATENCY}_bucket{total}[{w}])))",
-        scores=f"sum by (le) (increase({m.SCORE}_bucket{sel}[{w}]))",
-        auc=f"max({m.PERFORMANCE}{selector(model, version, **measured, **{m.LABEL_METRIC: 'auc'})})",
-        coverage=f"max({m.LABEL_COVERAGE}{sel})",
-        churn_rate=f"max({m.CHURN_RATE}{selector(model, version, **measured)})",
-    )
 
 
 class Prometheus:
@@ -144,7 +97,7 @@ class Prometheus:
         span = max(now - since, 1.0)
         step_q = version_queries(model, canary, max(now - step_since, 1.0), limit_ms)
         # Errors without a version label cannot be told apart: the error check must not read them as zero.
-        blind = f'sum(increase({m.total(m.ERRORS)}{{{m.LABEL_MODEL}="{_escape(model)}",{m.LABEL_VERSION}=""}}[{window(span)}]))'
+        blind = unattributed_errors(model, span)
         c, s, step, unattributed = await asyncio.gather(
             self.sample(version_queries(model, canary, span, limit_ms), now, notes),
             self.sample(version_queries(model, stable, span, limit_ms), now, notes),
@@ -165,6 +118,7 @@ class Prometheus:
         features = f'{m.LABEL_FEATURE}!="{m.SCORE_FEATURE}"'
         measured = {m.LABEL_SEGMENT: m.ALL_SEGMENTS, m.LABEL_METRIC: "auc"}
         exprs = (
+            drift_verdict(model, version),
             f"max({m.DRIFT_SCORE}{selector(model, version, methods, features)})",
             f"max({m.DRIFTED_FEATURES_SHARE}{selector(model, version)})",
             f"max({m.PERFORMANCE}{selector(model, version, **measured, source=m.SOURCE_MEASURED)})",
@@ -172,11 +126,11 @@ class Prometheus:
             f"max({m.LABEL_COVERAGE}{selector(model, version)})",
             f"sum(increase({m.total(m.PREDICTIONS)}{selector(model, version)}[1d]))",
         )
-        worst, share, auc_m, auc_e, coverage, served = await asyncio.gather(*(self.scalar(e, now, notes) for e in exprs))
+        verdict, worst, share, auc_m, auc_e, coverage, served = await asyncio.gather(*(self.scalar(e, now, notes) for e in exprs))
         labelled = int(coverage * served) if coverage is not None and served is not None else 0
         return policy.Observation(
             time=now,
-            drift_detected=None if worst is None else worst > threshold,
+            drift_detected=drifted(verdict, worst, threshold),
             drifted_share=share,
             measured_auc=auc_m,
             labelled=labelled,
@@ -186,3 +140,11 @@ class Prometheus:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def drifted(verdict: float | None, worst: float | None, threshold: float) -> bool | None:
+    """The predictor's verdict (after multiple-testing control, as the embedded runner reads it) when it gives one;
+    a predictor that exports scores but no verdict is judged by its worst score against the spec's threshold."""
+    if verdict is not None:
+        return verdict >= 1.0
+    return None if worst is None else worst > threshold

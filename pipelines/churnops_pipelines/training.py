@@ -261,23 +261,35 @@ def register_model(
     model: Input[Model],
     holdout: Input[Dataset],
     evaluation: Input[Artifact],
+    gate_report: Input[Artifact],
     dataset: Input[Dataset],
     tracking_uri: str,
     artifact_location: str,
     gates: str,
 ) -> str:
-    """Log the run to MLflow and register the model as the new challenger."""
+    """Log the run to MLflow (with the evaluation and the gates as applied) and register the model as the new challenger."""
     import json
+    import tempfile
+    from pathlib import Path
 
     import joblib
 
     from churnops.data.parquet import read_parquet
     from churnops.training import registry
+    from churnops.training.train import log_reference_profile
 
     bundle = joblib.load(model.path)
     with open(evaluation.path) as f:
-        ev = json.load(f)["evaluation"]
-    example = read_parquet(holdout.path)[bundle["model"].feature_names].head(20)
+        doc = json.load(f)
+    ev = doc["evaluation"]
+    with open(gate_report.path) as f:
+        applied = json.load(f)
+    # the same record the single-process path logs: evaluation/training/evaluation.json on the run
+    record = Path(tempfile.mkdtemp()) / "training"
+    record.mkdir()
+    (record / "evaluation.json").write_text(json.dumps({**doc, "gates": applied}, default=str))
+    rows = read_parquet(holdout.path)
+    example = rows[bundle["model"].feature_names].head(20)
     metrics = {k: ev[k] for k in ("roc_auc", "pr_auc", "precision", "recall", "f1", "brier", "log_loss")}
     tags = {
         "feature_service": str(dataset.metadata.get("feature_service")),
@@ -294,8 +306,9 @@ def register_model(
         {"threshold": bundle["threshold"], "threshold_rule": bundle["decision"].rule, "ensemble": bundle["model"].combiner.kind},
         metrics,
         tags,
-        {},
+        {"evaluation": record},
     )
+    log_reference_profile(bundle["model"], rows, registered.run_id, reg.tracking_uri)  # what monitoring compares live inputs with
     return registered.version
 
 
@@ -306,6 +319,8 @@ def write_model_card(
     selection: Input[Artifact],
     dataset: Input[Dataset],
     version: str,
+    tracking_uri: str,
+    artifact_location: str,
     card: Output[HTML],
     card_markdown: Output[Markdown],
 ) -> None:
@@ -314,6 +329,7 @@ def write_model_card(
     import tempfile
     from pathlib import Path
 
+    from churnops.training import registry
     from churnops.training.evaluation import Comparison, Evaluation
     from churnops.training.gates import GateResult
     from churnops.training.model_card import CardInputs, plot_evaluation, render_html, render_markdown
@@ -345,6 +361,14 @@ def write_model_card(
     text = render_markdown(inputs)
     Path(card_markdown.path).write_text(text)
     Path(card.path).write_text(render_html(text, plots))
+    # the card travels with the registered version's run too, as the single-process path does
+    reg = registry.config_for(tracking_uri, artifact_location or None)
+    run_id = registry.version_info(reg, version)["run_id"]
+    folder = Path(tempfile.mkdtemp())
+    (folder / "model_card.md").write_text(text)
+    (folder / "model_card.html").write_text(render_html(text, plots))
+    for name in ("model_card.md", "model_card.html"):
+        registry.log_files(reg, run_id, {"model_card": folder / name})
 
 
 @dsl.pipeline(
@@ -418,19 +442,23 @@ def churn_training(
         model=built.outputs["model"],
         holdout=split.outputs["holdout"],
         evaluation=evaluated.outputs["evaluation"],
+        gate_report=gated.outputs["gate_report"],
         dataset=data.outputs["dataset"],
         tracking_uri=tracking_uri,
         artifact_location=artifact_location,
         gates=gated.outputs["Output"],
     )
     with_store_access(registered)
-    write_model_card(
+    carded = write_model_card(
         evaluation=evaluated.outputs["evaluation"],
         gate_report=gated.outputs["gate_report"],
         selection=chosen.outputs["selection"],
         dataset=data.outputs["dataset"],
         version=registered.output,
+        tracking_uri=tracking_uri,
+        artifact_location=artifact_location,
     )
+    with_store_access(carded)
 
 
 def compile_pipeline(path: str) -> None:

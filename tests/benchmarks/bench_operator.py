@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from churnops_contract import metrics as m
+from churnops_contract.queries import latency_le
 from churnops_operator.decisions import analysis
 from churnops_operator.decisions.analysis import Observation, VersionSample
 from churnops_operator.spec import Analysis
@@ -114,7 +115,7 @@ def summarize(windows: list[Window], limit_ms: float, labelled: bool) -> Version
     lat = np.concatenate([w.latencies_ms for w in windows]) if windows else np.array([])
     scores = np.concatenate([w.scores for w in windows]) if windows else np.array([])
     labels = np.concatenate([w.labels for w in windows]) if windows else np.array([], dtype=bool)
-    le_ms = float(analysis.latency_bucket(limit_ms)) * 1000.0
+    le_ms = float(latency_le(limit_ms)) * 1000.0
     return VersionSample(
         requests=float(n),
         errors=float(sum(w.errors for w in windows)),

@@ -38,7 +38,7 @@ from churnops.features import steps as foundation
 from churnops.features.catalog import DOMAINS
 from churnops.features.engine import compute_block_features
 from churnops.layout import Layout
-from churnops.monitoring.predlog import FeatureLayout, PredictionBatch, PredictionLog
+from churnops.monitoring.predlog import FeatureLayout, LogStore, PredictionBatch, PredictionLog
 from churnops.monitoring.predlog_parquet import ParquetStore
 from churnops.monitoring.profile import build_profile, log_profile
 from churnops.serving.scoring import risk_bands
@@ -113,7 +113,7 @@ def traffic_fixture() -> Traffic:
 
 
 def write_predictions(
-    root: Path,
+    target: Path | LogStore,
     model_name: str,
     version: str,
     model: ChurnEnsemble,
@@ -123,7 +123,7 @@ def write_predictions(
     scores: Sequence[float] | None = None,
     prefix: str = "t",
 ) -> np.ndarray:
-    """Score ``rows`` with ``model`` and write them to the Parquet prediction log under ``root`` (through the real writer)."""
+    """Score ``rows`` with ``model`` and write them to a prediction log (Parquet segments under a directory, or a store) through the real writer."""
     features = list(model.feature_names)
     p = model.predict_proba(rows[features]) if scores is None else np.asarray(scores, dtype=float)
     layout = FeatureLayout(tuple(features), frozenset(model.categorical))
@@ -138,7 +138,8 @@ def write_predictions(
         rows[features].reset_index(drop=True),
         at,
     )
-    plog = PredictionLog(ParquetStore(root), CollectorRegistry(), flush_interval_s=0.1)
+    store = ParquetStore(target) if isinstance(target, Path) else target
+    plog = PredictionLog(store, CollectorRegistry(), flush_interval_s=0.1)
     try:
         assert plog.record_many(batch, timeout_s=30) == len(rows)
         plog.flush()

@@ -22,6 +22,7 @@ from churnops.cli import main
 from churnops.data.schema import ENTITY
 from churnops.monitoring.predlog import FeatureLayout, PredictionBatch, SegmentKey, to_table
 from churnops.monitoring.predlog_parquet import ParquetStore
+from churnops.monitoring.predlog_postgres import PostgresStore
 from churnops.monitoring.report import EVIDENTLY_NAME, HTML_NAME, JSON_NAME, METRICS_NAME
 from churnops.serving.scoring import risk_bands
 from tests.monitoring.monitor_fixtures import (
@@ -100,6 +101,33 @@ def test_a_drifted_window_names_its_drifted_features_and_still_exits_0(
         assert f"{f['feature']}: {f['reason']}" in printed
     # the usage features the covariate preset moves are among them
     assert {"logins_mean_30d", "tickets_30d"} & set(drifted), drifted
+
+
+def test_the_cluster_log_in_postgresql_gives_the_same_report_and_erases_the_same_way(
+    monitored: Monitored, traffic: Traffic, tmp_path: Path, pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = traffic.drifted.head(400)
+    model = monitored.models[monitored.champion]
+    write_predictions(PostgresStore(pg_dsn), monitored.model_name, monitored.champion, model, rows, T.timestamp())
+    champion_log(monitored, tmp_path, rows)
+    docs = []
+    for name, source in (("pg", ["--prediction-log-dsn", pg_dsn]), ("parquet", [])):
+        assert monitor(tmp_path, monitored, "drift", *AROUND_T, *source, "--no-evidently", "--out", str(tmp_path / name)) == 0
+        doc = json.loads((tmp_path / name / JSON_NAME).read_text())
+        doc.pop("generated_at")
+        docs.append(doc)
+    assert docs[0] == docs[1] and docs[0]["drift_detected"] is True
+    who = int(rows[ENTITY].iloc[0])
+    expected = int((rows[ENTITY] == who).sum())
+    capsys.readouterr()
+    assert main(["--data-dir", str(tmp_path), "monitor", "erase", "--customer", str(who), "--prediction-log-dsn", pg_dsn]) == 0
+    assert f"customer {who}: erased {expected} prediction log record(s)" in capsys.readouterr().out
+    store = PostgresStore(pg_dsn)
+    try:
+        left = store.read_window(*EVER, features=[])
+    finally:
+        store.close()
+    assert len(left) == len(rows) - expected and who not in set(left["customer_id"])
 
 
 def test_an_empty_window_says_what_the_log_holds(

@@ -60,8 +60,11 @@ def test_pipeline_judges_a_window_like_the_cli(monitored: Monitored, traffic: Tr
     assert "was not requested" in outputs(root, "evidently_report").read_text()
     prom = outputs(root, "prometheus").read_text()
     assert f'churnops_drift_detected{{model="{monitored.model_name}",version="{monitored.champion}"}} 1.0' in prom
-    summary = json.loads(outputs(root, "summary").read_text())
-    assert summary["rows"] == 600 and summary["features_drifted"] == len(report["drifted_features"])
+    executor = json.loads(outputs(root, "executor_output.json").read_text())
+    assert executor["parameterValues"]["Output"] == "drift"
+    (summary,) = executor["artifacts"]["summary"]["artifacts"]
+    assert summary["metadata"]["rows"] == 600 and summary["metadata"]["features_drifted"] == len(report["drifted_features"])
+    assert summary["metadata"]["drifted_share"] == pytest.approx(report["drifted_share"])
 
     # the CLI on the same window writes the same report (up to when it was generated)
     cli_out = tmp_path / "cli"

@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from churnops_contract import policy
+from churnops_contract.queries import latency_le
 from churnops_operator.decisions import analysis, retraining, rollout, serving
 from churnops_operator.decisions.analysis import Observation, VersionSample
 from churnops_operator.decisions.rollout import RolloutStatus
+from churnops_operator.prom import drifted
 from churnops_operator.reconcile import status_patch
 from churnops_operator.spec import Analysis, SpecError, parse, parse_duration
 
@@ -130,8 +132,8 @@ def test_too_few_samples_waits() -> None:
     assert analysis.judge(Analysis(), obs(sample(50)), 200).outcome == "wait"
 
 
-def test_latency_bucket_is_the_first_bound_at_or_above_the_limit() -> None:
-    assert analysis.latency_bucket(100) == "0.1" and analysis.latency_bucket(4) == "0.005" and analysis.latency_bucket(10_000) == "+Inf"
+def test_latency_bucket_is_the_first_bound_at_or_above_the_limit_spelled_as_exported() -> None:
+    assert latency_le(100) == "0.1" and latency_le(4) == "0.005" and latency_le(1000) == "1.0" and latency_le(10_000) == "+Inf"
 
 
 # --- rollout machine -----------------------------------------------------------------------------------
@@ -298,3 +300,10 @@ def test_differs_and_status_patch() -> None:
     assert serving.differs(want, {"spec": {"a": 1, "gone": 5, "l": [1, 2]}})
     assert serving.differs(want, {"spec": {"a": 1, "l": [1]}})
     assert status_patch({"a": 1, "b": {"x": 1, "y": 2}}, {"a": 1, "b": {"x": 2}, "c": None}) == {"b": {"x": 2, "y": None}}
+
+
+def test_drift_follows_the_predictors_verdict_and_falls_back_to_the_worst_score() -> None:
+    assert drifted(1.0, 0.05, 0.2) is True  # the verdict wins over a small worst score
+    assert drifted(0.0, 0.9, 0.2) is False  # one large score among 116 features is not a drifted window
+    assert drifted(None, 0.3, 0.2) is True and drifted(None, 0.1, 0.2) is False
+    assert drifted(None, None, 0.2) is None

@@ -69,8 +69,10 @@ class Predictors:
             for version, share in list(self.split.items()):
                 m = self.metrics[version]
                 worse = self.bad and version == "2"
-                for _ in range(round(20 * share)):
+                for i in range(round(20 * share)):
                     m.requests.labels(self.model, version, "v1").inc()
+                    if i % 5 == 0:  # a client's mistakes (4xx) are not the model's errors
+                        m.errors.labels(self.model, version, "422").inc()
                     m.latency.labels(self.model, version, "total").observe(rng.lognormvariate(-1.5 if worse else -5.0, 0.3))
                     m.score.labels(self.model, version).observe(rng.betavariate(5, 2) if worse else rng.betavariate(2, 5))
             time.sleep(0.05)
@@ -106,7 +108,9 @@ def test_verdicts_from_a_real_prometheus(k8s: Cluster, model: str, bad: bool, tm
     with Predictors(k8s, model, bad) as predictors, real_prometheus(k8s, predictors, tmp_path):
         k8s.operator.start()
         spec = {"model": {"registeredModel": model, "version": "1"}, "featureService": "churn_v1"}
-        spec["rollout"] = {"interval": "3s", "minSamples": 50, "failureThreshold": 2, "steps": [20, 50, 100]}
+        # a limit whose bucket is le="1.0" as exported (a query for le="1" would match nothing and fail every check)
+        analysis = {"maxLatencyP95Ms": 800}
+        spec["rollout"] = {"interval": "3s", "minSamples": 50, "failureThreshold": 2, "steps": [20, 50, 100], "analysis": analysis}
         k8s.apply_md("churn", crd_defaults(spec))
         k8s.wait("version 1 serving", lambda: predictors.split.get("1") == 1.0, 60)
         time.sleep(3)  # let Prometheus collect the stable version's series
@@ -123,3 +127,4 @@ def test_verdicts_from_a_real_prometheus(k8s: Cluster, model: str, bad: bool, tm
         assert status["stableVersion"] == "2" and status["history"][-1]["event"] == "Promoted"
         verdict = status["lastVerdict"]
         assert verdict["outcome"] == "pass" and verdict["error_rate"]["outcome"] == "pass" and verdict["score_psi"]["canary"] is not None
+        assert verdict["error_rate"]["canary"] == 0.0 and verdict["latency_p95_ms"]["outcome"] == "pass"

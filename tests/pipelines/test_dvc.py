@@ -28,7 +28,8 @@ def test_dvc_repro_trains_and_tracks_metrics(tmp_path: Path) -> None:
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["customers"] = 1500
     params["search"].update(trials=6, budget_minutes=2)
-    params["gates"]["min_auc"] = 0.7
+    # 1,500 customers leave a few hundred holdout rows: segment recall gaps are noise there (as in the training tests)
+    params["gates"].update(min_auc=0.7, max_fairness_gap=0.4)
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}

@@ -114,7 +114,7 @@ def snapshot_90() -> dict[str, float | str]:
     row: dict[str, float | str] = {}
     for frame in out.values():
         assert frame["customer_id"].tolist() == [1], "a customer who churned before the snapshot is not in it"
-        row.update(frame.drop(columns=["customer_id", "event_timestamp"]).iloc[0].to_dict())
+        row.update({str(k): v for k, v in frame.drop(columns=["customer_id", "event_timestamp"]).iloc[0].items()})
     return row
 
 

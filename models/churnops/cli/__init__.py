@@ -13,13 +13,14 @@ import gc
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from churnops.cli import audit, data, demo, features, model, monitor, score, serve, train
+from churnops.cli import audit, data, demo, features, model, monitor, report, rollout, score, serve, train
 from churnops.errors import ChurnOpsError
 
-GROUPS = (demo, data, features, train, model, score, audit, monitor)
+GROUPS = (demo, data, features, train, model, score, audit, monitor, rollout, report)
 
 
 def command_of(argv: Sequence[str]) -> str | None:
@@ -44,12 +45,27 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
+
+
 def configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import optuna  # only its logger is configured here
 
     # Optuna logs every trial at INFO on its own handler; the progress bar already shows them.
     optuna.logging.set_verbosity(optuna.logging.DEBUG if verbose else optuna.logging.WARNING)
+    if not verbose:
+        # MLflow's own handler speaks at INFO and warns about choices made here on purpose (a pickled
+        # python_model, environments captured from uv.lock), and its artifact downloads draw a bar
+        # per file; Feast warns that on-demand views are experimental, FastAPI (under KServe) about
+        # ORJSONResponse on every request. -v shows all of it.
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow sets its level from this when first imported
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        for library in ("mlflow", "feast", "fastapi"):
+            warnings.filterwarnings("ignore", module=rf"{library}\.")
+        # a library imported later routes warnings to logging (captureWarnings) and re-adds its own filters
+        logging.getLogger("py.warnings").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChurnOpsError as e:
         print(f"churnops: error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # the command's own finally blocks have stopped what it started
+        print("churnops: interrupted", file=sys.stderr)
+        return INTERRUPTED
     finally:
         # Free Arrow readers (Feast's file offline store) while Arrow is still alive: a parquet
         # worker thread torn down during interpreter exit aborts the process (apache/arrow#34314).

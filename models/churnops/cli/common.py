@@ -27,7 +27,7 @@ def add_settings_arg(p: argparse.ArgumentParser) -> None:
 SETTINGS_SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("customers", "seed", "history_days", "block_size"),
     "search": ("seed", "trials", "budget_minutes"),
-    "gates": ("min_auc", "max_brier"),
+    "gates": ("min_auc", "max_brier", "max_fairness_gap", "max_auc_regression"),
     "economics": ("contact_cost", "save_rate", "months_saved", "max_contact_share"),
 }
 

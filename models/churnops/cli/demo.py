@@ -1,65 +1,47 @@
-"""``churnops demo``: the main job, end to end on embedded defaults."""
+"""``churnops demo``: the main job, the whole story on one machine with embedded defaults (see ``churnops.demo.story``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
 
-from churnops.cli.common import add_store_args, layout, registry_config
-from churnops.cli.data import add_generator_args, generator_config
-from churnops.cli.train import add_training_args, print_outcome, training_config
-from churnops.training.config import SearchBudget
-from churnops_contract.registry import CHAMPION
-
-# The demo's search is smaller than `churnops train`'s so that the whole story runs in minutes.
-DEMO_BUDGET = SearchBudget(n_trials=30, timeout_s=240.0)
+from churnops.cli.common import layout
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    demo = sub.add_parser("demo", help="run everything end to end on embedded defaults")
-    add_generator_args(demo)
-    add_store_args(demo)
-    add_training_args(demo, DEMO_BUDGET, seed=False)
+    demo = sub.add_parser(
+        "demo",
+        help="the whole story end to end on embedded defaults: train, canary, promote, drift, retrain, roll back, reports",
+        description="Replaces the previous demo's outputs under --data-dir. Ctrl-C stops every process it started.",
+    )
+    demo.add_argument("--fast", action="store_true", help="a small, quick variant (3,000 customers, short searches; what the tests run)")
+    demo.add_argument("--customers", type=int, default=None, help="customers to simulate (default 20,000; 3,000 with --fast)")
+    demo.add_argument("--seed", type=int, default=None, help="seed of the data and the searches (default 42)")
+    demo.add_argument("--challenger-minutes", type=float, default=None, help="wall-clock budget of the challenger's AutoML search")
+    demo.add_argument("--traffic-rate", type=float, default=None, help="synthetic requests per second")
+    demo.add_argument("--keep-serving", action="store_true", help="leave the predictor and the monitoring page up at the end, until Ctrl-C")
     demo.set_defaults(func=run)
 
 
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def print_scoring(result: dict[str, Any]) -> None:
-    batch = result["batch"]
-    print(
-        f"\nBatch scoring with {batch['rows']:,} customers' latest features in {batch['seconds']} s, with top-5 exact SHAP reasons: "
-        f"{batch['output']} (plot {batch['plot']}); risk bands {result['risk_bands']}"
-    )
-    print(f"Online predictor (KServe V1, JWT, audit trail verified), champion v{result['model_version']}, the three riskiest customers:")
-    for p in result["online"]:
-        reasons = ", ".join(f"{r['feature']}={_short(r['value'])} ({r['contribution']:+.2f})" for r in p["reasons"])
-        print(f"  customer {p['customer_id']}: {p['churn_probability']:.1%} ({p['risk_band']}) because {reasons}")
-    print("Serve it yourself: `make serve`, then `churnops token --subject you --role predictor` for a bearer token.")
-
-
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from churnops.features import steps
-    from churnops.serving import demo as scoring_demo
-    from churnops.training import registry, runs
+    from churnops.demo.story import DemoConfig, Story
 
-    lay = layout(args)
-    summary = steps.run_foundation(generator_config(args), lay, args.mode, env)
-    print(json.dumps(summary, indent=2, default=str))
+    data_dir = layout(args).data_dir
+    cfg = DemoConfig.fast(data_dir) if args.fast else DemoConfig(data_dir)
+    overrides = {
+        "customers": args.customers,
+        "seed": args.seed,
+        "challenger_minutes": args.challenger_minutes,
+        "traffic_rate": args.traffic_rate,
+    }
+    cfg = replace(cfg, keep_serving=args.keep_serving, **{k: v for k, v in overrides.items() if v is not None})
+    summary = Story(cfg, env).run()
+    (data_dir / "reports" / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    counts = summary["counts"]
     print(
-        f"\nData foundation ready: {summary['customers']:,} customers, {summary['features']} features in service "
-        f"'{summary['feature_service']}', 30-day churn rate {summary['churn_rate_30d']:.1%}, "
-        f"online store serving {summary['online_features_returned']} features per customer. Reports in {lay.reports}/"
+        f"\nDone: {counts['Promoted']} promotion(s), {counts['RolledBack']} rollback(s), {counts['DriftDetected']} drift alert(s), "
+        f"{counts['RetrainingTriggered']} retraining run(s); champion v{summary['champion']}. Reports in {data_dir / 'reports'}/"
     )
-    reg = registry_config(args)
-    outcome = runs.train_platform(lay, args.mode, env, training_config(args), reg)
-    print_outcome(outcome)
-    if registry.alias_version(reg, CHAMPION) is None and outcome.registered is not None:
-        done = registry.promote(reg, outcome.registered.version, "first model to pass the quality gates")
-        print(f"{reg.model_name} v{done.version} promoted to '{CHAMPION}' (no champion before).")
-    print_scoring(scoring_demo.run(lay, reg, args.mode))
     return 0

@@ -10,14 +10,12 @@ so the parser is only built with it when ``serve`` is the command (``churnops
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from churnops.errors import ConfigError
-from churnops.serving.auth import AuthConfig, JwksKeys, KeyDirectory, issue_token
+from churnops.serving.auth import AuthConfig, JwksKeys, KeyDirectory, issue_token, local_secret
 from churnops.serving.security import Limits
 
 SECRET_ENV = "CHURNOPS_JWT_SECRET"
@@ -39,8 +37,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_kser
         description="Online predictor. KServe's ModelServer options are accepted too (see them with `churnops serve --help`).",
     )
     serve.add_argument(
-        "--model", action="append", dest="models", help="alias, version or models:/ URI; repeat to serve several (default champion)"
+        "--model",
+        action="append",
+        dest="models",
+        help="alias, version or models:/ URI; repeat to serve several (default champion, none with --route)",
     )
+    route = serve.add_argument_group("routed endpoint (the embedded rollout: a stable and a canary version behind one name)")
+    route.add_argument(
+        "--route", default=None, help="serve this endpoint (e.g. churn), split by the routing table that `churnops rollout` writes"
+    )
+    route.add_argument(
+        "--routing-table", type=Path, default=None, help="the table to follow (default <data-dir>/rollout/<route>/routing.json)"
+    )
+    route.add_argument("--route-seed", type=int, default=None, help="seed of the per-request draws (a reproducible split)")
     serve.add_argument(
         "--port", dest="http_port", type=int, default=argparse.SUPPRESS, help="HTTP port (KServe's --http_port; default 8080)"
     )
@@ -65,6 +74,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_kser
     log.add_argument("--prediction-log-dsn", default=None, help="PostgreSQL instead (cluster); overrides --prediction-log")
     log.add_argument("--prediction-log-flush-s", type=float, default=1.0, help="flush interval: the most a crash can lose (default 1 s)")
     log.add_argument("--no-prediction-log", action="store_true", help="do not log predictions (monitoring sees none)")
+    log.add_argument(
+        "--drift-window", type=int, default=10_000, help="predictions in the live drift window (default 10,000; 0 turns live drift off)"
+    )
     # KServe enables gRPC by default (this predictor speaks REST) and names every model "model" unless told
     serve.set_defaults(func=run_serve, enable_grpc=False, model_name=None)
 
@@ -120,22 +132,12 @@ def auth_config(args: argparse.Namespace, env: Mapping[str, str]) -> AuthConfig:
     return AuthConfig(key=key, algorithm=args.jwt_algorithm or "HS256", **common)
 
 
-def local_secret(path: Path) -> str:
-    """The embedded mode's HMAC secret, created once with owner-only permissions."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
-
-
 def run_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from churnops.serving.server import ServeConfig, serve
 
     cfg = ServeConfig(
         data_dir=args.data_dir,
-        models=tuple(args.models or ["champion"]),
+        models=tuple(args.models or ([] if args.route else ["champion"])),  # a route alone serves only what its table names
         tracking_uri=args.tracking_uri,
         feature_mode=args.mode,
         http_port=args.http_port,
@@ -151,8 +153,12 @@ def run_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         prediction_log=args.prediction_log,
         prediction_log_dsn=args.prediction_log_dsn,
         prediction_log_flush_s=args.prediction_log_flush_s,
+        drift_window=args.drift_window,
         kserve_options={k: v for k, v in vars(args).items() if k != "model_name"},
         model_name=getattr(args, "model_name", None),
+        route=args.route,
+        routing_table=args.routing_table,
+        route_seed=args.route_seed,
     )
     serve(cfg, env)
     return 0

@@ -39,12 +39,30 @@ def add_training_args(p: argparse.ArgumentParser, budget: SearchBudget, seed: bo
     p.add_argument(
         "--max-brier", type=float, default=gates.max_brier, help=f"quality gate on holdout Brier score (default {gates.max_brier:g})"
     )
+    p.add_argument(
+        "--max-fairness-gap",
+        type=float,
+        default=gates.max_fairness_gap,
+        help=f"quality gate on the largest segment recall gap (default {gates.max_fairness_gap:g})",
+    )
+    p.add_argument(
+        "--max-auc-regression",
+        type=float,
+        default=gates.max_auc_regression,
+        help=f"AUC a challenger may trail the champion by (default {gates.max_auc_regression:g})",
+    )
     add_tracking_arg(p)
     add_economics_args(p)
 
 
 def training_config(args: argparse.Namespace) -> TrainingConfig:
-    gates = replace(GateConfig(), min_auc=args.min_auc, max_brier=args.max_brier)
+    gates = replace(
+        GateConfig(),
+        min_auc=args.min_auc,
+        max_brier=args.max_brier,
+        max_fairness_gap=args.max_fairness_gap,
+        max_auc_regression=args.max_auc_regression,
+    )
     business = economics(args)
     # 0 minutes: no time cap, only the trial budget (fully reproducible runs)
     budget = SearchBudget(n_trials=args.trials, timeout_s=args.budget_minutes * 60 if args.budget_minutes > 0 else None)

@@ -61,28 +61,33 @@ def validate_features(layout: Layout) -> ValidationRun:
     return run
 
 
-def serving_window(calendar: Calendar) -> tuple[datetime, datetime]:
+def serving_window(calendar: Calendar, serve_day: int | None = None) -> tuple[datetime, datetime]:
     """The backfill window of the online store: customers with a snapshot within one TTL of the end.
 
     Older rows belong to customers that churned long ago; serving never needs them.
     """
-    end = calendar.day_timestamp(calendar.history_days).to_pydatetime() + timedelta(seconds=1)
+    day = calendar.history_days if serve_day is None else serve_day
+    end = calendar.day_timestamp(day).to_pydatetime() + timedelta(seconds=1)
     return end - FEATURE_TTL, end
 
 
-def publish(layout: Layout, mode: feast_store.Mode, env: Mapping[str, str]) -> tuple[float, int]:
-    """Apply the Feast objects and backfill the online store; returns (seconds, rows materialized)."""
+def publish(layout: Layout, mode: feast_store.Mode, env: Mapping[str, str], serve_day: int | None = None) -> tuple[float, int]:
+    """Apply the Feast objects and backfill the online store; returns (seconds, rows materialized).
+
+    ``serve_day`` makes an earlier snapshot the served one (default: the end of the history); the
+    demo serves the last labelled snapshot, so that the outcomes of what it predicts can arrive.
+    """
     calendar = read_calendar(layout.raw)
     if mode == "cluster":
         feast_store.load_into_postgres(feast_store.pg_dsn(env), layout.features)
     store = feast_store.open_store(mode, env, layout.data_dir)
     feast_store.apply(store, feast_store.objects_for(mode, layout.features))
-    start, end = serving_window(calendar)
+    start, end = serving_window(calendar, serve_day)
     began = time.perf_counter()
     # Backfill explicitly: materialize_incremental would start at now - ttl, far from this history.
     feast_store.materialize(store, start, end)
     seconds = time.perf_counter() - began
-    return seconds, len(served_customers(layout, calendar)) * len(DOMAINS)
+    return seconds, len(served_customers(layout, calendar, serve_day)) * len(DOMAINS)
 
 
 def publish_incremental(layout: Layout, mode: feast_store.Mode, env: Mapping[str, str]) -> float:
@@ -94,9 +99,9 @@ def publish_incremental(layout: Layout, mode: feast_store.Mode, env: Mapping[str
     return time.perf_counter() - began
 
 
-def served_customers(layout: Layout, calendar: Calendar) -> set[int]:
+def served_customers(layout: Layout, calendar: Calendar, serve_day: int | None = None) -> set[int]:
     """Customers whose latest snapshot falls in the serving window."""
-    start, end = serving_window(calendar)
+    start, end = serving_window(calendar, serve_day)
     frame = read_parquet(layout.features / "demographic.parquet", columns=["customer_id", "event_timestamp"])
     ts = frame["event_timestamp"]
     return {int(c) for c in frame.loc[(ts >= start) & (ts < end), "customer_id"]}
@@ -107,11 +112,12 @@ def lookup(layout: Layout, mode: feast_store.Mode, env: Mapping[str, str], custo
     return feast_store.online_features(store, customer_ids, TRAINING_SERVICE)
 
 
-def active_customers(layout: Layout, how_many: int) -> list[int]:
-    """Customers present in the latest snapshot (the ones the online store serves)."""
+def active_customers(layout: Layout, how_many: int | None = None, serve_day: int | None = None) -> list[int]:
+    """Customers in the served snapshot (the latest, or ``serve_day``'s): the ones the online store serves."""
     frame = read_parquet(layout.features / "demographic.parquet", columns=["customer_id", "event_timestamp"])
-    latest = frame[frame["event_timestamp"] == frame["event_timestamp"].max()]
-    return [int(c) for c in latest["customer_id"].head(how_many)]
+    served = read_calendar(layout.raw).day_timestamp(serve_day) if serve_day is not None else frame["event_timestamp"].max()
+    ids = [int(c) for c in frame.loc[frame["event_timestamp"] == served, "customer_id"]]
+    return ids if how_many is None else ids[:how_many]
 
 
 def plot_profile(layout: Layout) -> Path:
@@ -139,7 +145,9 @@ def plot_profile(layout: Layout) -> Path:
     return out
 
 
-def run_foundation(cfg: GeneratorConfig, layout: Layout, mode: feast_store.Mode, env: Mapping[str, str]) -> dict[str, Any]:
+def run_foundation(
+    cfg: GeneratorConfig, layout: Layout, mode: feast_store.Mode, env: Mapping[str, str], serve_day: int | None = None
+) -> dict[str, Any]:
     """The whole foundation end to end; returns a summary (also written to reports/foundation.json)."""
     times = StepTimes()
     with times.step("generate"):
@@ -153,8 +161,8 @@ def run_foundation(cfg: GeneratorConfig, layout: Layout, mode: feast_store.Mode,
         feature_run = validate_features(layout)
         check(feature_run, layout, "features")
     with times.step("feast_apply_materialize"):
-        mat_seconds, mat_rows = publish(layout, mode, env)
-    ids = active_customers(layout, 3)
+        mat_seconds, mat_rows = publish(layout, mode, env, serve_day)
+    ids = active_customers(layout, 3, serve_day)
     online = lookup(layout, mode, env, ids)
     profile = plot_profile(layout)
     labels = read_raw(layout.raw, "labels")

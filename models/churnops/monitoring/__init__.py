@@ -13,6 +13,8 @@ the embedded runner and the tests share one definition of each figure.
 - ``business``: churn rate, revenue at risk, campaign value, satisfaction;
 - ``fairness``: positive-rate and recall gaps across segments;
 - ``report``: the window job's JSON and HTML reports and Evidently's report;
-- ``predlog``: the prediction log that the window job reads;
-- ``dashboards``: Grafana dashboards and the embedded monitoring page.
+- ``predlog`` (``predlog_parquet``, ``predlog_postgres``): the prediction log every figure starts from;
+- ``jobs``: the monitoring jobs' I/O edge (log windows, checks, reports, erasure);
+- ``page``: the embedded monitoring page (``churnops monitor serve``);
+- ``dashboards``: Grafana dashboards as code, exported for the chart.
 """

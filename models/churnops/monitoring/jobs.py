@@ -57,6 +57,9 @@ PERFORMANCE_METRICS = "performance.prom"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
 SHOWN_FEATURES = 15  # drifted features listed in the printed verdict (the report lists all)
+# Feature quality worth a line in the verdict: the unseen share is the ChurnOpsUnseenCategories alert's threshold.
+QUALITY_OUT_OF_RANGE = 0.05
+QUALITY_UNSEEN = 0.01
 
 
 # --- windows -------------------------------------------------------------------------------------------
@@ -260,7 +263,7 @@ def drift_verdict(job: DriftJob, shown: int = SHOWN_FEATURES) -> list[str]:
         lines += [f"    {f.feature}: {f.reason}" for f in drifted[:shown]]
         if len(drifted) > shown:
             lines.append(f"    ... and {len(drifted) - shown} more (see the report)")
-    quality = [f for f in r.features if (f.out_of_range_rate or 0) >= 0.05 or (f.unseen_rate or 0) >= 0.01]
+    quality = [f for f in r.features if (f.out_of_range_rate or 0) >= QUALITY_OUT_OF_RANGE or (f.unseen_rate or 0) >= QUALITY_UNSEEN]
     if quality:
         names = ", ".join(f.feature for f in quality[:shown])
         lines.append(f"  feature quality: {len(quality)} feature(s) with values out of the reference range or unseen categories: {names}")
@@ -594,7 +597,8 @@ def _fairness_lines(doc: Mapping[str, Any], version: str) -> list[str]:
             continue
         gap, name = (r["positive_rate_gap"], "positive-rate gap") if r["population"] == "predictions" else (r["recall_gap"], "recall gap")
         breached = f" BREACHED ({', '.join(r['breached'])} > {r['max_gap']})" if r["breached"] else ""
-        out.append(f"  fairness, {r['population']}: {name} {_num(gap)} [measured] (gate {r['max_gap']}){breached}")
+        why = f": {r['notes'][-1]}" if gap is None and r["notes"] else ""
+        out.append(f"  fairness, {r['population']}: {name} {_num(gap)} [measured] (gate {r['max_gap']}){breached}{why}")
     return out
 
 

@@ -127,18 +127,26 @@ class PageSettings:
 
 
 def recent(store: LogStore, model: str, now: dt.datetime, max_rows: int, lookbacks: Sequence[dt.timedelta]) -> tuple[pd.DataFrame, Window]:
-    """The latest ``max_rows`` predictions of ``model``, from the shortest look-back that holds that many."""
+    """The latest ``max_rows`` predictions of ``model``: look-back windows of growing length, each reading only what the last did not."""
     end = now + dt.timedelta(minutes=1)  # clocks of writers on this machine may run a little ahead
-    frame = pd.DataFrame()
-    window = Window(end - lookbacks[0], end)
+    parts: list[pd.DataFrame] = []
+    rows = 0
+    newer = end
+    start = end
     for back in lookbacks:
-        window = Window(now - back, end)
-        frame = store.read_window(window.start, window.end, model=model)
-        if len(frame) >= max_rows:
+        start = min(now - back, newer)
+        part = store.read_window(start, newer, model=model)
+        if len(part):
+            parts.append(part)
+            rows += len(part)
+        newer = start
+        if rows >= max_rows:
             break
+    frames = list(reversed(parts))  # oldest first: each part is sorted by time
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else (frames[0] if frames else pd.DataFrame())
     if len(frame) > max_rows:
-        frame = frame.iloc[len(frame) - max_rows :]  # sorted by time: keep the latest
-    return frame.reset_index(drop=True), window
+        frame = frame.iloc[len(frame) - max_rows :]  # keep the latest
+    return frame.reset_index(drop=True), Window(start, end)
 
 
 @dataclass

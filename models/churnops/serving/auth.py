@@ -19,6 +19,8 @@ a 401; a valid token without a known role is a 403.
 
 from __future__ import annotations
 
+import os
+import secrets
 import threading
 import time
 import unicodedata
@@ -251,3 +253,13 @@ def issue_token(cfg: AuthConfig, subject: str, roles: list[str], ttl_s: int = 36
         claims["iss"] = cfg.issuer
     headers = {"kid": cfg.signing_kid} if cfg.signing_kid else None
     return jwt.encode(claims, cfg.key, algorithm=cfg.algorithm, headers=headers)
+
+
+def local_secret(path: Path) -> str:
+    """The embedded mode's HMAC secret, created once with owner-only permissions."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()

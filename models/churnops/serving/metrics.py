@@ -17,7 +17,9 @@ class ServingMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         mv = (c.LABEL_MODEL, c.LABEL_VERSION)
-        self.requests = Counter(c.REQUESTS, "Scoring requests answered", [*mv, "protocol"], registry=registry)
+        self.requests = Counter(
+            c.REQUESTS, "Scoring requests a model version received, answered or failed", [*mv, "protocol"], registry=registry
+        )
         self.predictions = Counter(c.PREDICTIONS, "Customers scored", mv, registry=registry)
         self.errors = Counter(c.ERRORS, "Requests answered with an error status", [*mv, c.LABEL_CODE], registry=registry)
         self.latency = Histogram(

@@ -6,7 +6,8 @@
   forgets an unloaded model, so ``…/load`` after ``…/unload`` could never work.
   An unknown name is a 404 (``ChurnRepositoryExtension``), not a 503.
 - ``ChurnDataPlane`` answers readiness from the models: not ready while no
-  model is ready (KServe's says ready unconditionally).
+  model is ready (KServe's says ready unconditionally); a routed endpoint
+  (``churnops.serving.router``) counts once it serves a version.
 - ``ClientErrorLogs`` logs KServe's client-error responses (unknown model,
   invalid input) as one INFO line instead of an ERROR with a traceback.
 
@@ -57,7 +58,12 @@ class ChurnRepositoryExtension(ModelRepositoryExtension):  # type: ignore[misc]
 class ChurnDataPlane(DataPlane):  # type: ignore[misc]
     async def ready(self) -> bool:
         models = self.model_registry.get_models()
-        return any([await self.model_registry.is_model_ready(name) for name in models])
+        # a routed endpoint is always healthy (it explains its 503s itself); it serves once a version is loaded
+        return any([await self._serving(name, model) for name, model in models.items()])
+
+    async def _serving(self, name: str, model: Any) -> bool:
+        serving = getattr(model, "serving", None)
+        return serving if isinstance(serving, bool) else bool(await self.model_registry.is_model_ready(name))
 
 
 class ChurnModelServer(ModelServer):  # type: ignore[misc]

@@ -92,12 +92,15 @@ class ChurnModel(Model):  # type: ignore[misc]  # kserve ships no type informati
         v2 = isinstance(payload, InferRequest)
         caller = decode_subject(headers.get(SUBJECT_HEADER.decode(), "anonymous"))
         client_id = headers.get("x-request-id") or (_client_id(payload.id) if v2 else None)
-        if _size(payload) > OFFLOAD_ROWS:
-            loop = asyncio.get_running_loop()
-            outcome = await loop.run_in_executor(self.executor, self._score, scorer, payload, caller, client_id, full)
-        else:
-            outcome = self._score(scorer, payload, caller, client_id, full)
-        scorer.metrics.requests.labels(*scorer.labels, "v2" if v2 else "v1").inc()
+        try:
+            if _size(payload) > OFFLOAD_ROWS:
+                loop = asyncio.get_running_loop()
+                outcome = await loop.run_in_executor(self.executor, self._score, scorer, payload, caller, client_id, full)
+            else:
+                outcome = self._score(scorer, payload, caller, client_id, full)
+        finally:
+            # every request counts, answered or not: the canary's error rate is errors / requests
+            scorer.metrics.requests.labels(*scorer.labels, "v2" if v2 else "v1").inc()
         if not v2:
             return {"explanations" if full else "predictions": outcome.predictions}
         return self._v2_response(scorer, outcome)

@@ -24,7 +24,7 @@ from redis.retry import Retry
 
 from churnops.errors import ChurnOpsError, ConfigError, NotFoundError
 from churnops.features.catalog import FEATURES
-from churnops.monitoring.live import DriftCollector, LiveDriftMonitor
+from churnops.monitoring.live import DriftCollector, LiveDriftMonitor, LiveWindow
 from churnops.monitoring.predlog import LogStore, PredictionLog
 from churnops.monitoring.predlog_parquet import ParquetStore
 from churnops.monitoring.predlog_postgres import PostgresStore
@@ -33,6 +33,7 @@ from churnops.serving.audit import AuditSink, FileAuditSink, FsyncPolicy, Postgr
 from churnops.serving.auth import AuthConfig
 from churnops.serving.inputs import FeatureSchema
 from churnops.serving.metrics import ServingMetrics
+from churnops.serving.routing import default_path
 from churnops.serving.scoring import Breaker, OnFailure, Scorer, ServedModel, ServingPolicy
 from churnops.serving.security import Limits
 from churnops.training import registry
@@ -66,8 +67,16 @@ class ServeConfig:
     prediction_log: Path | None = None  # default: data_dir/predictions (Parquet segments)
     prediction_log_dsn: str | None = None  # PostgreSQL prediction log (cluster); wins over prediction_log
     prediction_log_flush_s: float = 1.0  # a crash loses at most the records of one flush interval
+    drift_window: int = 10_000  # predictions in the live drift window (ten sub-windows slide through it)
     kserve_options: Mapping[str, Any] = field(default_factory=dict)  # KServe ModelServer options parsed by its own parser
     model_name: str | None = None  # one served version under a fixed URL name (KServe's --model_name): stable and canary alike
+    route: str | None = None  # an endpoint split between a stable and a canary version by a routing table (the embedded rollout)
+    routing_table: Path | None = None  # default: data_dir/rollout/<route>/routing.json, where `churnops rollout` writes it
+    route_seed: int | None = None  # seeds the router's per-request draws (reproducible splits)
+
+    def table_path(self) -> Path:
+        assert self.route is not None
+        return self.routing_table or default_path(self.data_dir, self.route)
 
     def registry(self) -> registry.RegistryConfig:
         if self.tracking_uri:
@@ -155,14 +164,17 @@ class Shared:
     prediction_log: PredictionLog | None
 
 
-def drift_monitor(reg: registry.RegistryConfig, version: str, features: list[str]) -> LiveDriftMonitor | None:
-    """Live drift against the version's reference profile; None (with a warning) for a version trained without one."""
+def drift_monitor(reg: registry.RegistryConfig, version: str, features: list[str], window: int) -> LiveDriftMonitor | None:
+    """Live drift against the version's reference profile; None when ``window`` is 0 (off) or the version has no profile."""
+    if window <= 0:
+        return None
     try:
         profile = load_profile(reg.tracking_uri, reg.model_name, version)
     except NotFoundError as e:
         log.warning("model %s v%s: no live drift (%s)", reg.model_name, version, e)
         return None
-    return LiveDriftMonitor(profile, features, model=reg.model_name, version=version)
+    slots = 10
+    return LiveDriftMonitor(profile, features, model=reg.model_name, version=version, window=LiveWindow(max(1, window // slots), slots))
 
 
 def load_scorer(cfg: ServeConfig, ref: str, shared: Shared) -> Scorer:
@@ -183,7 +195,7 @@ def load_scorer(cfg: ServeConfig, ref: str, shared: Shared) -> Scorer:
         ServingPolicy(on_store_failure=cfg.on_store_failure),
         shared.breaker,
         shared.prediction_log,
-        drift_monitor(reg, version, model.feature_names),
+        drift_monitor(reg, version, model.feature_names, cfg.drift_window),
     )
     shared.metrics.info.labels(reg.model_name, version, alias or "").set(1)
     shared.metrics.reference(reg.model_name, version, info["metrics"])
@@ -234,13 +246,37 @@ def count_errors(metrics: ServingMetrics, labels_of: Callable[[str], tuple[str, 
     return on_error
 
 
-def served_labels(models: list[Any], registered_model: str, name: str) -> tuple[str, str] | None:
-    """(registered model, version) of the model served as ``name``; the version is empty while it is not loaded."""
+def served_labels(models: list[Any], registered_model: str, name: str, route: str | None = None) -> tuple[str, str] | None:
+    """(registered model, version) of the model served as ``name``; the version is empty while it is not loaded.
+
+    For the routed endpoint it is the version the router chose for this request (None before it chose one:
+    such an error, e.g. a refused token, concerns no version).
+    """
+    if route is not None and name == route:
+        from churnops.serving.router import ROUTED  # noqa: PLC0415 - imports KServe, like serve() itself
+
+        return ROUTED.get()
     for m in models:
         if m.name == name:
             labels: tuple[str, str] = m.scorer.labels if m.scorer is not None else (registered_model, "")
             return labels
     return None
+
+
+def routed_endpoint(cfg: ServeConfig, shared: Shared, workers: ThreadPoolExecutor) -> Any:
+    """The endpoint split by the routing table: one ChurnModel per version it names, loaded when first named."""
+    from churnops.serving.predictor import ChurnModel  # noqa: PLC0415 - imports KServe: only when serving
+    from churnops.serving.router import Router  # noqa: PLC0415
+    from churnops.serving.routing import TableWatcher  # noqa: PLC0415
+
+    assert cfg.route is not None
+    route = cfg.route
+
+    def make_model(version: str) -> ChurnModel:
+        # named like the route, so V2 answers carry the endpoint's name and the version that scored them
+        return ChurnModel(route, partial(load_scorer, cfg, version, shared), executor=workers)
+
+    return Router(route, TableWatcher(cfg.table_path()), make_model, cfg.registry().model_name, shared.metrics, seed=cfg.route_seed)
 
 
 def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
@@ -265,43 +301,66 @@ def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
     workers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="score")
     if cfg.model_name and len(cfg.models) != 1:
         raise ConfigError("serves exactly one --model under a fixed name", field="--model_name")
+    if cfg.route is not None and cfg.route in {cfg.model_name or served_name(ref) for ref in cfg.models}:
+        raise ConfigError(f"the route's name {cfg.route!r} is also the name of a --model", field="--route")
     models = []
     for ref in cfg.models:
         loader = partial(load_scorer, cfg, ref, shared)
         model = ChurnModel(cfg.model_name or served_name(ref), loader, executor=workers)
         model.load()
         models.append(model)
+    router = None
+    if cfg.route is not None:
+        router = routed_endpoint(cfg, shared, workers)
+        router.load()  # loads the table's versions now: the server starts ready when the table names a stable version
     ready = [m for m in models if m.ready]
-    if not ready:
+    if not ready and router is None:
         raise SystemExit("no model could be loaded: " + "; ".join(f"{m.name}: {m.load_error}" for m in models))
-    names = [m.name for m in models]
-    first = ready[0].scorer
-    assert first is not None
-    document = spec(first.schema, names, first.served.version)
-    app.openapi = lambda: document
+
+    def scorers() -> list[Scorer]:
+        return [m.scorer for m in models if m.scorer is not None] + (router.scorers() if router is not None else [])
+
+    names = [m.name for m in models] + ([router.name] if router is not None else [])
+    loaded = scorers()
+    if loaded:  # a route without a stable version yet keeps KServe's generic document
+        document = spec(loaded[0].schema, names, loaded[0].served.version)
+        app.openapi = lambda: document
     app.add_exception_handler(ChurnOpsError, error_handler)
     app.add_middleware(
         GuardMiddleware,
         auth=cfg.auth,
         limits=cfg.limits,
         limiter=RateLimiter(cfg.limits.rate_per_s, cfg.limits.burst),
-        on_error=count_errors(metrics, partial(served_labels, models, cfg.registry().model_name)),
+        on_error=count_errors(metrics, partial(served_labels, models, cfg.registry().model_name, route=cfg.route)),
     )
     kserve_logger.addFilter(ClientErrorLogs())
+
+    def drift_monitors() -> list[LiveDriftMonitor]:
+        # one monitor per version: a version served both under its alias and by the route must not export its series twice
+        monitors: dict[tuple[str, str], LiveDriftMonitor] = {}
+        for s in scorers():
+            if s.drift is not None:
+                monitors.setdefault(s.labels, s.drift)
+        return list(monitors.values())
+
     # drift gauges are computed when Prometheus scrapes, for whichever versions are loaded then
-    REGISTRY.register(DriftCollector(lambda: [m.scorer.drift for m in models if m.scorer is not None and m.scorer.drift is not None]))
+    REGISTRY.register(DriftCollector(drift_monitors))
     settings = {"enable_grpc": False, "enable_docs_url": False, **options}
     server = ChurnModelServer(cfg.host, ChurnRepository(), **settings, http_port=cfg.http_port, workers=1)
-    for m in models:
+    for m in [*models, *([router] if router is not None else [])]:
         server.register_model(m)  # unready ones too: they answer 503 and fail readiness instead of vanishing
-    print(
-        f"ChurnOps predictor on http://{cfg.host}:{cfg.http_port}: "
-        + ", ".join(f"{m.name} ({'ready' if m.ready else 'NOT READY'})" for m in models),
-        flush=True,
-    )
+    served = [f"{m.name} ({'ready' if m.ready else 'NOT READY'})" for m in models]
+    if router is not None:
+        table = router.watcher.current()
+        split = f"stable v{table.stable}" if table.stable else "no stable version yet"
+        split += f", canary v{table.canary} at {table.weight}%" if table.canary else ""
+        served.append(f"{router.name} (routed by {router.watcher.path}: {split})")
+    print(f"ChurnOps predictor on http://{cfg.host}:{cfg.http_port}: " + ", ".join(served), flush=True)
     try:
         server.start([])
     finally:
+        if router is not None:
+            router.stop()
         workers.shutdown(wait=True)
         if shared.prediction_log is not None:
             shared.prediction_log.close()  # drains what is buffered: nothing is lost on a clean stop

@@ -174,6 +174,13 @@ def log_and_register(
     return Registered(run.info.run_id, str(version.version), f"models:/{cfg.model_name}/{version.version}", digests)
 
 
+def log_files(cfg: RegistryConfig, run_id: str, files: dict[str, Path]) -> None:
+    """Add files to a finished run, each under the artifact folder its key names (e.g. the versioned model card)."""
+    client = _client(cfg)
+    for folder, path in files.items():
+        client.log_artifact(run_id, str(path), artifact_path=folder)
+
+
 _ABSENT = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 

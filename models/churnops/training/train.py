@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from churnops.monitoring.profile import build_profile, log_profile
 from churnops.training import automl, ensemble, registry, selection
 from churnops.training.config import BusinessConfig, SearchPlan, TrainingConfig, plan_search
 from churnops.training.dataset import DatasetSpec, Split, cv_folds, time_holdout, xy
@@ -207,7 +208,8 @@ def train_and_register(
     tags = {k: str(v) for k, v in lineage.items()}
     example = fitted.split.holdout[list(fitted.spec.features)].head(20)
     registered = registry.log_and_register(reg, fitted.model, example, params, metrics, tags, {"evaluation": out_dir})
-    card, _ = write_card(
+    log_reference_profile(fitted.model, fitted.split.holdout, registered.run_id, reg.tracking_uri)
+    card, page = write_card(
         CardInputs(
             reg.model_name,
             registered.version,
@@ -220,9 +222,24 @@ def train_and_register(
         ),
         out_dir,
     )
+    # the card as registered (with its version number) travels with the run, beside the pre-registration one
+    for path in (card, page):
+        registry.log_files(reg, registered.run_id, {"model_card": path})
     return TrainingOutcome(
         ev, gates, comparison, registered, card, {**summary, "model_version": registered.version, "model_uri": registered.model_uri}
     )
+
+
+def log_reference_profile(model: ensemble.ChurnEnsemble, holdout: pd.DataFrame, run_id: str, tracking_uri: str) -> None:
+    """The monitoring reference of a version: its features and calibrated scores on the holdout rows.
+
+    Holdout rather than training rows: in-sample scores are sharper than any live score
+    would be, and would read as score drift from the first day of serving.
+    """
+    categorical = set(model.categorical)
+    numeric = [f for f in model.feature_names if f not in categorical]
+    profile = build_profile(holdout, model.predict_proba(holdout), numeric, [f for f in model.feature_names if f in categorical])
+    log_profile(profile, run_id, tracking_uri)
 
 
 def shuffled(frame: pd.DataFrame, spec: DatasetSpec, seed: int) -> pd.DataFrame:

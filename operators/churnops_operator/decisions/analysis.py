@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Literal
 
-from churnops_contract import metrics as m
 from churnops_operator.spec import Analysis
 
 Outcome = Literal["pass", "fail", "unavailable", "pending"]
@@ -240,12 +239,3 @@ def judge(a: Analysis, obs: Observation, min_samples: int) -> Verdict:
             reason += f" ({'; '.join(obs.problems)})"
         return Verdict("fail", int(samples), step, results, reason)
     return Verdict("pass", int(samples), step, results, "all judged metrics within limits")
-
-
-def latency_bucket(limit_ms: float) -> str:
-    """The histogram bound used for "slower than the limit": the smallest bucket at or above it."""
-    seconds = limit_ms / 1000.0
-    for bound in m.LATENCY_BUCKETS:
-        if bound >= seconds - 1e-12:
-            return f"{bound:g}"
-    return "+Inf"

@@ -4,7 +4,7 @@
 "use strict";
 
 const REFRESH_MS = 2000;
-let lastText = null;
+let lastShown = null; // the last document drawn, without its time stamp: an unchanged summary is not redrawn
 
 function fmt(v) {
   if (v === null || v === undefined) return "\u2013";
@@ -147,11 +147,13 @@ async function refresh() {
     const response = await fetch("/api/summary", { cache: "no-store" });
     const text = await response.text();
     if (!response.ok) throw new Error(`${response.status}: ${text}`);
-    if (text !== lastText) {
-      render(JSON.parse(text));
-      lastText = text;
+    const doc = JSON.parse(text);
+    const content = JSON.stringify({ ...doc, generated_at: null });
+    if (content !== lastShown) {
+      render(doc);
+      lastShown = content;
     }
-    status.textContent = `updated ${new Date().toLocaleTimeString()} (summary of ${JSON.parse(text).generated_at})`;
+    status.textContent = `updated ${new Date().toLocaleTimeString()} (summary of ${doc.generated_at})`;
     status.className = "status";
     document.body.dataset.ready = "1";
   } catch (err) {

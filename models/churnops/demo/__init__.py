@@ -1,0 +1,1 @@
+"""The main job: the whole story on one machine, with embedded defaults."""
