@@ -5,6 +5,7 @@ SHELL := /bin/bash
 PYTHON     ?= python3
 DATA_DIR   ?= data
 UV_VERSION := 0.13.8
+TEST_WORKERS ?= 2  # pytest-xdist workers; each test folder runs whole on one of them
 TOOLS      := .tools
 UV         := $(TOOLS)/bin/uv
 VENV       := .venv
@@ -83,7 +84,7 @@ lint: install ## ruff (lint, format), mypy --strict, feature catalog up to date
 
 .PHONY: test
 test: lint tools ## The whole suite: lint + unit + integration (needs redis-server, prometheus, PostgreSQL on 127.0.0.1)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: format
 format: install ## Apply ruff fixes and formatting

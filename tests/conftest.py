@@ -19,7 +19,7 @@ from churnops.data.schema import ENTITY, TIMESTAMP
 from churnops.features.catalog import DOMAINS
 from churnops.features.engine import build_features, compute_block_features
 from churnops.layout import Layout
-from churnops.processes import free_port, wait_for_http
+from churnops.processes import free_port, single_process_metrics, wait_for_http
 from tests.support.services import DEFAULT_ADMIN_DSN, private_redis, temporary_database
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +37,11 @@ def _work_tree_status() -> set[str] | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return set(out.splitlines())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Importing Feast would put prometheus_client in its multi-process mode, where registries share values.
+    single_process_metrics()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -58,6 +63,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 _STATUS = pytest.StashKey[set[str] | None]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist (``make test`` runs ``--dist loadgroup``), each folder of tests runs on one worker:
+    its session fixtures (trained models, servers) are built once, and the folders run side by side."""
+    tests = Path(__file__).parent
+    for item in items:
+        group = item.path.relative_to(tests).parts[0] if item.path.is_relative_to(tests) else "other"
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

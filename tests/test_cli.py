@@ -14,31 +14,6 @@ from churnops.errors import DataValidationError
 from churnops_feast.catalog import render_catalog
 
 
-def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--data-dir", str(tmp_path), "demo", "--customers", "1500", "--block-size", "750", "--seed", "5"]
-    code = main([*args, "--trials", "6", "--budget-minutes", "2", "--min-auc", "0.7"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "Data foundation ready: 1,500 customers, 116 features in service 'churn_v1'" in out
-    summary = json.loads((tmp_path / "reports" / "foundation.json").read_text())
-    assert summary["validation_pass_rate"] == {"raw": 1.0, "features": 1.0}
-    assert summary["online_features_returned"] == 116
-    assert len(summary["online_sample"]["customer_id"]) == 3
-    assert all(v is not None for v in summary["online_sample"]["mrr"])
-    assert (tmp_path / "reports" / "data_profile.png").stat().st_size > 10_000
-    assert json.loads((tmp_path / "reports" / "validation_raw.json").read_text())["success"] is True
-    # then training: registered, gated, promoted as the first champion, with a model card
-    assert "Registered models:/churn-classifier/1 as 'challenger'" in out
-    assert "churn-classifier v1 promoted to 'champion'" in out
-    assert (tmp_path / "reports" / "training" / "model_card.html").exists()
-    # then scoring: every customer's latest snapshot in batch, and three customers through the online predictor
-    scores = pd.read_parquet(tmp_path / "reports" / "scores.parquet")
-    assert len(scores) > 100 and scores["reason_5_feature"].notna().all()
-    assert (tmp_path / "reports" / "scores.png").stat().st_size > 10_000
-    assert out.count("(high) because") + out.count("(medium) because") + out.count("(low) because") == 3
-    assert (tmp_path / "audit" / "demo_predictions.jsonl").read_text().count("\n") == 3
-
-
 def test_token_and_audit_verify_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--data-dir", str(tmp_path), "token", "--subject", "ops", "--role", "viewer"]) == 0
     assert capsys.readouterr().out.count(".") == 2  # a compact JWT

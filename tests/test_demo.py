@@ -207,6 +207,9 @@ def test_every_prediction_has_reasons_and_the_audit_trail_verifies(runs: tuple[I
 def test_the_reports_are_written(runs: tuple[Interrupted, Finished]) -> None:
     _, done = runs
     reports = done.data_dir / "reports"
+    foundation = json.loads((reports / "foundation.json").read_text())
+    assert foundation["validation_pass_rate"] == {"raw": 1.0, "features": 1.0}
+    assert foundation["online_features_returned"] == foundation["features"] == 116
     html = (reports / "demo_report.html").read_text()
     assert html.count("<img") + html.count("<svg") >= 5  # plots, inlined
     assert "RolledBack" in html

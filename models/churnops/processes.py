@@ -1,4 +1,4 @@
-"""Starting local server processes: a free loopback port, and waiting until a server answers.
+"""Local processes: a free loopback port, waiting until a server answers, and a sane metrics mode.
 
 The demo, the embedded rollout runner and the monitoring page start real
 server processes (``churnops serve`` and friends) on this machine.
@@ -6,10 +6,31 @@ server processes (``churnops serve`` and friends) on this machine.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import MutableMapping
+from pathlib import Path
+
+FEAST_METRICS_DIR = "feast_metrics_"  # the prefix of the temporary directory Feast's import creates
+MULTIPROC_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")
+
+
+def single_process_metrics(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Keep prometheus_client in its single-process mode; call it at an entry point, before Feast is imported.
+
+    Importing Feast points ``PROMETHEUS_MULTIPROC_DIR`` at a temporary directory of its own (children
+    inherit it). prometheus_client, imported after that, keeps every value in mmap files: two registries
+    in one process then share their counts, and every increment writes to a file. A directory Feast
+    made is dropped here, and prometheus_client's value class is fixed before Feast can set it again.
+    A directory the user set on purpose (a multi-process server) is left alone.
+    """
+    for name in MULTIPROC_VARIABLES:
+        if Path(environ.get(name, "")).name.startswith(FEAST_METRICS_DIR):
+            del environ[name]
+    import prometheus_client.values  # noqa: F401, PLC0415 - the import is the point: it fixes the value class
 
 
 def free_port() -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from churnops.cli import audit, data, demo, features, model, monitor, report, rollout, score, serve, train
 from churnops.errors import ChurnOpsError
+from churnops.processes import single_process_metrics
 
 GROUPS = (demo, data, features, train, model, score, audit, monitor, rollout, report)
 
@@ -69,6 +70,7 @@ def configure_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    single_process_metrics()  # before anything imports Feast (see churnops.processes)
     words = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(words).parse_args(words)
     configure_logging(args.verbose)
