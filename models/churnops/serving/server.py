@@ -7,6 +7,7 @@ in the cluster image behind an InferenceService (Redis, PostgreSQL audit).
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import os
@@ -356,6 +357,10 @@ def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
         split += f", canary v{table.canary} at {table.weight}%" if table.canary else ""
         served.append(f"{router.name} (routed by {router.watcher.path}: {split})")
     print(f"ChurnOps predictor on http://{cfg.host}:{cfg.http_port}: " + ", ".join(served), flush=True)
+    # Everything loaded so far (libraries, models, explainers) lives as long as the server: leave it out of
+    # the collector's full passes, which otherwise walk it all and stall every request (and probe) meanwhile.
+    gc.collect()
+    gc.freeze()
     try:
         server.start([])
     finally:
