@@ -15,7 +15,15 @@ from dataclasses import replace
 
 from churnops_contract import metrics as m
 from churnops_contract import policy
-from churnops_contract.queries import VersionQueries, drift_verdict, selector, unattributed_errors, version_queries
+from churnops_contract.queries import (
+    VersionQueries,
+    bucket_counts,
+    drift_verdict,
+    samples,
+    selector,
+    unattributed_errors,
+    version_queries,
+)
 from churnops_operator.decisions.analysis import Observation, VersionSample
 from churnops_operator.http import ExternalError, JsonClient
 
@@ -31,13 +39,7 @@ class Prometheus:
             answer = await self.http.request("GET", "/api/v1/query", params={"query": expr, "time": f"{at:.3f}"})
         if answer.get("status") != "success":
             raise ExternalError("prometheus", 200, f"{answer.get('errorType')}: {answer.get('error')}")
-        data = answer.get("data") or {}
-        if data.get("resultType") == "scalar":
-            return {"": float(data["result"][1])}
-        out: dict[str, float] = {}
-        for sample in data.get("result") or []:
-            out[(sample.get("metric") or {}).get("le", "")] = float(sample["value"][1])
-        return out
+        return samples(answer.get("data") or {})
 
     async def scalar(self, expr: str, at: float, notes: list[str]) -> float | None:
         """One number, or None (with a note) when empty, NaN, infinite or failing."""
@@ -61,14 +63,10 @@ class Prometheus:
         except ExternalError as e:
             notes.append(f"query failed: {e.message[:160]}")
             return None
-        if not values:
-            return None
-        ordered = sorted(values.items(), key=lambda kv: math.inf if kv[0] == "+Inf" else float(kv[0]))
-        cumulative = [v for _, v in ordered]
-        if not all(math.isfinite(v) for v in cumulative):
+        counts = bucket_counts(values)
+        if counts is None and values:
             notes.append("score histogram has NaN buckets")
-            return None
-        return tuple(max(b - a, 0.0) for a, b in zip([0.0, *cumulative[:-1]], cumulative, strict=True))
+        return counts
 
     async def sample(self, q: VersionQueries, at: float, notes: list[str]) -> VersionSample:
         """All of one version's figures, queried concurrently (a hanging Prometheus costs one timeout, not ten)."""

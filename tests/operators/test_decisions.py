@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from churnops_contract import policy
-from churnops_contract.queries import latency_le
+from churnops_contract.queries import bucket_counts, latency_le, samples
 from churnops_operator.decisions import analysis, retraining, rollout, serving
 from churnops_operator.decisions.analysis import Observation, VersionSample
 from churnops_operator.decisions.rollout import RolloutStatus
@@ -307,3 +307,22 @@ def test_drift_follows_the_predictors_verdict_and_falls_back_to_the_worst_score(
     assert drifted(0.0, 0.9, 0.2) is False  # one large score among 116 features is not a drifted window
     assert drifted(None, 0.3, 0.2) is True and drifted(None, 0.1, 0.2) is False
     assert drifted(None, None, 0.2) is None
+
+
+def test_prometheus_answers_are_read_one_way_for_the_operator_and_the_runner() -> None:
+    vector = {
+        "resultType": "vector",
+        "result": [
+            {"metric": {"le": "+Inf"}, "value": [0, "10"]},
+            {"metric": {"le": "0.5"}, "value": [0, "4"]},
+            {"metric": {"version": "3"}, "value": [0, "7"]},
+            {"metric": {}, "value": [0, "1"]},
+        ],
+    }
+    assert samples(vector) == {"+Inf": 10.0, "0.5": 4.0, "": 1.0}  # without an le label the key is "": the last one wins
+    assert samples(vector, ("le", "version"))["3"] == 7.0
+    assert samples({"resultType": "scalar", "result": [0, "2.5"]}) == {"": 2.5}
+    assert bucket_counts({"+Inf": 10.0, "0.5": 4.0, "0.1": 1.0}) == (1.0, 3.0, 6.0)  # ordered by le, +Inf last
+    assert bucket_counts({"0.1": 5.0, "+Inf": 3.0}) == (5.0, 0.0)  # a reset mid-window never gives a negative count
+    assert bucket_counts({}) is None
+    assert bucket_counts({"0.1": math.nan, "+Inf": 1.0}) is None

@@ -25,7 +25,7 @@ from dataclasses import replace
 from churnops.errors import UnavailableError
 from churnops.rollout import metrics as rm
 from churnops_contract import metrics as m
-from churnops_contract.queries import by_version, unattributed_errors, version_queries
+from churnops_contract.queries import bucket_counts, by_version, samples, unattributed_errors, version_queries
 from churnops_operator.decisions.analysis import Observation, VersionSample
 
 
@@ -48,14 +48,7 @@ class PrometheusMetrics:
             raise UnavailableError(f"Prometheus at {self.url}: {e}", field="--prometheus-url") from None
         if answer.get("status") != "success":
             raise UnavailableError(f"Prometheus refused {expr!r}: {answer.get('error')}", field="--prometheus-url")
-        data = answer.get("data") or {}
-        if data.get("resultType") == "scalar":
-            return {"": float(data["result"][1])}
-        out: dict[str, float] = {}
-        for sample in data.get("result") or []:
-            labels = sample.get("metric") or {}
-            out[labels.get("le", labels.get(m.LABEL_VERSION, ""))] = float(sample["value"][1])
-        return out
+        return samples(answer.get("data") or {}, ("le", m.LABEL_VERSION))
 
     def scalar(self, expr: str, at: float, notes: list[str], empty: float | None = None) -> float | None:
         """One number; ``empty`` when the answer has no sample; None (with a note) when the query fails or gives NaN."""
@@ -79,10 +72,7 @@ class PrometheusMetrics:
         except UnavailableError as e:
             notes.append(str(e))
             return None
-        if not values or not all(math.isfinite(v) for v in values.values()):
-            return None
-        cumulative = [v for _, v in sorted(values.items(), key=lambda kv: math.inf if kv[0] == rm.INF else float(kv[0]))]
-        return tuple(max(b - a, 0.0) for a, b in zip([0.0, *cumulative], cumulative, strict=False))
+        return bucket_counts(values)
 
     def scrape(self, model: str, now: float) -> rm.Scrape:
         """The served versions and the drift verdicts (no counters: the windows are queried)."""

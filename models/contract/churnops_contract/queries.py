@@ -11,7 +11,9 @@ nothing).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from churnops_contract import metrics as m
 
@@ -91,3 +93,25 @@ def drift_verdict(model: str, version: str) -> str:
 def by_version(name: str, model: str) -> str:
     """A gauge of every version of the model, one sample per version."""
     return f'max by ({m.LABEL_VERSION}) ({name}{{{m.LABEL_MODEL}="{quote(model)}"}})'
+
+
+# --- reading the answers ---------------------------------------------------------------------------------------
+
+
+def samples(data: Mapping[str, Any], keys: Sequence[str] = ("le",)) -> dict[str, float]:
+    """An instant query's ``data`` as values keyed by the first of ``keys`` each sample carries ("" when none)."""
+    if data.get("resultType") == "scalar":
+        return {"": float(data["result"][1])}
+    out: dict[str, float] = {}
+    for sample in data.get("result") or []:
+        labels = sample.get("metric") or {}
+        out[next((labels[k] for k in keys if k in labels), "")] = float(sample["value"][1])
+    return out
+
+
+def bucket_counts(cumulative: Mapping[str, float]) -> tuple[float, ...] | None:
+    """Per-bucket counts in ``le`` order from a histogram's cumulative buckets; None when empty or not finite."""
+    if not cumulative or not all(math.isfinite(v) for v in cumulative.values()):
+        return None
+    ordered = [v for _, v in sorted(cumulative.items(), key=lambda kv: math.inf if kv[0] == "+Inf" else float(kv[0]))]
+    return tuple(max(b - a, 0.0) for a, b in zip([0.0, *ordered[:-1]], ordered, strict=True))
