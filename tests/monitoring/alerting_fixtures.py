@@ -20,9 +20,10 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from churnops_contract import metrics as c
+from tests.support import waiting
 
 MONITORING = Path(__file__).resolve().parents[2] / "manifests" / "monitoring"
 RULES = MONITORING / "rules" / "churnops.rules.yaml"
@@ -69,16 +71,8 @@ def get_json(url: str) -> Any:
         return json.loads(r.read())
 
 
-def poll(what: str, check: Callable[[], Any], deadline_s: float = 90.0, every_s: float = 0.5) -> Any:
-    """``check()`` until it returns something truthy; fails with its last answer after a generous deadline."""
-    end = time.monotonic() + deadline_s
-    last: Any = None
-    while time.monotonic() < end:
-        last = check()
-        if last:
-            return last
-        time.sleep(every_s)
-    pytest.fail(f"{what} did not happen within {deadline_s:g} s; last answer: {last!r}")
+# Prometheus evaluates rules on its own clock: poll more slowly, give up sooner than the predictor tests.
+poll = partial(waiting.poll, deadline_s=90.0, every_s=0.5)
 
 
 # --- metric names in PromQL ------------------------------------------------------------------------------

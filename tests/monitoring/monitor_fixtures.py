@@ -20,8 +20,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,15 +214,3 @@ def send(predictor: Predictor, rows: pd.DataFrame, ids: Sequence[int] | None = N
             assert r.status_code == 200, r.text[:500]
             out += r.json()["predictions"]
     return out
-
-
-def poll(what: str, check: Callable[[], Any], deadline_s: float = 120.0, every_s: float = 0.3) -> Any:
-    """``check()`` until it returns something truthy; fails with its last answer after a generous deadline."""
-    end = time.monotonic() + deadline_s
-    last: Any = None
-    while time.monotonic() < end:
-        last = check()
-        if last:
-            return last
-        time.sleep(every_s)
-    pytest.fail(f"{what} did not happen within {deadline_s:g} s; last answer: {last!r}")

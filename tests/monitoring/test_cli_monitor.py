@@ -31,13 +31,13 @@ from tests.monitoring.monitor_fixtures import (
     Predictor,
     Traffic,
     monitored_fixture,  # noqa: F401 - fixtures used by name
-    poll,
     predictor_fixture,  # noqa: F401
     send,
     served_data_fixture,  # noqa: F401
     traffic_fixture,  # noqa: F401
     write_predictions,
 )
+from tests.support.waiting import poll
 
 T = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 AROUND_T = ["--since", "2026-05-01T11:00:00Z", "--until", "2026-05-01T13:00:00Z"]

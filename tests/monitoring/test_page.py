@@ -35,11 +35,11 @@ from tests.monitoring.monitor_fixtures import (
     Monitored,
     Traffic,
     monitored_fixture,  # noqa: F401 - fixtures used by name
-    poll,
     traffic_fixture,  # noqa: F401
     write_predictions,
 )
 from tests.support.browser import chromium
+from tests.support.waiting import poll
 
 CHAMPION_ROWS, CHALLENGER_ROWS, MORE_ROWS = 400, 300, 250
 

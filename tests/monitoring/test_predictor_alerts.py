@@ -26,12 +26,12 @@ from tests.monitoring.monitor_fixtures import (
     Predictor,
     Traffic,
     monitored_fixture,  # noqa: F401 - fixtures used by name
-    poll,
     predictor_fixture,  # noqa: F401
     send,
     served_data_fixture,  # noqa: F401
     traffic_fixture,  # noqa: F401
 )
+from tests.support.waiting import poll
 
 ALERT = "ChurnOpsDriftDetected"
 NORMAL_ROWS = 600  # above the drift policy's 200-prediction minimum for a verdict
