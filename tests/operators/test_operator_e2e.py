@@ -101,8 +101,9 @@ def test_healthy_canary_is_promoted_through_every_step(k8s: Cluster, model: str)
     assert seen == [5, 25, 50, 100], f"KServe canary percentages seen: {seen}"
     assert (k8s.isvc("churn") or {})["metadata"]["labels"]["churnops.io/model-version"] == "2"
     k8s.wait("champion alias moved", lambda: k8s.alias(model, "champion") == "2")
-    tags = k8s.version_tags(model, "2")
-    assert "passed every step" in tags["promotion_reason"]
+    # The operator writes the alias first and the tags after it; wait for the last write.
+    k8s.wait("promotion recorded in MLflow", lambda: "replaced_by" in k8s.version_tags(model, "1"))
+    assert "passed every step" in k8s.version_tags(model, "2")["promotion_reason"]
     assert k8s.version_tags(model, "1")["replaced_by"] == "2"
     status = k8s.status("churn")
     assert status["history"][-1]["event"] == "Promoted"
