@@ -74,7 +74,7 @@ class Analysis:
     max_error_rate: float = 0.01  # canary error rate may exceed the stable's by at most this
     max_latency_p95_ms: float = 100.0  # at most 5 % of canary requests slower than this
     max_score_psi: float = 0.2  # PSI between the canary's and the stable's score histograms
-    min_auc_delta: float = -0.02  # canary AUC minus stable AUC, once delayed labels exist
+    min_auc_delta: float = -0.03  # the AUC drop (canary minus stable) the sequential test must catch, once labels exist
     min_labelled: int = 200  # labelled predictions per model before AUC is judged
     false_rollback_rate: float = 0.01  # the sequential tests' total type-I error over all looks
 
@@ -220,7 +220,7 @@ def _rollout(raw: Mapping[str, Any]) -> Rollout:
         max_error_rate=_number(a, "maxErrorRate", 0.01, ap, 0.0, 1.0),
         max_latency_p95_ms=_number(a, "maxLatencyP95Ms", 100.0, ap, 0.001, None),
         max_score_psi=_number(a, "maxScorePSI", 0.2, ap, 0.0, None),
-        min_auc_delta=_number(a, "minAUCDelta", -0.02, ap, -1.0, 1.0),
+        min_auc_delta=_number(a, "minAUCDelta", -0.03, ap, -1.0, -0.001),
         min_labelled=_integer(a, "minLabelled", 200, ap, 1),
         false_rollback_rate=_number(a, "falseRollbackRate", 0.01, ap, 1e-6, 0.5),
     )

@@ -2,10 +2,12 @@
 
 Part 1 replays the same seeded metric streams through two rules:
 - ChurnOps: the operator's own ``analysis.judge`` on counts accumulated since the
-  analysis began (sequential tests valid under repeated looks);
+  analysis began (sequential tests valid under repeated looks), fed to its own
+  rollout state machine (``rollout.decide``: steps, holds, progress deadline);
 - Flagger-style: each check compares the last interval's error rate, p95
   latency, score PSI and AUC delta with the same limits (fixed thresholds).
-Both use the same steps, interval, minSamples and failureThreshold. A stream is
+Both use the same steps, interval, minSamples and failureThreshold; a labelled
+replay gives every prediction its label at once (the best case for the AUC check). A stream is
 a rollout's per-interval traffic: requests split by the canary weight, errors,
 latencies, calibrated scores and, for a labelled replay, churn labels. It prints
 the false-rollback rate for a canary equal to the stable model and the
@@ -38,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from churnops_contract import metrics as m
 from churnops_contract.queries import latency_le
-from churnops_operator.decisions import analysis
+from churnops_operator.decisions import analysis, rollout
 from churnops_operator.decisions.analysis import Observation, VersionSample
-from churnops_operator.spec import Analysis
+from churnops_operator.decisions.rollout import RolloutStatus
+from churnops_operator.spec import Analysis, DeploymentSpec, parse
 from tests.operators.fakes import FakeKFP, FakeMLflow, FakePrometheus, Traffic
 from tests.operators.harness import MD_PATH, NS, crd_defaults, prepare
 from tests.operators.kubemock import ADMIN_TOKEN, KubeServer
@@ -49,6 +52,7 @@ STEPS = (5, 25, 50, 100)
 INTERVAL_S = 300.0
 FAILURE_THRESHOLD = 2
 MIN_SAMPLES = 200
+HORIZON = 40  # intervals per simulated rollout: past the 1 h progress deadline at the last step
 STABLE_AUC = 0.85
 CHURN_RATE = 0.2
 SCORE_EDGES = np.array([0.0, *m.SCORE_BUCKETS[:-1], np.inf])
@@ -146,73 +150,101 @@ def flagger_check(a: Analysis, c: VersionSample, s: VersionSample) -> bool:
     return c.auc is not None and s.auc is not None and (c.labelled or 0) >= a.min_labelled and c.auc - s.auc < a.min_auc_delta
 
 
-def rollout(rng: np.random.Generator, sc: Scenario, a: Analysis, labelled: bool, rate: float) -> tuple[bool, bool]:
-    """(ChurnOps rolled back, Flagger-style rolled back) on one stream."""
-    state = {"ours": [0, 0, False], "flagger": [0, 0, False]}  # step, failed checks, finished
-    rolled = {"ours": False, "flagger": False}
-    history: dict[str, list[tuple[Window, Window]]] = {"ours": [], "flagger": []}
-    step_windows: dict[str, list[Window]] = {"ours": [], "flagger": []}
-    for look in range(1, 4 * len(STEPS) + 1):
-        for rule in ("ours", "flagger"):
-            step, failed, done = state[rule]
-            if done:
-                continue
-            weight = STEPS[step] / 100.0
-            total = rng.poisson(rate * INTERVAL_S)
-            nc = rng.binomial(total, weight)
-            c = traffic(rng, nc, sc.canary_error_rate, sc.canary_auc)
-            s = traffic(rng, total - nc, 0.001, STABLE_AUC)
-            history[rule].append((c, s))
-            step_windows[rule].append(c)
-            step_n = sum(w.n for w in step_windows[rule])
-            if rule == "ours":
-                obs = Observation(
-                    summarize([h[0] for h in history[rule]], a.max_latency_p95_ms, labelled),
-                    summarize([h[1] for h in history[rule]], a.max_latency_p95_ms, labelled),
-                    float(step_n),
-                    look,
-                )
-                verdict = analysis.judge(a, obs, MIN_SAMPLES)
-                bad = verdict.outcome == "fail"
-                ok = verdict.outcome == "pass" and step_n >= MIN_SAMPLES
-            else:
-                bad = step_n >= MIN_SAMPLES and flagger_check(
-                    a, summarize([c], a.max_latency_p95_ms, labelled), summarize([s], a.max_latency_p95_ms, labelled)
-                )
-                ok = not bad and step_n >= MIN_SAMPLES
-            if bad:
-                failed += 1
-                if failed >= FAILURE_THRESHOLD:
-                    rolled[rule], done = True, True
-            elif ok:
-                step += 1
-                step_windows[rule] = []
-                if step == len(STEPS):
-                    done = True
-            state[rule] = [step, failed, done]
-    return rolled["ours"], rolled["flagger"]
+@dataclass
+class Result:
+    rolled_back: bool = False
+    promoted: bool = False
+    intervals: int = 0  # until the rollout ended (or the horizon)
+
+
+def ours(rng: np.random.Generator, sc: Scenario, spec: DeploymentSpec, labelled: bool, rate: float) -> Result:
+    """One rollout through the operator's own state machine (``rollout.decide``) and ``analysis.judge``."""
+    now = 0.0
+    st = rollout.decide(spec, RolloutStatus(stable="1"), "2", now).status
+    st = rollout.traffic_applied(st, now)
+    seen: list[tuple[Window, Window, float]] = []  # canary, stable, interval end
+    limit = spec.rollout.analysis.max_latency_p95_ms
+    for look in range(1, HORIZON + 1):
+        now += INTERVAL_S
+        total = rng.poisson(rate * INTERVAL_S)
+        nc = rng.binomial(total, st.weight / 100.0)
+        seen.append((traffic(rng, nc, sc.canary_error_rate, sc.canary_auc), traffic(rng, total - nc, 0.001, STABLE_AUC), now))
+        assert st.step_started is not None
+        step_n = sum(c.n for c, _, end in seen if end > st.step_started)
+        obs = Observation(
+            summarize([c for c, _, _ in seen], limit, labelled), summarize([x for _, x, _ in seen], limit, labelled), step_n, look
+        )
+        st = rollout.decide(spec, st, "2", now, analysis.judge(spec.rollout.analysis, obs, spec.rollout.min_samples)).status
+        if st.canary is None:
+            return Result(rolled_back=st.phase == "RolledBack", promoted=st.stable == "2", intervals=look)
+    return Result(intervals=HORIZON)
+
+
+def flagger(rng: np.random.Generator, sc: Scenario, a: Analysis, labelled: bool, rate: float) -> Result:
+    """One rollout judged by fixed thresholds on the last interval, with the same steps and failure threshold."""
+    step = failed = 0
+    step_windows: list[Window] = []
+    for look in range(1, HORIZON + 1):
+        total = rng.poisson(rate * INTERVAL_S)
+        nc = rng.binomial(total, STEPS[step] / 100.0)
+        c = traffic(rng, nc, sc.canary_error_rate, sc.canary_auc)
+        s = traffic(rng, total - nc, 0.001, STABLE_AUC)
+        step_windows.append(c)
+        step_n = sum(w.n for w in step_windows)
+        if step_n < MIN_SAMPLES:
+            continue
+        if flagger_check(a, summarize([c], a.max_latency_p95_ms, labelled), summarize([s], a.max_latency_p95_ms, labelled)):
+            failed += 1
+            if failed >= FAILURE_THRESHOLD:
+                return Result(rolled_back=True, intervals=look)
+            continue
+        step, step_windows = step + 1, []
+        if step == len(STEPS):
+            return Result(promoted=True, intervals=look)
+    return Result(intervals=HORIZON)
 
 
 def bench_verdicts(runs: int, seed: int, rate: float) -> None:
     print(f"== Verdicts: {runs} rollouts per scenario; steps {STEPS}, {INTERVAL_S:.0f} s interval, {rate:g} req/s,")
-    print(f"   minSamples {MIN_SAMPLES}, failureThreshold {FAILURE_THRESHOLD}, limits as the CRD defaults unless noted")
-    for labelled, delta in ((False, -0.02), (True, -0.02), (True, 0.0)):
-        a = Analysis(min_auc_delta=delta)
-        what = f"labelled replay, minAUCDelta {delta:g}" if labelled else "no labels yet (AUC pending)"
+    print(f"   minSamples {MIN_SAMPLES}, failureThreshold {FAILURE_THRESHOLD}, limits as the CRD defaults unless noted;")
+    print(f"   ChurnOps runs the operator's state machine (progress deadline 1 h); both stop at {HORIZON} intervals")
+    for labelled, delta in ((False, None), (True, None), (True, -0.02)):
+        over = {} if delta is None else {"analysis": {"minAUCDelta": delta}}
+        spec = parse(
+            {
+                "model": {"version": "2"},
+                "featureService": "f",
+                "rollout": {
+                    "steps": list(STEPS),
+                    "minSamples": MIN_SAMPLES,
+                    "failureThreshold": FAILURE_THRESHOLD,
+                    "interval": f"{INTERVAL_S:.0f}s",
+                    **over,
+                },
+            }
+        )
+        a = spec.rollout.analysis
+        what = f"labelled replay, minAUCDelta {a.min_auc_delta:g}" if labelled else "no labels yet (AUC pending)"
         print(f"-- {what}")
-        print(f"   {'scenario':<18} {'ChurnOps (sequential)':<23} {'Flagger-style (fixed)':<23}   goal")
+        print(f"   {'scenario':<18} {'ChurnOps (sequential)':<30} {'Flagger-style (fixed)':<30}   goal")
         for sc in SCENARIOS:
             if not labelled and sc.canary_auc != STABLE_AUC:
                 continue
             rng = np.random.default_rng(seed)
-            ours = flagger = 0
-            for _ in range(runs):
-                o, f = rollout(rng, sc, a, labelled, rate)
-                ours += o
-                flagger += f
+            mine = [ours(rng, sc, spec, labelled, rate) for _ in range(runs)]
+            rng = np.random.default_rng(seed)
+            theirs = [flagger(rng, sc, a, labelled, rate) for _ in range(runs)]
             kind = "false rollbacks" if sc.name == "equal to stable" else "detected"
             goal = "<= 2 %" if kind == "false rollbacks" else ">= 95 %"
-            print(f"   {sc.name:<18} {ours / runs:>7.1%} {kind:<15} {flagger / runs:>7.1%} {kind:<15}   {goal}")
+            print(f"   {sc.name:<18} {_rate(mine, kind):<30} {_rate(theirs, kind):<30}   {goal}")
+        print(f"   {'':<18} {'(median intervals to the end; undecided at the horizon)'}")
+
+
+def _rate(results: list[Result], kind: str) -> str:
+    share = sum(r.rolled_back for r in results) / len(results)
+    median = float(np.median([r.intervals for r in results]))
+    open_ = sum(not (r.rolled_back or r.promoted) for r in results)
+    return f"{share:>6.1%} {kind} ({median:g}; {open_})"
 
 
 # --- Part 2: the operator process against kmock -----------------------------------------------------------

@@ -48,6 +48,7 @@ def obs(c: VersionSample, s: VersionSample | None = None, look: int = 1, step: f
         ({"rollout": {"interval": "5 minutes"}}, "spec.rollout.interval"),
         ({"rollout": {"analysis": {"maxErrorRate": 2}}}, "spec.rollout.analysis.maxErrorRate"),
         ({"rollout": {"analysis": {"maxErrorRate": float("nan")}}}, "spec.rollout.analysis.maxErrorRate"),
+        ({"rollout": {"analysis": {"minAUCDelta": 0}}}, "spec.rollout.analysis.minAUCDelta"),
         ({"serving": {"mode": "Standard"}}, "spec.serving.gateway"),
         ({"serving": {"minReplicas": 5, "maxReplicas": 2}}, "spec.serving"),
         ({"monitoring": {"drift": {"methods": ["wasserstein"]}}}, "spec.monitoring.drift.methods[0]"),
@@ -109,6 +110,34 @@ def test_auc_is_pending_without_labels_and_judged_with_them() -> None:
     assert analysis.judge(a, worse, 200).outcome == "fail"
     same = obs(sample(auc=0.85, labelled=20000, positive_rate=0.2), sample(20000, auc=0.85, labelled=20000, positive_rate=0.2))
     assert analysis.judge(a, same, 200).outcome == "pass"
+
+
+def labelled(auc: float, n: float) -> VersionSample:
+    return sample(n, auc=auc, labelled=n, positive_rate=0.2)
+
+
+def test_auc_test_fails_passes_or_stays_undecided_between_its_two_hypotheses() -> None:
+    a = Analysis()  # minAUCDelta -0.03: "as good as stable" against "0.03 worse"
+
+    def outcome(canary_auc: float, n: float) -> analysis.MetricResult:
+        results = analysis.judge(a, obs(labelled(canary_auc, n), labelled(0.85, n)), 200).results
+        return {r.name: r for r in results}["auc_delta"]
+
+    assert outcome(0.82, 20000).outcome == "fail" and outcome(0.85, 20000).outcome == "pass"
+    # 2,000 labels each cannot tell 0 from -0.03 apart: neither boundary is crossed.
+    few_worse, few_same = outcome(0.835, 2000), outcome(0.85, 2000)
+    assert few_worse.outcome == few_same.outcome == "undecided"
+    assert few_worse.evidence > 0 and few_same.evidence == 0  # leaning toward "worse", and toward "as good"
+    verdict = analysis.judge(a, obs(labelled(0.835, 2000), labelled(0.85, 2000)), 200)
+    assert verdict.outcome == "pass" and not verdict.conclusive and verdict.leans_worse and "auc_delta undecided" in verdict.reason
+    # A canary beyond the drop to catch never passes; one between the hypotheses goes the nearer way.
+    assert outcome(0.80, 200_000).outcome == "fail" and outcome(0.84, 200_000).outcome == "pass"
+    assert outcome(0.825, 200_000).outcome == "fail"
+
+
+def test_wald_log_lr_is_zero_halfway_and_symmetric() -> None:
+    assert analysis.wald_log_lr(-0.015, 1e-4, -0.03) == pytest.approx(0.0)
+    assert analysis.wald_log_lr(0.0, 1e-4, -0.03) == pytest.approx(-analysis.wald_log_lr(-0.03, 1e-4, -0.03))
 
 
 @pytest.mark.parametrize("missing", ["requests", "errors", "slow", "score_buckets"])
@@ -209,6 +238,42 @@ def test_no_traffic_past_the_progress_deadline_counts_as_failures() -> None:
     assert st.failed_checks == 0
     st = rollout.decide(s, st, "2", 800.0, wait).status
     assert st.failed_checks == 1 and "progress deadline" in st.message
+
+
+def undecided(worse: bool) -> analysis.Verdict:
+    auc = analysis.MetricResult("auc_delta", "undecided", 0.84, 0.85, -0.03, 0.4 if worse else 0.0, "AUC undecided")
+    return analysis.Verdict("pass", 5000, 1000, (auc,), "all judged metrics within limits; auc_delta undecided")
+
+
+def at_last_step(s: Any) -> RolloutStatus:
+    st, now = started(s), 100.0
+    while st.weight < 100:
+        now += 300
+        st = rollout.decide(s, st, "2", now, undecided(worse=True)).status  # undecided AUC lets the steps pass
+    return st
+
+
+def test_an_undecided_auc_holds_the_promotion_until_it_decides() -> None:
+    s = spec()
+    st = at_last_step(s)
+    assert st.weight == 100 and st.step_started == 1000.0
+    held = rollout.decide(s, st, "2", 1300.0, undecided(worse=False)).status
+    assert held.canary == "2" and held.weight == 100 and held.failed_checks == 0 and "holding at 100%" in held.message
+    assert rollout.decide(s, held, "2", 1600.0, passing()).status.stable == "2"
+
+
+@pytest.mark.parametrize(("worse", "stable", "failed"), [(True, "1", 1), (False, "2", 0)])
+def test_at_the_progress_deadline_the_likelier_hypothesis_settles_an_undecided_auc(worse: bool, stable: str, failed: int) -> None:
+    s = spec(rollout={"progressDeadline": "10m"})
+    st = at_last_step(s)
+    st = rollout.decide(s, st, "2", st.step_started + 300, undecided(worse)).status  # type: ignore[operator]
+    assert st.canary == "2" and st.failed_checks == 0
+    t = rollout.decide(s, st, "2", st.step_started + 600, undecided(worse))  # type: ignore[operator]
+    assert t.status.stable == stable and t.status.failed_checks == failed
+    if worse:
+        assert "lean to worse" in t.status.message
+    else:
+        assert "settled at the progress deadline" in t.status.history[-1]["reason"]
 
 
 def test_spec_change_restarts_the_analysis_as_a_new_rollout() -> None:

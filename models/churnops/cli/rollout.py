@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.add_argument("--max-error-rate", type=float, default=None, help="allowed excess of the canary's 5xx rate over the stable's")
     g.add_argument("--max-latency-p95-ms", type=float, default=None, help="p95 latency objective of the canary")
     g.add_argument("--max-score-psi", type=float, default=None, help="allowed PSI between the two versions' score histograms")
-    g.add_argument("--min-auc-delta", type=float, default=None, help="canary AUC minus stable AUC, once delayed labels exist")
+    g.add_argument("--min-auc-delta", type=float, default=None, help="AUC drop (negative) a rollout must catch, once labels exist")
     g.add_argument("--no-auto-promote", action="store_true", help="do not roll out challengers from retraining runs by themselves")
     g.add_argument("--retry", action="store_true", help="allow a version that was rolled back before")
     r = start.add_argument_group("monitoring and retraining")

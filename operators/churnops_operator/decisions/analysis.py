@@ -6,12 +6,20 @@ is as good as the stable model whenever noise crosses the line once, and the
 more looks, the likelier that is. Here every check is a sequential test whose
 false-alarm probability over *all* looks is bounded:
 
-- error rate, latency and AUC use a mixture sequential probability ratio test
+- error rate and latency use a mixture sequential probability ratio test
   (mSPRT; Johari, Pekelis and Walsh, "Always valid inference", 2017): the
   estimate ``d`` with variance ``V`` is compared with the boundary ``d0`` of the
   null hypothesis through ``L = sqrt(V / (V + t^2)) * exp(t^2 (d - d0)^2 / (2 V (V + t^2)))``
   for a normal mixture of scale ``t``; under the null, ``P(L ever >= 1/a) <= a``
   (Ville's inequality), so the test may look after every request;
+- the AUC difference uses Wald's sequential probability ratio test between
+  "as good as stable" (difference 0) and "worse by ``min_auc_delta``", with the
+  normal likelihood of the estimate: ``log L = m (d - m/2) / V``. It fails at
+  ``log((1 - b) / a)`` and passes at ``log(b / (1 - a))``, ``b = MISS_RATE``,
+  and stays *undecided* in between. A test of "within the limit" alone would
+  need the canary's own AUC to be known to within the gap between the limit
+  and the true drop; the two-sided test instead stops as soon as either
+  hypothesis is clearly the likelier one, which a rollout's labels can show;
 - the score PSI has no likelihood ratio; its check spends the error budget over
   looks (``a_j = a * 6 / (pi^2 j^2)``, summing to ``a``) on a normal bound of the
   bias-corrected PSI.
@@ -20,7 +28,8 @@ Decision rule: a check *fails* when a test rejects "the canary is within its
 limit" or when a metric it needs is missing, empty, NaN or erroring (never
 counted as success); it *passes* when every required metric is present and no
 test rejects; it *waits* while the canary has fewer than ``min_samples``
-requests. The budget ``false_rollback_rate`` is split evenly over the four
+requests. An undecided AUC passes a step but not the promotion: the rollout
+machine keeps the canary at its last step until the test decides. The budget ``false_rollback_rate`` is split evenly over the four
 metrics (Bonferroni). AUC is judged only once both models have
 ``min_labelled`` delayed labels; before that it is reported as pending.
 """
@@ -34,10 +43,11 @@ from typing import Literal
 
 from churnops_operator.spec import Analysis
 
-Outcome = Literal["pass", "fail", "unavailable", "pending"]
+Outcome = Literal["pass", "fail", "unavailable", "pending", "undecided"]
 CheckOutcome = Literal["pass", "fail", "wait"]
 METRICS = ("error_rate", "latency", "score_psi", "auc")
 SLOW_SHARE = 0.05  # p95 <= limit  <=>  at most 5 % of requests slower than the limit
+MISS_RATE = 0.05  # the AUC test's chance of passing a canary exactly min_auc_delta worse (Wald's beta)
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,16 @@ class Verdict:
     step_samples: int
     results: tuple[MetricResult, ...] = field(default=())
     reason: str = ""
+
+    @property
+    def conclusive(self) -> bool:
+        """No test is still undecided; a promotion needs this, a step does not."""
+        return all(r.outcome != "undecided" for r in self.results)
+
+    @property
+    def leans_worse(self) -> bool:
+        """An undecided test finds "worse" the likelier hypothesis (how the rollout settles it at its deadline)."""
+        return any(r.outcome == "undecided" and r.evidence > 0 for r in self.results)
 
     def figures(self) -> dict[str, object]:
         """The verdict for status and events: figures rounded for people."""
@@ -210,9 +230,16 @@ def auc(c: VersionSample, s: VersionSample, a: Analysis, alpha: float) -> Metric
         neg = max(sample.labelled - pos, 1.0)
         variances.append(auc_variance(min(max(sample.auc, 0.5), 0.999), pos, neg))
     delta = c.auc - s.auc
-    ev = _evidence(delta, sum(variances), limit, max(abs(limit), 0.02), alpha, worse_if_above=False)
-    outcome: Outcome = "fail" if ev >= 1.0 else "pass"
-    return MetricResult(name, outcome, c.auc, s.auc, limit, ev, f"AUC canary {c.auc:.4f} vs stable {s.auc:.4f}")
+    log_lr = wald_log_lr(delta, sum(variances), limit)
+    fail_at, pass_at = math.log((1.0 - MISS_RATE) / alpha), math.log(MISS_RATE / (1.0 - alpha))
+    outcome: Outcome = "fail" if log_lr >= fail_at else "pass" if log_lr <= pass_at else "undecided"
+    detail = f"AUC canary {c.auc:.4f} vs stable {s.auc:.4f}; log LR {log_lr:.2f} (fails at {fail_at:.2f}, passes at {pass_at:.2f})"
+    return MetricResult(name, outcome, c.auc, s.auc, limit, max(log_lr, 0.0) / fail_at, detail)
+
+
+def wald_log_lr(estimate: float, variance: float, worse: float) -> float:
+    """log of Wald's likelihood ratio of "difference = worse" against "difference = 0" for ``estimate ~ N(difference, variance)``."""
+    return worse * (estimate - worse / 2.0) / max(variance, 1e-12)
 
 
 def judge(a: Analysis, obs: Observation, min_samples: int) -> Verdict:
@@ -238,4 +265,8 @@ def judge(a: Analysis, obs: Observation, min_samples: int) -> Verdict:
         if obs.problems:
             reason += f" ({'; '.join(obs.problems)})"
         return Verdict("fail", int(samples), step, results, reason)
-    return Verdict("pass", int(samples), step, results, "all judged metrics within limits")
+    open_ = [r for r in results if r.outcome == "undecided"]
+    reason = "all judged metrics within limits"
+    if open_:
+        reason += "; " + "; ".join(f"{r.name} undecided: {r.detail}" for r in open_)
+    return Verdict("pass", int(samples), step, results, reason)

@@ -18,10 +18,14 @@ Rules:
   ``rollout_id``: the weight only ever rises within one); a new target during
   a canary replaces the canary;
 - each check that passes with ``min_samples`` requests in the current step
-  moves to the next step; passing at 100 % promotes;
+  moves to the next step; passing at the last step promotes, once no test is
+  undecided (the AUC test, when labels exist) — until then the canary holds
+  its last step;
 - failed checks (a rejecting test, or a missing metric) accumulate;
-  ``failure_threshold`` of them roll back; a step still short of samples after
-  ``progress_deadline`` counts a failed check at every interval.
+  ``failure_threshold`` of them roll back; a step still short of samples
+  after ``progress_deadline`` counts a failed check at every interval; a last
+  step still undecided by then is settled for the likelier hypothesis (Wald's
+  truncated test): a failed check when "worse" is likelier, else promotion.
 """
 
 from __future__ import annotations
@@ -225,9 +229,19 @@ def _judge(spec: DeploymentSpec, st: RolloutStatus, verdict: Verdict, now: float
     st = replace(st, checks=st.checks + 1, last_check=now, last_verdict=figures)
     failed = verdict.outcome == "fail"
     reason = verdict.reason
+    final = st.step + 1 >= len(rollout.steps)
+    undecided = final and verdict.outcome == "pass" and not verdict.conclusive
     assert st.step_started is not None
-    if verdict.outcome == "wait" and now - st.step_started >= rollout.progress_deadline_s:
+    late = now - st.step_started >= rollout.progress_deadline_s
+    if verdict.outcome == "wait" and late:
         failed, reason = True, f"progress deadline passed: {reason}"
+    settled = ""
+    if undecided and late:  # Wald's truncated test: the likelier hypothesis wins at the deadline
+        undecided = False
+        if verdict.leans_worse:
+            failed, reason = True, f"progress deadline passed, undecided tests lean to worse: {reason}"
+        else:
+            settled = "; undecided tests settled at the progress deadline for as good as stable"
     if failed:
         st = replace(st, failed_checks=st.failed_checks + 1)
         if st.failed_checks >= rollout.failure_threshold:
@@ -237,17 +251,19 @@ def _judge(spec: DeploymentSpec, st: RolloutStatus, verdict: Verdict, now: float
     if verdict.outcome == "wait" or verdict.step_samples < rollout.min_samples:
         msg = f"waiting: {verdict.step_samples} of {rollout.min_samples} canary requests at {st.weight}%"
         return Transition(replace(st, message=msg))
-    if st.step + 1 >= len(rollout.steps):
-        return _promote(st, now, figures)
+    if undecided:
+        return Transition(replace(st, message=f"holding at {st.weight}% until every test decides: {reason}"))
+    if final:
+        return _promote(st, now, figures, settled)
     step = st.step + 1
     weight = rollout.steps[step]
     new = replace(st, step=step, weight=weight, step_started=now, message=f"check passed; canary at {weight}%")
     return Transition(new, (Event("Normal", "StepAdvanced", f"Canary {st.canary} passed at {st.weight}%; now {weight}%"),))
 
 
-def _promote(st: RolloutStatus, now: float, figures: dict[str, Any]) -> Transition:
+def _promote(st: RolloutStatus, now: float, figures: dict[str, Any], note: str = "") -> Transition:
     assert st.canary is not None
-    reason = f"passed every step in {st.checks} checks ({figures.get('samples')} canary requests)"
+    reason = f"passed every step in {st.checks} checks ({figures.get('samples')} canary requests){note}"
     new = replace(_steady(st), phase="Promoted", stable=st.canary, stable_slot=st.canary_slot, message=f"promoted {st.canary}")
     new = replace(new, history=_record(st, now, "Promoted", st.stable, st.canary, reason))
     return Transition(new, (Event("Normal", "Promoted", f"Version {st.canary} promoted over {st.stable}: {reason}"),))
