@@ -29,8 +29,9 @@ limit" or when a metric it needs is missing, empty, NaN or erroring (never
 counted as success); it *passes* when every required metric is present and no
 test rejects; it *waits* while the canary has fewer than ``min_samples``
 requests. An undecided AUC passes a step but not the promotion: the rollout
-machine keeps the canary at its last step until the test decides. The budget ``false_rollback_rate`` is split evenly over the four
-metrics (Bonferroni). AUC is judged only once both models have
+machine keeps the canary at its last step until the test decides. The
+budget ``false_rollback_rate`` is split evenly over the four metrics
+(Bonferroni). AUC is judged only once both models have
 ``min_labelled`` delayed labels; before that it is reported as pending.
 """
 
@@ -132,9 +133,9 @@ def msprt_log_lr(estimate: float, variance: float, null: float, tau: float) -> f
     return 0.5 * math.log(v / (v + t2)) + t2 * (estimate - null) ** 2 / (2.0 * v * (v + t2))
 
 
-def _evidence(estimate: float, variance: float, null: float, tau: float, alpha: float, worse_if_above: bool) -> float:
-    """log LR over log(1/alpha), counted only in the direction that means "worse"; >= 1 rejects."""
-    if (estimate > null) != worse_if_above or estimate == null:
+def _evidence(estimate: float, variance: float, null: float, tau: float, alpha: float) -> float:
+    """log LR over log(1/alpha), counted only above the null (more errors, more slow requests); >= 1 rejects."""
+    if estimate <= null:
         return 0.0
     return max(msprt_log_lr(estimate, variance, null, tau), 0.0) / math.log(1.0 / alpha)
 
@@ -153,7 +154,7 @@ def error_rate(c: VersionSample, s: VersionSample, a: Analysis, alpha: float) ->
         return MetricResult(name, "unavailable", None, None, limit, 0.0, "a model answered no requests in the window")
     pc, ps = min(c.errors / c.requests, 1.0), min(s.errors / s.requests, 1.0)
     var = _rate_var(c.errors, c.requests) + _rate_var(s.errors, s.requests)
-    ev = _evidence(pc - ps, var, limit, max(limit, 0.005), alpha, worse_if_above=True)
+    ev = _evidence(pc - ps, var, limit, max(limit, 0.005), alpha)
     outcome: Outcome = "fail" if ev >= 1.0 else "pass"
     return MetricResult(name, outcome, pc, ps, limit, ev, f"canary {pc:.4f} vs stable {ps:.4f}, allowed excess {limit:g}")
 
@@ -168,8 +169,8 @@ def latency(c: VersionSample, s: VersionSample, a: Analysis, alpha: float) -> Me
     qc, qs = c.slow / c.timed, s.slow / s.timed
     var_c = _rate_var(c.slow, c.timed)
     # Both must reject: the canary breaks the objective, and it is slower than the stable model.
-    above_objective = _evidence(qc, var_c, SLOW_SHARE, 0.05, alpha, worse_if_above=True)
-    above_stable = _evidence(qc - qs, var_c + _rate_var(s.slow, s.timed), 0.0, 0.05, alpha, worse_if_above=True)
+    above_objective = _evidence(qc, var_c, SLOW_SHARE, 0.05, alpha)
+    above_stable = _evidence(qc - qs, var_c + _rate_var(s.slow, s.timed), 0.0, 0.05, alpha)
     ev = min(above_objective, above_stable)
     outcome: Outcome = "fail" if ev >= 1.0 else "pass"
     return MetricResult(name, outcome, c.p95_ms, s.p95_ms, limit, ev, f"share slower than {limit:g} ms: canary {qc:.4f}, stable {qs:.4f}")
