@@ -65,6 +65,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 _STATUS = pytest.StashKey[set[str] | None]()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist (``make test`` runs ``--dist loadgroup``), each folder of tests runs on one worker:
     its session fixtures (trained models, servers) are built once, and the folders run side by side."""

@@ -30,7 +30,9 @@ from churnops.demo.story import COMPLETE, INCOMPLETE, MARKER
 from tests.support.browser import chromium
 
 CHURNOPS = str(Path(sys.executable).parent / "churnops")
-DEMO_TIMEOUT_S = 1_200  # the fast demo takes about 6 minutes on 2 cores; a stuck stage fails long before this
+DEMO_TIMEOUT_S = 1_200  # the fast demo takes about 5 minutes on 2 cores; a stuck stage fails long before this
+# The module's runs (an interrupted one, then a whole one) are set up inside the first test's time limit.
+pytestmark = pytest.mark.timeout(DEMO_TIMEOUT_S + 600)
 PAGE_FIGURES = "return Object.fromEntries([...document.querySelectorAll('[data-path]')].map(e => [e.dataset.path, e.textContent]))"
 
 
