@@ -63,16 +63,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 _STATUS = pytest.StashKey[set[str] | None]()
+LONGEST_GROUP = "test_demo.py"  # two runs of the fast demo, about 6 minutes
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist (``make test`` runs ``--dist loadgroup``), each folder of tests runs on one worker:
-    its session fixtures (trained models, servers) are built once, and the folders run side by side."""
+    its session fixtures (trained models, servers) are built once, and the folders run side by side.
+    The longest group is handed out first, so no worker is left running it alone at the end."""
     tests = Path(__file__).parent
+    groups: dict[pytest.Item, str] = {}
     for item in items:
-        group = item.path.relative_to(tests).parts[0] if item.path.is_relative_to(tests) else "other"
-        item.add_marker(pytest.mark.xdist_group(group))
+        groups[item] = item.path.relative_to(tests).parts[0] if item.path.is_relative_to(tests) else "other"
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    items.sort(key=lambda item: groups[item] != LONGEST_GROUP)  # stable: the order within a group stays
 
 
 @pytest.fixture(scope="session")
