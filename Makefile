@@ -82,9 +82,10 @@ lint: install ## ruff (lint, format), mypy --strict, feature catalog up to date
 	$(BIN)/lint-imports
 	$(BIN)/churnops features catalog --check
 
+# Groups run in the order tests/conftest.py gives them (the longest first), not sorted by test count.
 .PHONY: test
 test: lint tools ## The whole suite: lint + unit + integration (needs redis-server, prometheus, PostgreSQL on 127.0.0.1)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 .PHONY: format
 format: install ## Apply ruff fixes and formatting

@@ -240,8 +240,8 @@ def test_no_traffic_past_the_progress_deadline_counts_as_failures() -> None:
     assert st.failed_checks == 1 and "progress deadline" in st.message
 
 
-def undecided(worse: bool) -> analysis.Verdict:
-    auc = analysis.MetricResult("auc_delta", "undecided", 0.84, 0.85, -0.03, 0.4 if worse else 0.0, "AUC undecided")
+def undecided(worse: bool, decidable: bool = True) -> analysis.Verdict:
+    auc = analysis.MetricResult("auc_delta", "undecided", 0.84, 0.85, -0.03, 0.4 if worse else 0.0, "AUC undecided", decidable)
     return analysis.Verdict("pass", 5000, 1000, (auc,), "all judged metrics within limits; auc_delta undecided")
 
 
@@ -274,6 +274,24 @@ def test_at_the_progress_deadline_the_likelier_hypothesis_settles_an_undecided_a
         assert "lean to worse" in t.status.message
     else:
         assert "settled at the progress deadline" in t.status.history[-1]["reason"]
+
+
+def test_an_undecided_auc_that_more_canary_data_cannot_decide_is_settled_at_once() -> None:
+    s = spec()
+    st = at_last_step(s)
+    t = rollout.decide(s, st, "2", 1300.0, undecided(worse=False, decidable=False))
+    assert t.status.stable == "2" and "as more canary data cannot decide them" in t.status.history[-1]["reason"]
+    t = rollout.decide(s, st, "2", 1300.0, undecided(worse=True, decidable=False))
+    assert t.status.canary == "2" and t.status.failed_checks == 1 and "lean to worse" in t.status.message
+
+
+def test_too_few_stable_labels_make_the_auc_test_undecidable() -> None:
+    # A better canary against a stable version with 300 labels (about 20 churners): neither boundary is in reach.
+    c, s = labelled(0.866, 5000), replace(labelled(0.816, 300), positive_rate=0.066)
+    result = {r.name: r for r in analysis.judge(Analysis(min_auc_delta=-0.05), obs(c, s), 200).results}["auc_delta"]
+    assert result.outcome == "undecided" and not result.decidable and "too few" in result.detail
+    plenty = {r.name: r for r in analysis.judge(Analysis(), obs(labelled(0.84, 2000), labelled(0.85, 20000)), 200).results}
+    assert plenty["auc_delta"].outcome == "undecided" and plenty["auc_delta"].decidable
 
 
 def test_spec_change_restarts_the_analysis_as_a_new_rollout() -> None:

@@ -84,6 +84,7 @@ class MetricResult:
     limit: float
     evidence: float  # log-likelihood ratio over its rejection boundary (>= 1 rejects)
     detail: str
+    decidable: bool = True  # undecided, but more canary data alone could still decide it
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,11 @@ class Verdict:
     def conclusive(self) -> bool:
         """No test is still undecided; a promotion needs this, a step does not."""
         return all(r.outcome != "undecided" for r in self.results)
+
+    @property
+    def decidable(self) -> bool:
+        """Every undecided test could still be decided by more canary data (else waiting is futile)."""
+        return all(r.decidable for r in self.results if r.outcome == "undecided")
 
     @property
     def leans_worse(self) -> bool:
@@ -235,7 +241,11 @@ def auc(c: VersionSample, s: VersionSample, a: Analysis, alpha: float) -> Metric
     fail_at, pass_at = math.log((1.0 - MISS_RATE) / alpha), math.log(MISS_RATE / (1.0 - alpha))
     outcome: Outcome = "fail" if log_lr >= fail_at else "pass" if log_lr <= pass_at else "undecided"
     detail = f"AUC canary {c.auc:.4f} vs stable {s.auc:.4f}; log LR {log_lr:.2f} (fails at {fail_at:.2f}, passes at {pass_at:.2f})"
-    return MetricResult(name, outcome, c.auc, s.auc, limit, max(log_lr, 0.0) / fail_at, detail)
+    # With the canary's own AUC known exactly, only the stable's variance would be left.
+    decidable = not pass_at < wald_log_lr(delta, variances[1], limit) < fail_at
+    if outcome == "undecided" and not decidable:
+        detail += "; the stable version's labels are too few for more canary data to decide"
+    return MetricResult(name, outcome, c.auc, s.auc, limit, max(log_lr, 0.0) / fail_at, detail, decidable)
 
 
 def wald_log_lr(estimate: float, variance: float, worse: float) -> float:

@@ -24,7 +24,8 @@ Rules:
 - failed checks (a rejecting test, or a missing metric) accumulate;
   ``failure_threshold`` of them roll back; a step still short of samples
   after ``progress_deadline`` counts a failed check at every interval; a last
-  step still undecided by then is settled for the likelier hypothesis (Wald's
+  step still undecided by then, or one that more canary data cannot decide
+  (too few stable labels), is settled for the likelier hypothesis (Wald's
   truncated test): a failed check when "worse" is likelier, else promotion.
 """
 
@@ -236,12 +237,12 @@ def _judge(spec: DeploymentSpec, st: RolloutStatus, verdict: Verdict, now: float
     if verdict.outcome == "wait" and late:
         failed, reason = True, f"progress deadline passed: {reason}"
     settled = ""
-    if undecided and late:  # Wald's truncated test: the likelier hypothesis wins at the deadline
-        undecided = False
+    if undecided and (late or not verdict.decidable):  # Wald's truncated test: the likelier hypothesis wins
+        undecided, when = False, "at the progress deadline" if late else "as more canary data cannot decide them"
         if verdict.leans_worse:
-            failed, reason = True, f"progress deadline passed, undecided tests lean to worse: {reason}"
+            failed, reason = True, f"undecided tests lean to worse, settled {when}: {reason}"
         else:
-            settled = "; undecided tests settled at the progress deadline for as good as stable"
+            settled = f"; undecided tests settled {when} for as good as stable"
     if failed:
         st = replace(st, failed_checks=st.failed_checks + 1)
         if st.failed_checks >= rollout.failure_threshold:
