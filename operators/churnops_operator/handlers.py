@@ -3,31 +3,48 @@
 Everything is level-based. One timer per ModelDeployment runs a reconcile
 pass every ``tick`` seconds and on start; it reads the persisted status and
 returns the next one, so a handler that runs twice or is interrupted does no
-harm. Deletion goes through a finalizer: the owned serving objects are
-deleted explicitly (owner references also let Kubernetes' garbage collector
-do it), which works as well when the resource was deleted while the operator
-was down. Handlers of one object never overlap: the timer and the deletion
-share a lock.
+harm. After the status is written, the decisions in its history that have no
+Event yet are posted under names derived from their sequence numbers: an
+operator killed between the two posts them on restart, once. Deletion goes
+through a finalizer: the owned serving objects are deleted explicitly (owner
+references also let Kubernetes' garbage collector do it), which works as
+well when the resource was deleted while the operator was down. Handlers of
+one object never overlap: the timer and the deletion share a lock. A pass
+that fails is retried with exponential backoff and jitter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
+from churnops_contract.rollout import core
+from churnops_contract.rollout.spec import FINALIZER, GROUP, KIND, PLURAL, VERSION
 from churnops_operator import reconcile as rec
 from churnops_operator.http import ExternalError
 from churnops_operator.kfp import KFP
 from churnops_operator.kube import Credentials, Kube, credentials_from_kopf
 from churnops_operator.mlflow import MLflow
 from churnops_operator.prom import Prometheus
-from churnops_operator.spec import FINALIZER, GROUP, KIND, PLURAL, VERSION
 from churnops_operator.telemetry import OperatorMetrics
+
+MAX_BACKOFF_S = 60.0
+
+
+def backoff(failures: int, base_s: float, rng: random.Random) -> float:
+    """Seconds before retrying a pass after ``failures`` failures in a row: doubling, capped, with full jitter in [0.5, 1.5)."""
+    return min(base_s * 2.0 ** max(failures - 1, 0), MAX_BACKOFF_S) * (0.5 + rng.random())
+
+
+def event_name(res: rec.Resource, seq: int) -> str:
+    """The Event name of a history entry: the same entry always gets the same name, so a repeated post is refused."""
+    return f"{res.name}.{res.uid.replace('-', '')[:8]}.{seq:06d}"
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,9 @@ class State:
     credentials: Credentials | None = None
     systems: rec.Systems | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)  # passes failed in a row, per resource uid
+    rng: random.Random = field(default_factory=random.Random)
+    relogin: Any = None  # logs in again after a 401 (a rotated token); set by the login handler
 
     def build(self) -> rec.Systems:
         if self.systems is None:
@@ -59,7 +79,7 @@ class State:
                 raise kopf.TemporaryError("not logged in to Kubernetes yet", delay=1)
             cfg = self.config
             self.systems = rec.Systems(
-                kube=Kube(self.credentials, timeout_s=cfg.kube_timeout_s),
+                kube=Kube(self.credentials, timeout_s=cfg.kube_timeout_s, relogin=self.relogin),
                 prom=Prometheus(cfg.prometheus_url, cfg.request_timeout_s),
                 mlflow=MLflow(cfg.mlflow_url, cfg.request_timeout_s),
                 kfp=KFP(cfg.kfp_url, cfg.request_timeout_s * 2) if cfg.kfp_url else None,
@@ -91,10 +111,31 @@ def register(registry: kopf.OperatorRegistry, state: State) -> None:
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        """kopf calls this at start and again when its own calls get 401; the operator's client calls it on its 401s."""
+
+        def connect() -> kopf.ConnectionInfo | None:
+            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+        def fresh() -> Credentials | None:
+            info = connect()
+            if info is not None:
+                state.credentials = credentials_from_kopf(info)
+            return state.credentials if info is not None else None
+
+        state.relogin = fresh
+        if state.systems is not None:
+            state.systems.kube.relogin = fresh
+        info = connect()
         if info is not None:
             state.credentials = credentials_from_kopf(info)
         return info
+
+    @kopf.index(GROUP, VERSION, PLURAL, id="claims", registry=registry)
+    def claims(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, rec.Claim]:
+        """Which registered model each ModelDeployment deploys: the oldest claim owns the model."""
+        model = (spec.get("model") or {}).get("registeredModel") or "churn-classifier"
+        meta = body.get("metadata") or {}
+        return {str(meta.get("uid")): rec.Claim(str(model), str(meta.get("creationTimestamp") or ""), str(meta.get("uid")), f"{meta.get('namespace')}/{meta.get('name')}")}
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:
@@ -105,7 +146,7 @@ def register(registry: kopf.OperatorRegistry, state: State) -> None:
                     await client.aclose()
 
     @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=cfg.tick_s, initial_delay=0, registry=registry)
-    async def tick(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+    async def tick(body: kopf.Body, logger: kopf.Logger, **kwargs: Any) -> None:
         """One pass on the object as the API server has it now, never on kopf's possibly older copy.
 
         The status is written with the resourceVersion that was read: a pass that raced
@@ -113,29 +154,57 @@ def register(registry: kopf.OperatorRegistry, state: State) -> None:
         """
         systems = state.build()
         started = time.perf_counter()
-        async with state.lock(str(body.meta.uid)):
+        uid = str(body.meta.uid)
+        async with state.lock(uid):
             try:
                 fresh = await systems.kube.get(KIND, str(body.meta.namespace), str(body.meta.name))
                 if fresh is None or (fresh.get("metadata") or {}).get("deletionTimestamp"):
                     return
                 res = rec.Resource.from_object(fresh)
-                result = await rec.reconcile(systems, res)
-                patch = rec.status_patch(res.status, result.status)
-                if patch:
-                    await systems.kube.patch_status(KIND, res.namespace, res.name, patch, res.resource_version)
+                index: kopf.Index[str, rec.Claim] = kwargs["claims"]
+                result = await rec.reconcile(systems, res, [c for found in index.values() for c in found])
+                written = await write(systems, body, res, result, logger)
             except ExternalError as e:
                 state.metrics.reconciles.labels("retry").inc()
+                state.failures[uid] = state.failures.get(uid, 0) + 1
                 # A conflict means the object moved on (kopf's own patches, another writer): re-read soon.
-                delay = 1.0 if e.status == 409 else min(cfg.tick_s * 3, 30)
-                raise kopf.TemporaryError(str(e), delay=delay) from e
+                base = 0.5 if e.status == 409 else cfg.tick_s
+                raise kopf.TemporaryError(str(e), delay=backoff(state.failures[uid], base, state.rng)) from e
+        state.failures.pop(uid, None)
         state.metrics.duration.observe(time.perf_counter() - started)
         state.metrics.reconciles.labels("ok").inc()
-        for event in result.events:  # only decisions whose status was written
-            state.metrics.decisions.labels(event.reason).inc()
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-            logger.info("%s: %s", event.reason, event.message)
-        state.metrics.canary_weight.labels(res.namespace, res.name).set(result.status.get("canaryWeight") or 0)
-        state.metrics.failed_checks.labels(res.namespace, res.name).set(result.status.get("failedChecks") or 0)
+        state.metrics.canary_weight.labels(res.namespace, res.name).set(written.get("canaryWeight") or 0)
+        state.metrics.failed_checks.labels(res.namespace, res.name).set(written.get("failedChecks") or 0)
+
+    async def write(systems: rec.Systems, body: kopf.Body, res: rec.Resource, result: rec.Result, logger: kopf.Logger) -> dict[str, Any]:
+        """Write the status, then post its unposted decisions and the serving notices; record what was posted."""
+        status, version = dict(res.status), res.resource_version
+        patch = rec.status_patch(status, result.status)
+        if patch:
+            written = await systems.kube.patch_status(KIND, res.namespace, res.name, patch, version)
+            status, version = result.status, str((written.get("metadata") or {}).get("resourceVersion") or "")
+        for kind, reason, message in result.notices:
+            kopf.event(body, type=kind, reason=reason, message=message)
+        entries = core.unposted(status)
+        for entry in entries:
+            posted = await systems.kube.post_event(
+                res.involved(),
+                event_name(res, int(entry["seq"])),
+                str(entry.get("type") or "Normal"),
+                str(entry.get("event")),
+                str(entry.get("message")),
+                float(entry.get("time") or 0.0),
+            )
+            if posted:
+                state.metrics.decisions.labels(str(entry.get("event"))).inc()
+                logger.info("%s: %s", entry.get("event"), entry.get("message"))
+        if entries:
+            last = int(entries[-1]["seq"])
+            await systems.kube.patch_status(KIND, res.namespace, res.name, {"eventsPosted": last}, None)  # monotone: no precondition
+            status = core.mark_posted(status, last)
+        if result.retry_seen is not None:  # acted on (or moot): a person's request is taken once
+            await systems.kube.remove_annotation(KIND, res.namespace, res.name, rec.RETRY_ANNOTATION)
+        return status
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", registry=registry)
     async def delete(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:

@@ -4,7 +4,11 @@ A small async client over the REST API with the credentials kopf logged in
 with, so the operator needs neither the ``kubernetes`` package nor its
 start-up cost. Writes are merge patches of the fields the operator owns;
 a create that finds the object already there (409) becomes a patch, and a
-conflicting write is retried after re-reading.
+conflicting write is retried after re-reading. A 401 (a projected
+service-account token expired and was rotated) logs in again once through
+``relogin`` and repeats the call. Events are posted under names the caller
+derives from the decision, so a repeated post after a crash is refused as a
+duplicate (409) instead of announcing the decision twice.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import asyncio
 import json
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from churnops_operator.http import ExternalError, JsonClient
@@ -37,6 +42,7 @@ KINDS = {
     "ModelDeployment": Kind("churnops.io/v1alpha1", "modeldeployments"),
     "InferenceService": Kind("serving.kserve.io/v1beta1", "inferenceservices"),
     "HTTPRoute": Kind("gateway.networking.k8s.io/v1", "httproutes"),
+    "Event": Kind("v1", "events"),
 }
 
 
@@ -87,19 +93,80 @@ def credentials_from_kopf(info: Any) -> Credentials:
     )
 
 
-class Kube:
-    def __init__(self, creds: Credentials, timeout_s: float = 10.0, attempts: int = 5) -> None:
+class _Authenticated:
+    """The HTTP client of the current credentials; rebuilt after a new login."""
+
+    def __init__(self, creds: Credentials, timeout_s: float) -> None:
         headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
         self.http = JsonClient("kubernetes", creds.server, timeout_s, headers=headers, verify=_verify(creds))
+
+
+class Kube:
+    def __init__(
+        self, creds: Credentials, timeout_s: float = 10.0, attempts: int = 5, relogin: Callable[[], Credentials | None] | None = None
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.auth = _Authenticated(creds, timeout_s)
         self.attempts = attempts
+        self.relogin = relogin
+        self.logins = 0  # logins after the first (token rotations seen)
+
+    @property
+    def http(self) -> JsonClient:
+        return self.auth.http
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One API call; a 401 logs in again (a rotated token) and repeats it once."""
+        try:
+            return await self.auth.http.request(method, path, **kwargs)
+        except ExternalError as e:
+            creds = self.relogin() if e.status == 401 and self.relogin is not None else None
+            if creds is None:
+                raise
+        old, self.auth = self.auth, _Authenticated(creds, self.timeout_s)
+        self.logins += 1
+        await old.http.aclose()
+        return await self.auth.http.request(method, path, **kwargs)
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = await self.http.request("GET", KINDS[kind].path(namespace, name), ok_missing=True)
+        result: dict[str, Any] | None = await self.request("GET", KINDS[kind].path(namespace, name), ok_missing=True)
         return result
 
-    async def list(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        answer = await self.http.request("GET", KINDS[kind].path(namespace), params={"labelSelector": selector})
-        return list(answer.get("items") or [])
+    async def post_event(self, involved: Mapping[str, Any], name: str, type_: str, reason: str, message: str, when: float) -> bool:
+        """Post an Event named ``name`` about ``involved``; False when one of that name exists (posted before a crash)."""
+        meta = involved.get("metadata") or {}
+        stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": meta.get("namespace")},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "churnops-operator"},
+            "reportingComponent": "churnops.io/operator",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        try:
+            await self.request("POST", KINDS["Event"].path(str(meta.get("namespace"))), json=body)
+        except ExternalError as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    async def remove_annotation(self, kind: str, namespace: str, name: str, key: str) -> None:
+        body = {"metadata": {"annotations": {key: None}}}
+        await self.request("PATCH", KINDS[kind].path(namespace, name), content=json.dumps(body).encode(), headers=MERGE_PATCH)
 
     async def apply(self, obj: Mapping[str, Any], create_body: Mapping[str, Any]) -> dict[str, Any]:
         """Create ``create_body`` or merge-patch ``obj`` onto the existing object; retried on conflicts."""
@@ -111,9 +178,9 @@ class Kube:
                 if existing is None or (existing.get("metadata") or {}).get("deletionTimestamp"):
                     if existing is not None:
                         raise ExternalError("kubernetes", 409, f"{kind} {ns}/{name} is being deleted")
-                    created: dict[str, Any] = await self.http.request("POST", KINDS[kind].path(ns), json=create_body)
+                    created: dict[str, Any] = await self.request("POST", KINDS[kind].path(ns), json=create_body)
                     return created
-                patched: dict[str, Any] = await self.http.request(
+                patched: dict[str, Any] = await self.request(
                     "PATCH", KINDS[kind].path(ns, name), content=json.dumps(obj).encode(), headers=MERGE_PATCH
                 )
                 return patched
@@ -123,18 +190,22 @@ class Kube:
                 await asyncio.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str) -> dict[str, Any]:
-        """Write ``.status`` only if the object is still at ``resource_version`` (409 otherwise)."""
-        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+    async def patch_status(
+        self, kind: str, namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None
+    ) -> dict[str, Any]:
+        """Write ``.status`` only if the object is still at ``resource_version`` (409 otherwise); None: unconditionally."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
         path = f"{KINDS[kind].path(namespace, name)}/status"
-        patched: dict[str, Any] = await self.http.request("PATCH", path, content=json.dumps(body).encode(), headers=MERGE_PATCH)
+        patched: dict[str, Any] = await self.request("PATCH", path, content=json.dumps(body).encode(), headers=MERGE_PATCH)
         return patched
 
     async def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete if present; True when a delete was sent."""
         for attempt in range(self.attempts):
             try:
-                answer = await self.http.request("DELETE", KINDS[kind].path(namespace, name), ok_missing=True)
+                answer = await self.request("DELETE", KINDS[kind].path(namespace, name), ok_missing=True)
                 return answer is not None
             except ExternalError as e:
                 if e.status != 409 or attempt == self.attempts - 1:

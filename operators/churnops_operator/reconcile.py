@@ -1,35 +1,46 @@
-"""One reconcile pass for one ModelDeployment: move the world to the persisted status, then decide.
+"""One reconcile pass for one ModelDeployment: the core's pass with the cluster's I/O.
 
-Order matters for crash safety. The pass first makes the outside world match
-the status that is already written (InferenceServices and HTTPRoute, the
-MLflow ``champion`` alias, the KFP run it recorded), then observes and
-decides, and returns the next status for the handler to write. The next pass
-applies that status. An operator killed anywhere in a pass therefore either
-repeats the pass from the same persisted status or applies a status that was
-fully decided: there is never a half-taken decision to undo.
+The decisions are ``churnops_contract.rollout.core``'s, shared with the
+embedded runner; this module only talks to the outside systems:
+
+1. move the world to the *persisted* status: the InferenceServices and the
+   HTTPRoute (``objects``), the MLflow ``champion`` alias and tags of every
+   history entry not yet applied, the KFP run the status names;
+2. read what the core asked for: the spec's target in MLflow, the canary's
+   figures and the retraining signals in Prometheus;
+3. return the core's next status for the handler to write.
+
+No outside failure aborts the pass: each becomes a ``Health`` problem (the
+``Degraded`` condition, an event when it starts) and the decision goes on with
+what is known, so a registry or KFP outage never freezes a rollback, and the
+progress deadline bounds every state. Storage URIs, once resolved, are kept
+in ``status.modelSources`` (versions are immutable).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from churnops_contract import metrics as m
+from churnops_contract import queries
 from churnops_contract import registry as reg
-from churnops_operator.decisions import analysis, retraining, rollout, serving
-from churnops_operator.decisions import status as status_mod
-from churnops_operator.decisions.rollout import Event, RolloutStatus
+from churnops_contract.rollout import core, observe, retraining
+from churnops_contract.rollout.spec import API_VERSION, KIND, DeploymentSpec, SpecError, parse
+from churnops_contract.rollout.status import Health, rfc3339
+from churnops_operator import objects
 from churnops_operator.http import ExternalError
 from churnops_operator.kfp import KFP
 from churnops_operator.kube import Kube
 from churnops_operator.mlflow import REFERENCE_AUC_METRIC, MLflow
 from churnops_operator.prom import Prometheus
-from churnops_operator.spec import DeploymentSpec, SpecError, parse
 from churnops_operator.telemetry import OperatorMetrics
 
-ISVC = serving.ISVC_KIND
-REGISTRY_EVENTS = ("Deployed", "Promoted", "RolledBack")
+ISVC = objects.ISVC_KIND
+RETRY_ANNOTATION = "churnops.io/retry"  # `kubectl annotate md <name> churnops.io/retry=<version>` lets a rejected version run again
+BUCKETS = len(m.SCORE_BUCKETS) + 1
 
 
 class ServingConflictError(Exception):
@@ -44,7 +55,6 @@ class Systems:
     kfp: KFP | None
     metrics: OperatorMetrics
     clock: Callable[[], float] = time.time
-    uris: dict[tuple[str, str], str] = field(default_factory=dict)  # (model, version) -> storage URI; versions are immutable
     reference_auc: dict[tuple[str, str], float | None] = field(default_factory=dict)
 
 
@@ -57,6 +67,8 @@ class Resource:
     spec: Mapping[str, Any]
     status: Mapping[str, Any]
     resource_version: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    created: str = ""
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> Resource:
@@ -69,7 +81,29 @@ class Resource:
             spec=dict(obj.get("spec") or {}),
             status=dict(obj.get("status") or {}),
             resource_version=str(meta.get("resourceVersion") or ""),
+            annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
+            created=str(meta.get("creationTimestamp") or ""),
         )
+
+    def involved(self) -> dict[str, Any]:
+        """The object as an Event's ``involvedObject`` needs it."""
+        return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid}}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A ModelDeployment's claim on a registered model (from the handlers' index of every resource)."""
+
+    model: str
+    created: str
+    uid: str
+    name: str  # namespace/name
+
+
+def owner_of(model: str, claims: Sequence[Claim]) -> Claim | None:
+    """The deployment that owns a registered model: the oldest claim (then the smallest uid), so every pass agrees."""
+    mine = sorted((c for c in claims if c.model == model), key=lambda c: (c.created, c.uid))
+    return mine[0] if mine else None
 
 
 def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -91,7 +125,8 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
 @dataclass(frozen=True)
 class Result:
     status: dict[str, Any]
-    events: tuple[Event, ...]
+    notices: tuple[tuple[str, str, str], ...] = ()  # (type, reason, message) about serving objects created, updated, deleted
+    retry_seen: str | None = None  # the retry annotation this pass acted on (the handler removes it)
 
 
 def owned(obj: Mapping[str, Any], uid: str) -> bool:
@@ -101,27 +136,44 @@ def owned(obj: Mapping[str, Any], uid: str) -> bool:
 def managed_names(name: str, mode: str | None = None) -> tuple[tuple[str, str], ...]:
     """The (kind, name) pairs the operator may create for ``name`` in ``mode`` (both modes when None)."""
     serverless = ((ISVC, name),)
-    standard = (*((ISVC, f"{name}-{slot}") for slot in rollout.SLOTS), (serving.ROUTE_KIND, name))
+    standard = (*((ISVC, f"{name}-{slot}") for slot in ("blue", "green")), (objects.ROUTE_KIND, name))
     return serverless if mode == "Serverless" else standard if mode == "Standard" else (*serverless, *standard)
 
 
-async def storage_uri(sys: Systems, model: str, version: str) -> str | None:
-    key = (model, version)
-    if key not in sys.uris:
-        found = await sys.mlflow.model_version(model, version)
-        if found is None:
+@dataclass
+class Pass:
+    """What one pass learned, filled as it goes."""
+
+    problems: dict[str, str] = field(default_factory=dict)
+    notices: list[tuple[str, str, str]] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+    stable_ready: bool | None = None
+    canary_ready: bool = False
+    synced: int = 0
+
+    def problem(self, what: str, e: Exception) -> None:
+        self.problems.setdefault(what, str(e)[:300])
+
+
+async def sources(sys: Systems, spec: DeploymentSpec, versions: Sequence[str], p: Pass) -> dict[str, str] | None:
+    """Storage URIs of ``versions``: from the status, else from MLflow (kept in the status); None when one cannot be had."""
+    for version in versions:
+        if version in p.sources:
+            continue
+        try:
+            found = await sys.mlflow.model_version(spec.model.registered_model, version)
+        except ExternalError as e:
+            p.problem("registry", e)
             return None
-        sys.uris[key] = str(found.get("source") or f"models:/{model}/{version}")
-    return sys.uris[key]
+        if found is None:
+            p.problems.setdefault("serving", f"version {version} of {spec.model.registered_model} is not registered in MLflow")
+            return None
+        p.sources[version] = str(found.get("source") or f"models:/{spec.model.registered_model}/{version}")
+    return {v: p.sources[v] for v in versions}
 
 
-async def converge_serving(sys: Systems, res: Resource, spec: DeploymentSpec, st: RolloutStatus) -> tuple[list[Event], bool]:
-    """Create, repair or delete the serving objects so that they match ``st``.
-
-    Only the current mode's objects are read, unless the last pass served another mode
-    (``status.servingMode``): then the other mode's objects are read too, and deleted.
-    Returns the events and whether the applied objects carry the canary's traffic.
-    """
+async def converge_serving(sys: Systems, res: Resource, spec: DeploymentSpec, route: core.Routing, p: Pass) -> None:
+    """Create, repair or delete the serving objects so that they match ``route``; note readiness and problems."""
     kube, ns = sys.kube, res.namespace
     observed: dict[tuple[str, str], dict[str, Any]] = {}
     switched = res.status.get("servingMode") != spec.serving.mode
@@ -131,172 +183,196 @@ async def converge_serving(sys: Systems, res: Resource, spec: DeploymentSpec, st
             if not owned(obj, res.uid):
                 raise ServingConflictError(f"{kind} {ns}/{name} exists and is not owned by this ModelDeployment")
             observed[kind, name] = obj
-    uris: dict[str, str] = {}
-    for version in serving.versions_needed(spec, st):
-        uri = await storage_uri(sys, spec.model.registered_model, version)
-        if uri is None:
-            raise SpecError(f"version {version} of {spec.model.registered_model} is not registered in MLflow")
-        uris[version] = uri
+    uris = await sources(sys, spec, objects.versions_needed(spec, route), p)
+    if uris is None:
+        return
     isvcs = {name: obj for (kind, name), obj in observed.items() if kind == ISVC}
-    want = serving.desired(serving.Owner(res.name, ns, res.uid), spec, st, uris, isvcs)
-    events: list[Event] = []
+    want = objects.desired(objects.Owner(res.name, ns, res.uid), spec, route, uris, isvcs)
+    applied: dict[str, dict[str, Any]] = {}
     for obj in want.objects:
         key = (obj["kind"], obj["metadata"]["name"])
         have = observed.get(key)
-        if have is None or serving.differs(obj, have):
-            await kube.apply(obj, serving.strip_nulls(obj))
-            verb = "Created" if have is None else "Updated"
-            events.append(Event("Normal", verb, f"{verb} {key[0]} {key[1]} for version {serving.observed_version(obj) or st.stable}"))
+        if have is None or objects.differs(obj, have):
+            have = await kube.apply(obj, objects.strip_nulls(obj))
+            verb = "Created" if key not in observed else "Updated"
+            p.notices.append(("Normal", verb, f"{verb} {key[0]} {key[1]} for version {objects.observed_version(obj) or route.stable}"))
+        applied[obj["metadata"]["name"]] = have
     for kind, name in want.absent:
         if (kind, name) in observed and await kube.delete(kind, ns, name):
-            events.append(Event("Normal", "Deleted", f"Deleted {kind} {name}"))
-    carries = any(o["metadata"]["labels"].get(serving.LABEL_ROLE) == "canary" for o in want.objects)
-    return events, carries
+            p.notices.append(("Normal", "Deleted", f"Deleted {kind} {name}"))
+    roles = {o["metadata"]["labels"].get(objects.LABEL_ROLE): o["metadata"]["name"] for o in want.objects if o["kind"] == ISVC}
+    if "canary" in roles:
+        p.canary_ready = objects.ready(applied.get(roles["canary"])) is True
+    stable = roles.get("stable") or roles.get("rejected") or roles.get("canary")
+    # Serverless: one InferenceService carries both versions; its Ready covers the stable revision as well.
+    p.stable_ready = objects.ready(applied.get(stable)) if stable else None
 
 
-async def converge_registry(sys: Systems, spec: DeploymentSpec, st: RolloutStatus, synced: float | None) -> float | None:
-    """Replay the history entries not yet applied to MLflow: the champion alias and the why on each version."""
+async def converge_registry(sys: Systems, spec: DeploymentSpec, raw: Mapping[str, Any], p: Pass) -> None:
+    """Apply the history entries MLflow has not seen: the champion alias and the why on each version."""
     model = spec.model.registered_model
-    last = synced
-    for entry in st.history:
-        when = entry.get("time")
-        if entry.get("event") not in REGISTRY_EVENTS or not isinstance(when, int | float) or (synced is not None and when <= synced):
-            continue
-        stamp = status_mod.rfc3339(float(when))
+    for entry in core.registry_writes(raw):
+        stamp = stamp_of(entry)
         to, frm, why = entry.get("to"), entry.get("from"), str(entry.get("reason") or "")[:500]
-        if to:
-            await sys.mlflow.set_alias(model, reg.CHAMPION, str(to))
-        if entry["event"] == "RolledBack" and frm:
-            await sys.mlflow.set_tag(model, str(frm), reg.TAG_ROLLED_BACK_AT, stamp)
-            await sys.mlflow.set_tag(model, str(frm), reg.TAG_ROLLBACK_REASON, why)
-        elif to:
-            await sys.mlflow.set_tag(model, str(to), reg.TAG_PROMOTED_AT, stamp)
-            await sys.mlflow.set_tag(model, str(to), reg.TAG_PROMOTION_REASON, why)
-            if frm:
-                await sys.mlflow.set_tag(model, str(frm), reg.TAG_REPLACED_AT, stamp)
-                await sys.mlflow.set_tag(model, str(frm), reg.TAG_REPLACED_BY, str(to))
-        last = float(when)
-    return last
+        try:
+            if entry["event"] == "RolledBack":
+                if frm:
+                    await sys.mlflow.set_tag(model, str(frm), reg.TAG_ROLLED_BACK_AT, stamp)
+                    await sys.mlflow.set_tag(model, str(frm), reg.TAG_ROLLBACK_REASON, why)
+                if to:
+                    await sys.mlflow.set_alias(model, reg.CHAMPION, str(to))
+            elif to:
+                await sys.mlflow.set_alias(model, reg.CHAMPION, str(to))
+                await sys.mlflow.set_tag(model, str(to), reg.TAG_PROMOTED_AT, stamp)
+                await sys.mlflow.set_tag(model, str(to), reg.TAG_PROMOTION_REASON, why)
+                if frm:
+                    await sys.mlflow.set_tag(model, str(frm), reg.TAG_REPLACED_AT, stamp)
+                    await sys.mlflow.set_tag(model, str(frm), reg.TAG_REPLACED_BY, str(to))
+        except ExternalError as e:
+            p.problem("registry", e)
+            return
+        p.synced = int(entry["seq"])
 
 
-async def track_run(
-    sys: Systems, spec: DeploymentSpec, rs: retraining.RetrainingStatus, stable: str | None
-) -> tuple[retraining.RetrainingStatus, tuple[Event, ...]]:
-    """Start the recorded run if it has no id yet (found by name first), or read its state."""
-    if not rs.active or rs.pending_key is None:
-        return rs, ()
+def stamp_of(entry: Mapping[str, Any]) -> str:
+    when = entry.get("time")
+    return rfc3339(float(when)) if isinstance(when, int | float) else ""
+
+
+async def track_run(sys: Systems, spec: DeploymentSpec, raw: Mapping[str, Any], p: Pass) -> core.RunReport | None:
+    """Start the recorded run (found by name first) or read its state; None when KFP or MLflow did not answer."""
+    action = core.run_action(raw)
+    if action is None:
+        return None
     if sys.kfp is None:
-        raise SpecError("spec.monitoring.retraining: the operator has no KFP endpoint (--kfp-url)")
+        return core.RunReport(failure="the operator has no KFP endpoint (--kfp-url)")
     r = spec.monitoring.retraining
-    if rs.run_id is None:
-        run = await sys.kfp.ensure_run(rs.pending_key, r.pipeline, r.experiment, dict(r.parameters))
-        sys.metrics.retraining_runs.inc()
-    else:
-        run = await sys.kfp.run(rs.run_id)
+    try:
+        if action[0] == "start":
+            run = await sys.kfp.ensure_run(action[1], r.pipeline, r.experiment, dict(r.parameters))
+            sys.metrics.retraining_runs.inc()
+        else:
+            run = await sys.kfp.run(action[1])
+    except ExternalError as e:
+        if e.status in (400, 404) and action[0] == "start":  # an unknown pipeline or a refused request: it will never start
+            return core.RunReport(failure=e.message[:300])
+        p.problem("pipelines", e)
+        return None
     state = str(run.get("state") or "PENDING")
-    challenger = await sys.mlflow.version_by_alias(spec.model.registered_model, reg.CHALLENGER) if state == "SUCCEEDED" else None
-    return retraining.on_run(rs, str(run["run_id"]), state, challenger, stable)
+    challenger = None
+    if state == "SUCCEEDED":
+        try:
+            challenger = await sys.mlflow.version_by_alias(spec.model.registered_model, reg.CHALLENGER)
+        except ExternalError as e:
+            p.problem("registry", e)
+            return None
+    return core.RunReport(str(run.get("run_id") or action[1]), state, challenger)
 
 
 async def reference_auc(sys: Systems, model: str, version: str) -> float | None:
+    """The version's holdout AUC at training (the policy's reference); None when MLflow does not answer."""
     key = (model, version)
     if key not in sys.reference_auc:
-        mv = await sys.mlflow.model_version(model, version)
-        run_id = (mv or {}).get("run_id")
-        sys.reference_auc[key] = await sys.mlflow.run_metric(run_id, REFERENCE_AUC_METRIC) if run_id else None
+        try:
+            mv = await sys.mlflow.model_version(model, version)
+            run_id = (mv or {}).get("run_id")
+            sys.reference_auc[key] = await sys.mlflow.run_metric(run_id, REFERENCE_AUC_METRIC) if run_id else None
+        except ExternalError:
+            return None
     return sys.reference_auc[key]
 
 
-async def resolve_target(sys: Systems, spec: DeploymentSpec) -> tuple[str | None, str | None]:
-    """The spec's version (checked to exist) and, when it cannot be used, why."""
+async def resolve_target(sys: Systems, spec: DeploymentSpec, p: Pass) -> tuple[str | None, str | None]:
+    """The spec's version (checked to exist) and, when it cannot be used, why; (None, None) while MLflow does not answer."""
     model = spec.model.registered_model
-    version = spec.model.version
-    if version is None:
-        assert spec.model.alias is not None
-        version = await sys.mlflow.version_by_alias(model, spec.model.alias)
+    try:
+        version = spec.model.version
         if version is None:
-            return None, f"registered model {model} has no alias {spec.model.alias!r}"
-    if await storage_uri(sys, model, version) is None:
-        return None, f"version {version} of {model} is not registered"
+            assert spec.model.alias is not None
+            version = await sys.mlflow.version_by_alias(model, spec.model.alias)
+            if version is None:
+                return None, f"registered model {model} has no alias {spec.model.alias!r}"
+        if version not in p.sources:
+            found = await sys.mlflow.model_version(model, version)
+            if found is None:
+                return None, f"version {version} of {model} is not registered"
+            p.sources[version] = str(found.get("source") or f"models:/{model}/{version}")
+    except ExternalError as e:
+        p.problem("registry", e)
+        return None, None
     return version, None
 
 
-async def reconcile(sys: Systems, res: Resource) -> Result:
+async def observe_canary(sys: Systems, spec: DeploymentSpec, due: core.Due, now: float, p: Pass) -> Any:
+    assert due.canary is not None and due.stable is not None and due.since is not None
+    asked = queries.analysis_queries(
+        spec.model.registered_model,
+        due.canary,
+        due.stable,
+        max(now - due.since, 1.0),
+        max(now - (due.step_since or due.since), 1.0),
+        spec.rollout.analysis.max_latency_p95_ms,
+    )
+    answers = await sys.prom.answers(asked, now)
+    broken = [a for a in answers.values() if a.failed]
+    if broken:
+        sys.metrics.external_errors.labels("prometheus").inc(len(broken))
+        if len(broken) == len(answers):
+            p.problems.setdefault("metrics", broken[0].note)
+    return observe.analysis_observation(answers, due.look, BUCKETS)
+
+
+async def observe_signals(sys: Systems, spec: DeploymentSpec, version: str, now: float) -> Any:
+    model = spec.model.registered_model
+    drift = spec.monitoring.drift
+    answers = await sys.prom.answers(queries.retraining_queries(model, version, drift.methods), now)
+    return observe.retraining_observation(answers, drift.threshold, await reference_auc(sys, model, version), now)
+
+
+async def reconcile(sys: Systems, res: Resource, claims: Sequence[Claim] = ()) -> Result:
     now = sys.clock()
-    old = dict(res.status)
-    st = RolloutStatus.from_status(old)
-    rs = retraining.RetrainingStatus.from_status(old.get("retraining"))
+    raw = dict(res.status)
     try:
         spec = parse(res.spec)
     except SpecError as e:
-        return _degraded(st, rs, res, now, old, str(e))
-    events: list[Event] = []
-    before = st
-    try:
-        if st.stable is not None:
-            applied, carries_canary = await converge_serving(sys, res, spec, st)
-            events += applied
-            if carries_canary:
-                st = rollout.traffic_applied(st, now)
-        synced = await converge_registry(sys, spec, st, rollout.number(old, "registrySyncedAt"))
-        rs, run_events = await track_run(sys, spec, rs, st.stable)
-        events += run_events
-        spec_target, problem = await resolve_target(sys, spec)
-    except (SpecError, ServingConflictError) as e:
-        return _degraded(st, rs, res, now, old, str(e))
-    except ExternalError as e:
-        sys.metrics.external_errors.labels(e.system).inc()
-        if e.transient:
-            raise
-        return _degraded(st, rs, res, now, old, str(e))
-    target = rollout.choose_target(spec_target, rs.candidate, spec.rollout.auto_promote, st.rejected)
-    verdict = None
-    if rollout.check_due(spec, st, now):
-        assert st.canary is not None and st.stable is not None and st.traffic_since is not None
-        obs = await sys.prom.observe(
-            spec.model.registered_model,
-            st.canary,
-            st.stable,
-            st.traffic_since,
-            st.step_started or st.traffic_since,
-            spec.rollout.analysis.max_latency_p95_ms,
-            st.checks + 1,
-            now,
-        )
-        if obs.problems:
-            sys.metrics.external_errors.labels("prometheus").inc(len(obs.problems))
-        verdict = analysis.judge(spec.rollout.analysis, obs, spec.rollout.min_samples)
-    transition = rollout.decide(spec, st, target, now, verdict)
-    st = transition.status
-    events += transition.events
-    if problem and st.stable is None:
-        st = replace(st, message=problem)
-    if st.stable is not None and retraining.evaluation_due(spec, rs, st.canary is not None, now):
-        ref = await _optional(reference_auc(sys, spec.model.registered_model, st.stable))
-        d = spec.monitoring.drift
-        signals = await sys.prom.retraining_signals(spec.model.registered_model, st.stable, d.methods, d.threshold, ref, now)
-        rs, eval_events = retraining.evaluate(spec, rs, signals, f"{res.namespace}-{res.name}")
-        events += eval_events
-    status = status_mod.assemble(st, rs, res.generation, now, old)
-    status["registrySyncedAt"] = synced
-    status["servingMode"] = spec.serving.mode if before.stable is not None else old.get("servingMode")
-    return Result(status, tuple(events))
-
-
-async def _optional(coro: Any) -> Any:
-    """A value the decision can do without: None when its system is down."""
-    try:
-        return await coro
-    except ExternalError:
-        return None
-
-
-def _degraded(st: RolloutStatus, rs: retraining.RetrainingStatus, res: Resource, now: float, old: Mapping[str, Any], error: str) -> Result:
-    status = status_mod.assemble(st, rs, res.generation, now, old, error=error)
-    status["registrySyncedAt"] = old.get("registrySyncedAt")
-    status["servingMode"] = old.get("servingMode")
-    repeated = old.get("phase") == "Degraded" and old.get("message") == error
-    return Result(status, () if repeated else (Event("Warning", "Degraded", error),))
+        return Result(core.blocked(raw, Health(problems={"spec": str(e)}), res.generation, now).status)
+    owner = owner_of(spec.model.registered_model, claims)
+    if owner is not None and owner.uid != res.uid:
+        why = f"registered model {spec.model.registered_model} is deployed by {owner.name}; one ModelDeployment per registered model"
+        return Result(core.blocked(raw, Health(problems={"owner": why}), res.generation, now).status)
+    saved = raw.get("modelSources")
+    p = Pass(sources={str(k): str(v) for k, v in saved.items()} if isinstance(saved, Mapping) else {})
+    p.synced = int(raw.get("registrySynced") or 0) if isinstance(raw.get("registrySynced"), int) else 0
+    route = core.routing(raw)
+    if route.stable is not None:
+        try:
+            await converge_serving(sys, res, spec, route, p)
+        except (ExternalError, ServingConflictError) as e:
+            p.problem("serving", e)
+    await converge_registry(sys, spec, raw, p)
+    run = await track_run(sys, spec, raw, p)
+    target, problem = await resolve_target(sys, spec, p)
+    due = core.due(spec, raw, now, p.canary_ready)
+    observation = await observe_canary(sys, spec, due, now, p) if due.check else None
+    signals = await observe_signals(sys, spec, due.stable, now) if due.evaluation and due.stable else None
+    retry = res.annotations.get(RETRY_ANNOTATION) or None
+    world = core.World(
+        target=target,
+        target_problem=problem,
+        health=Health(p.stable_ready, p.problems),
+        canary_ready=p.canary_ready,
+        observation=observation,
+        signals=signals,
+        run=run,
+        retry=retry,
+        model_ref=core.model_ref(spec),
+        run_prefix=retraining.run_prefix(res.namespace, res.name, res.uid),
+    )
+    plan = core.decide(spec, raw, world, res.generation, now)
+    status = {**plan.status, "registrySynced": max(p.synced, int(plan.status.get("registrySynced") or 0))}
+    status["servingMode"] = spec.serving.mode if route.stable is not None else raw.get("servingMode")
+    status["modelSources"] = dict(sorted(p.sources.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0)[-10:])
+    return Result(status, tuple(p.notices), retry)
 
 
 async def cleanup(kube: Kube, name: str, namespace: str, uid: str) -> list[str]:

@@ -122,7 +122,9 @@ def _answer(state: PromState, query: str) -> tuple[int, Any, float]:
         return [{"metric": labels or {}, "value": [time.time(), shown]}]
 
     result: list[dict[str, Any]]
-    if "churnops_errors_total" in query:
+    if "churnops_model_info" in query:
+        result = vec(1.0)
+    elif "churnops_errors_total" in query:
         result = vec(t.requests * t.error_rate)
     elif "histogram_quantile" in query:
         result = vec(50.0 + 200.0 * t.slow_share)
@@ -138,7 +140,7 @@ def _answer(state: PromState, query: str) -> tuple[int, Any, float]:
     elif "churnops_requests_total" in query or "churnops_predictions_total" in query:
         result = vec(t.requests)
     elif "churnops_performance" in query:
-        result = vec(t.auc)
+        result = vec(t.auc) if 'metric="auc"' in query else []
     elif "churnops_label_coverage" in query:
         result = vec(t.coverage)
     elif "churnops_churn_rate" in query:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -93,12 +94,45 @@ class OperatorProcess:
         return self.log_path.read_text(errors="replace")[-6000:]
 
 
+class FakeKServe:
+    """KServe's controller as far as the operator can see it: each InferenceService reports Ready for its generation.
+
+    KServe writes ``status.observedGeneration`` and a ``Ready`` condition (knative duck Status; kserve
+    pkg/apis/serving/v1beta1/inference_service_status.go). ``ready`` False leaves new generations unreported
+    (a predictor that never becomes ready).
+    """
+
+    def __init__(self, api: httpx.Client) -> None:
+        self.api = api
+        self.ready = True
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            if not self.ready:
+                continue
+            try:
+                items = self.api.get(ISVC_PATH.format(ns=NS)).json().get("items") or []
+                for item in items:
+                    meta, status = item["metadata"], item.get("status") or {}
+                    if status.get("observedGeneration") == meta.get("generation"):
+                        continue
+                    body = {"status": {"observedGeneration": meta.get("generation"), "conditions": [{"type": "Ready", "status": "True"}]}}
+                    self.api.patch(
+                        f"{ISVC_PATH.format(ns=NS)}/{meta['name']}/status", json=body, headers={"Content-Type": "application/merge-patch+json"}
+                    )
+            except (httpx.HTTPError, ValueError, KeyError):
+                continue
+
+
 class Cluster:
     def __init__(self, kube: KubeServer, prom: FakePrometheus, kfp: FakeKFP, mlflow: str, tmp: Path) -> None:
         self.kube, self.prom, self.kfp, self.mlflow_url = kube, prom, kfp, mlflow
         self.api = httpx.Client(base_url=kube.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
         self.mlflow = httpx.Client(base_url=mlflow, timeout=10)
         self.operator = OperatorProcess(kube.kubeconfig(tmp / "kubeconfig"), prom.url, mlflow, kfp.url, tmp / "operator.log")
+        self.kserve = FakeKServe(httpx.Client(base_url=kube.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10))
 
     # --- Kubernetes, as an admin ---
     def apply_md(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -200,9 +234,12 @@ def cluster(mlflow: str, tmp: Path) -> Iterator[Cluster]:
     with KubeServer() as kube, FakePrometheus() as prom, FakeKFP() as kfp:
         c = Cluster(kube, prom, kfp, mlflow, tmp)
         prepare(kube, c.api)
+        c.kserve.thread.start()
         try:
             yield c
         finally:
+            c.kserve.stop.set()
+            c.kserve.thread.join(5)
             c.operator.stop()
             c.api.close()
             c.mlflow.close()

@@ -9,13 +9,17 @@ from typing import Any
 import pytest
 
 from churnops_contract import policy
-from churnops_contract.queries import bucket_counts, latency_le, samples
-from churnops_operator.decisions import analysis, retraining, rollout, serving
-from churnops_operator.decisions.analysis import Observation, VersionSample
-from churnops_operator.decisions.rollout import RolloutStatus
-from churnops_operator.prom import drifted
+from churnops_contract.queries import latency_le
+from churnops_contract.rollout import core
+from churnops_contract.rollout.observe import bucket_counts, parse_answer
+from churnops_contract.rollout import analysis, retraining
+from churnops_contract.rollout import machine as rollout
+from churnops_operator import objects as serving
+from churnops_contract.rollout.analysis import Observation, VersionSample
+from churnops_contract.rollout.machine import RolloutStatus
+from churnops_contract.rollout.observe import drifted
 from churnops_operator.reconcile import status_patch
-from churnops_operator.spec import Analysis, SpecError, parse, parse_duration
+from churnops_contract.rollout.spec import Analysis, SpecError, parse, parse_duration
 
 BASE: dict[str, Any] = {"model": {"version": "1"}, "featureService": "churn_v1"}
 
@@ -104,8 +108,13 @@ def test_shifted_scores_fail_the_psi_check() -> None:
 
 def test_auc_is_pending_without_labels_and_judged_with_them() -> None:
     a = Analysis()
-    v = analysis.judge(a, obs(sample(auc=0.80, labelled=50, positive_rate=0.2)), 200)
+    v = analysis.judge(a, obs(sample(), sample(20000)), 200)  # no version reports labels: AUC does not exist yet
     assert v.outcome == "pass" and {r.name: r.outcome for r in v.results}["auc_delta"] == "pending"
+    few = obs(sample(auc=0.80, labelled=50, positive_rate=0.2), sample(20000, auc=0.85, labelled=5000, positive_rate=0.2))
+    v = analysis.judge(a, few, 200)  # both report labels, the canary fewer than minLabelled so far
+    assert v.outcome == "pass" and {r.name: r.outcome for r in v.results}["auc_delta"] == "pending"
+    one_sided = obs(sample(auc=0.60, labelled=5000, positive_rate=0.2))  # the stable reports no labels: AUC is expected, not pending
+    assert analysis.judge(a, one_sided, 200).outcome == "inconclusive"
     worse = obs(sample(auc=0.75, labelled=20000, positive_rate=0.2), sample(20000, auc=0.85, labelled=20000, positive_rate=0.2))
     assert analysis.judge(a, worse, 200).outcome == "fail"
     same = obs(sample(auc=0.85, labelled=20000, positive_rate=0.2), sample(20000, auc=0.85, labelled=20000, positive_rate=0.2))
@@ -141,20 +150,20 @@ def test_wald_log_lr_is_zero_halfway_and_symmetric() -> None:
 
 
 @pytest.mark.parametrize("missing", ["requests", "errors", "slow", "score_buckets"])
-def test_missing_metrics_fail_the_check(missing: str) -> None:
+def test_missing_metrics_make_the_check_inconclusive(missing: str) -> None:
     c = replace(sample(), **{missing: None})
     verdict = analysis.judge(Analysis(), obs(c), 200)
-    assert verdict.outcome == "fail"
+    assert verdict.outcome == "inconclusive"  # never a pass, and not the canary's failure either
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
-def test_non_finite_metrics_fail_the_check(value: float) -> None:
-    assert analysis.judge(Analysis(), obs(replace(sample(), errors=value)), 200).outcome == "fail"
+def test_non_finite_metrics_make_the_check_inconclusive(value: float) -> None:
+    assert analysis.judge(Analysis(), obs(replace(sample(), errors=value)), 200).outcome == "inconclusive"
 
 
-def test_labels_without_auc_fail_the_check() -> None:
+def test_labels_without_auc_make_the_check_inconclusive() -> None:
     c = sample(auc=None, labelled=20000, positive_rate=0.2)
-    assert analysis.judge(Analysis(), obs(c, sample(20000, auc=0.85, labelled=20000, positive_rate=0.2)), 200).outcome == "fail"
+    assert analysis.judge(Analysis(), obs(c, sample(20000, auc=0.85, labelled=20000, positive_rate=0.2)), 200).outcome == "inconclusive"
 
 
 def test_too_few_samples_waits() -> None:
@@ -209,7 +218,7 @@ def test_healthy_canary_walks_every_step_then_promotes() -> None:
         st = rollout.decide(s, st, "2", now, passing()).status
         weights.append(st.weight)
     assert weights == [5, 25, 50, 100, 0]
-    assert st.stable == "2" and st.phase == "Promoted" and st.history[-1]["event"] == "Promoted" and st.stable_slot == "green"
+    assert st.stable == "2" and st.phase == "Promoted" and st.stable_slot == "green"
 
 
 def test_rollback_happens_at_exactly_the_failure_threshold() -> None:
@@ -230,14 +239,15 @@ def test_a_passing_check_without_enough_step_samples_waits() -> None:
     assert st.weight == 5 and st.failed_checks == 0
 
 
-def test_no_traffic_past_the_progress_deadline_counts_as_failures() -> None:
+def test_no_traffic_past_the_progress_deadline_withdraws_without_rejecting() -> None:
     s = spec(rollout={"progressDeadline": "10m"})
     st = started(s)
     wait = analysis.Verdict("wait", 10, 10, (), "10 of 200")
     st = rollout.decide(s, st, "2", 400.0, wait).status
-    assert st.failed_checks == 0
+    assert st.failed_checks == 0 and st.canary == "2"
     st = rollout.decide(s, st, "2", 800.0, wait).status
-    assert st.failed_checks == 1 and "progress deadline" in st.message
+    assert st.canary is None and st.phase == "RolledBack" and "progress deadline" in st.message
+    assert st.rejected == () and st.deferred is not None and st.deferred.version == "2" and st.deferred.until > 800.0
 
 
 def undecided(worse: bool, decidable: bool = True) -> analysis.Verdict:
@@ -273,14 +283,14 @@ def test_at_the_progress_deadline_the_likelier_hypothesis_settles_an_undecided_a
     if worse:
         assert "lean to worse" in t.status.message
     else:
-        assert "settled at the progress deadline" in t.status.history[-1]["reason"]
+        assert "settled at the progress deadline" in t.events[-1].note
 
 
 def test_an_undecided_auc_that_more_canary_data_cannot_decide_is_settled_at_once() -> None:
     s = spec()
     st = at_last_step(s)
     t = rollout.decide(s, st, "2", 1300.0, undecided(worse=False, decidable=False))
-    assert t.status.stable == "2" and "as more canary data cannot decide them" in t.status.history[-1]["reason"]
+    assert t.status.stable == "2" and "as more canary data cannot decide them" in t.events[-1].note
     t = rollout.decide(s, st, "2", 1300.0, undecided(worse=True, decidable=False))
     assert t.status.canary == "2" and t.status.failed_checks == 1 and "lean to worse" in t.status.message
 
@@ -308,7 +318,8 @@ def test_new_target_replaces_the_canary_and_the_stable_target_withdraws_it() -> 
     st = started(s)
     assert rollout.decide(s, st, "3", 200.0).status.canary == "3"
     withdrawn = rollout.decide(s, st, "1", 200.0).status
-    assert withdrawn.canary is None and withdrawn.stable == "1" and withdrawn.history[-1]["event"] == "CanaryAborted"
+    assert withdrawn.canary is None and withdrawn.stable == "1"
+    assert rollout.decide(s, st, "1", 200.0).events[-1].reason == "CanaryAborted"
 
 
 def test_status_round_trips() -> None:
@@ -355,9 +366,9 @@ URIS = {"1": "s3://m/1", "2": "s3://m/2"}
 def test_serverless_canary_uses_kserve_traffic_split_only_on_an_existing_service() -> None:
     s = spec()
     st = started(s)
-    fresh = serving.desired(OWNER, s, st, URIS, {})
+    fresh = serving.desired(OWNER, s, core.routing(st.to_status()), URIS, {})
     assert fresh.objects[0]["spec"]["predictor"]["canaryTrafficPercent"] is None  # recreate the stable first
-    existing = serving.desired(OWNER, s, st, URIS, {"churn": fresh.objects[0]})
+    existing = serving.desired(OWNER, s, core.routing(st.to_status()), URIS, {"churn": fresh.objects[0]})
     predictor = existing.objects[0]["spec"]["predictor"]
     assert predictor["canaryTrafficPercent"] == 5 and predictor["model"]["storageUri"] == "s3://m/2"
 
@@ -365,7 +376,7 @@ def test_serverless_canary_uses_kserve_traffic_split_only_on_an_existing_service
 def test_standard_mode_weights_sum_to_100_and_promotion_flips_the_slot() -> None:
     s = spec(serving={"mode": "Standard", "gateway": {"name": "gw"}})
     st = started(s)
-    want = serving.desired(OWNER, s, st, URIS, {})
+    want = serving.desired(OWNER, s, core.routing(st.to_status()), URIS, {})
     route = want.objects[-1]
     assert serving.route_weights(route) == [95, 5] and [o["metadata"]["name"] for o in want.objects] == [
         "churn-blue",
@@ -373,7 +384,7 @@ def test_standard_mode_weights_sum_to_100_and_promotion_flips_the_slot() -> None
         "churn",
     ]
     promoted = replace(st, canary=None, stable="2", stable_slot="green", weight=0)
-    after = serving.desired(OWNER, s, promoted, URIS, {})
+    after = serving.desired(OWNER, s, core.routing(promoted.to_status()), URIS, {})
     assert serving.route_weights(after.objects[-1]) == [100] and ("InferenceService", "churn-blue") in after.absent
 
 
@@ -402,9 +413,10 @@ def test_prometheus_answers_are_read_one_way_for_the_operator_and_the_runner() -
             {"metric": {}, "value": [0, "1"]},
         ],
     }
-    assert samples(vector) == {"+Inf": 10.0, "0.5": 4.0, "": 1.0}  # without an le label the key is "": the last one wins
-    assert samples(vector, ("le", "version"))["3"] == 7.0
-    assert samples({"resultType": "scalar", "result": [0, "2.5"]}) == {"": 2.5}
+    body = {"status": "success", "data": vector}
+    assert parse_answer(body).values == {"+Inf": 10.0, "0.5": 4.0, "": 1.0}  # without an le label the key is "": the last one wins
+    assert (parse_answer(body, ("le", "version")).values or {})["3"] == 7.0
+    assert parse_answer({"status": "success", "data": {"resultType": "scalar", "result": [0, "2.5"]}}).values == {"": 2.5}
     assert bucket_counts({"+Inf": 10.0, "0.5": 4.0, "0.1": 1.0}) == (1.0, 3.0, 6.0)  # ordered by le, +Inf last
     assert bucket_counts({"0.1": 5.0, "+Inf": 3.0}) == (5.0, 0.0)  # a reset mid-window never gives a negative count
     assert bucket_counts({}) is None

@@ -21,9 +21,10 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from churnops_operator.decisions import rollout, serving
-from churnops_operator.decisions.rollout import RolloutStatus
-from churnops_operator.spec import parse
+from churnops_contract.rollout import machine as rollout
+from churnops_operator import objects as serving
+from churnops_contract.rollout.machine import RolloutStatus
+from churnops_contract.rollout.spec import parse
 from tests.operators.harness import crd_defaults
 from tests.support.k8s_tools import validate_with_npm_schemas
 
@@ -125,11 +126,16 @@ def test_the_crd_schema_rejects_bad_specs(bad: dict[str, Any]) -> None:
 
 
 def test_status_written_by_the_operator_fits_the_crd_schema() -> None:
-    from churnops_operator.decisions import retraining  # noqa: PLC0415
-    from churnops_operator.decisions import status as status_mod  # noqa: PLC0415
+    from churnops_contract.rollout import core, retraining  # noqa: PLC0415
+    from churnops_contract.rollout.machine import Deferred, Event  # noqa: PLC0415
+    from churnops_contract.rollout.status import Health  # noqa: PLC0415
 
+    health = Health(True, {"metrics": "Prometheus unreachable"})
+    event = Event("Warning", "RolledBack", "rolled back", "2", "1", "why")
     for _, _, st, _ in statuses():
-        full = status_mod.assemble(st, retraining.RetrainingStatus(pending_key="k"), 3, 100.0, None)
+        st = replace(st, deferred=Deferred("3", 500.0, 1), retired="3")
+        full = core.assemble(None, st, retraining.RetrainingStatus(pending_key="k"), (event,), health, 3, 100.0).status
+        full = {**full, "modelSources": {"1": "s3://m/1"}, "servingMode": "Serverless"}
         jsonschema.Draft4Validator(SCHEMA["properties"]["status"]).validate(serving.strip_nulls(full))
 
 

@@ -41,6 +41,10 @@ def canary_percent(k8s: Cluster) -> int | None:
     return int(value) if value is not None else None
 
 
+def conditions(k8s: Cluster, name: str = "churn") -> dict[str, str]:
+    return {c["type"]: c["status"] for c in k8s.status(name).get("conditions") or []}
+
+
 class Recorder:
     """Samples the status and serving objects in a thread; checks the invariants on every sample."""
 
@@ -108,7 +112,9 @@ def test_healthy_canary_is_promoted_through_every_step(k8s: Cluster, model: str)
     status = k8s.status("churn")
     assert status["history"][-1]["event"] == "Promoted"
     assert status["observedGeneration"] == k8s.md("churn")["metadata"]["generation"]  # type: ignore[index]
-    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+    # Ready follows the InferenceService's own Ready condition for the generation the promotion applied.
+    k8s.wait("Ready after promotion", lambda: conditions(k8s)["Ready"] == "True")
+    assert conditions(k8s)["CanaryHealthy"] == "Unknown" and conditions(k8s)["Progressing"] == "False"
     reasons = k8s.reasons()
     assert reasons.count("StepAdvanced") == 3 and "CanaryStarted" in reasons and "Promoted" in reasons
     assert "Logging" not in reasons  # one Event per decision, not one per log line
@@ -272,7 +278,8 @@ def test_drift_starts_exactly_one_retraining_per_cooldown_and_rolls_out_its_chal
     time.sleep(1.5)  # drift persists: still in cooldown, no second run
     assert len(k8s.kfp.state.created) == 1
     run = k8s.kfp.state.created[0]
-    assert run["display_name"] == f"{NS}-churn-retrain-1" and run["runtime_config"] == {"parameters": {"seed": "7"}}
+    uid = k8s.md("churn")["metadata"]["uid"].replace("-", "")[:8]  # type: ignore[index]
+    assert run["display_name"] == f"{NS}-churn-{uid}-retrain-1" and run["runtime_config"] == {"parameters": {"seed": "7"}}
     reasons = k8s.reasons()
     assert reasons.count("RetrainingTriggered") == 1 and "RetrainingFinished" in reasons and "Promoted" in reasons
     assert k8s.status("churn")["retraining"]["runState"] == "SUCCEEDED"

@@ -18,10 +18,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from churnops_operator.decisions import analysis, rollout, serving
-from churnops_operator.decisions.analysis import Observation, VersionSample
-from churnops_operator.decisions.rollout import RolloutStatus
-from churnops_operator.spec import parse
+from churnops_contract.rollout import analysis, core
+from churnops_contract.rollout import machine as rollout
+from churnops_operator import objects as serving
+from churnops_contract.rollout.analysis import Observation, VersionSample
+from churnops_contract.rollout.machine import RolloutStatus
+from churnops_contract.rollout.spec import parse
 
 URIS = {str(v): f"s3://m/{v}" for v in range(1, 5)}
 OWNER = serving.Owner("churn", "churn", "uid")
@@ -69,7 +71,9 @@ def test_rollout_invariants(steps: list[int], threshold: int, mode: str, seq: li
         if rollout.check_due(s, state, now):
             verdict = analysis.judge(s.rollout.analysis, Observation(c, stab, step_requests, state.checks + 1), s.rollout.min_samples)
         before = state
-        state = rollout.decide(s, state, target, now, verdict).status
+        transition = rollout.decide(s, state, target, now, verdict)
+        state = transition.status
+        reasons = [e.reason for e in transition.events]
         # weight only rises within a rollout
         if state.canary is not None:
             assert state.weight >= top.get(state.rollout_id, 0)
@@ -77,18 +81,22 @@ def test_rollout_invariants(steps: list[int], threshold: int, mode: str, seq: li
             assert state.weight in s.rollout.steps
         # stable changes only by promotion of the canary (or the first deployment)
         if before.stable is not None and state.stable != before.stable:
-            assert state.stable == before.canary and state.history[-1]["event"] == "Promoted"
-        newest = state.history[-1] if state.history else None
-        if newest is not None and newest["event"] == "RolledBack" and (not before.history or before.history[-1] != newest):
-            rollbacks[str(newest["from"])] += 1
+            assert state.stable == before.canary and reasons == ["Promoted"]
+            assert before.weight == s.rollout.steps[-1]  # promotion only from the last step
+            assert verdict is not None and verdict.outcome == "pass"  # never on missing evidence
+        if "RolledBack" in reasons and before.canary in state.rejected:
+            rollbacks[f"{before.canary}/{before.rollout_id}"] += 1
         assert all(n <= 1 for n in rollbacks.values()), rollbacks
+        # a canary never outlives its step's deadline by more than one interval
+        if state.canary is not None and state.step_started is not None:
+            assert now - state.step_started <= s.rollout.progress_deadline_s + s.rollout.interval_s
         # serving objects for this status, on an existing and on a missing InferenceService
         if state.stable is not None:
             for observed in (
                 {},
-                {"churn": {"metadata": {"labels": {serving.LABEL_VERSION: state.rejected[-1] if state.rejected else "x"}}}},
+                {"churn": {"metadata": {"labels": {serving.LABEL_VERSION: state.retired or "x"}}}},
             ):
-                want = serving.desired(OWNER, s, state, URIS, observed)
+                want = serving.desired(OWNER, s, core.routing(state.to_status()), URIS, observed)
                 roles = [o["metadata"]["labels"].get(serving.LABEL_ROLE) for o in want.objects if o["kind"] == serving.ISVC_KIND]
                 assert roles.count("canary") <= 1
                 for obj in want.objects:

@@ -10,14 +10,14 @@ count over a window is the total now minus the total at the window's start
 (``increase``). They are plain data, persisted between runs of the runner,
 so a restarted runner counts from the same starts.
 
-The figures are the operator's (``churnops_operator.prom``): requests, server
-errors (5xx), requests slower than the latency limit's bucket of the ``total``
-stage, and score-histogram buckets, per model version. A version that the
-predictor does not serve (``churnops_model_info`` not 1) has no figures, not
-zeros: the decisions read missing figures as failures, never as success. A
-served version with no series yet has answered nothing: zero. Server errors
-without a version label of the model (a version that could not load) make the
-error check unavailable, as in the operator.
+The figures are the answers to the operator's named queries
+(``churnops_contract.queries.analysis_queries``): requests, server errors
+(5xx), requests within the latency limit's bucket of the ``total`` stage,
+score-histogram buckets and whether the version is served, per model version;
+the one observation builder (``churnops_contract.rollout.observe``) reads them
+for both drivers. A version the predictor does not serve answers only
+``served`` (empty): its figures are missing, which the analysis reads as no
+evidence, never as success.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from churnops_contract import metrics as m
 from churnops_contract.queries import latency_le
-from churnops_operator.decisions.analysis import Observation, VersionSample
+from churnops_contract.rollout.observe import Answer, failed, value
 
 INF = "+Inf"
 UNATTRIBUTED = ""  # the version label of errors the server could not attribute to a loaded version
@@ -194,37 +194,50 @@ def quantile(q: float, bounds: list[str], cumulative: list[float]) -> float | No
     return lower + (upper - lower) * ((rank - below) / inside if inside > 0 else 1.0)
 
 
-def version_sample(counters: Counters, version: str, start: float, limit_ms: float) -> VersionSample:
-    """One served version's counts since ``start`` (see the module docstring for what is missing and what is zero)."""
-    timed = increase(counters, key("timed", version), start)
-    fast = increase(counters, key("latency", version, le_key(latency_le(limit_ms))), start)
-    latency_bounds = _bounds(counters, "latency", version)
-    p95 = quantile(0.95, latency_bounds, [increase(counters, key("latency", version, le), start) for le in latency_bounds])
-    score_bounds = _bounds(counters, "score", version)
-    cumulative = [increase(counters, key("score", version, le), start) for le in score_bounds]
-    buckets = tuple(max(b - a, 0.0) for a, b in zip([0.0, *cumulative], cumulative, strict=False))
-    full = len(score_bounds) == len(m.SCORE_BUCKETS) + 1
-    return VersionSample(
-        requests=increase(counters, key("requests", version), start),
-        errors=increase(counters, key("errors", version), start),
-        slow=max(timed - fast, 0.0),
-        timed=timed,
-        p95_ms=None if p95 is None else 1000.0 * p95,
-        # no histogram yet (nothing scored) is all zeros, which the analysis reads as "no scores in the window"
-        score_buckets=buckets if full else tuple(0.0 for _ in range(len(m.SCORE_BUCKETS) + 1)),
-    )
-
-
 @dataclass(frozen=True)
 class Outcomes:
     """A version's delayed-label figures over the analysis window (``churnops.rollout.outcomes``); None when unknown."""
 
     auc: float | None = None
-    labelled: float | None = None
+    labelled: float | None = None  # None: the label source could not be read
     positive_rate: float | None = None
 
 
-def observe(
+def _bucket_answer(counters: Counters, kind: str, version: str, start: float) -> Answer:
+    return Answer({le: increase(counters, key(kind, version, le), start) for le in _bounds(counters, kind, version)})
+
+
+def version_answers(counters: Counters, scrape: Scrape, role: str, version: str, start: float, limit_ms: float) -> dict[str, Answer]:
+    """One version's ``<role>.<figure>`` answers, as Prometheus would give them for the same window."""
+    if version not in scrape.served:
+        return {f"{role}.served": Answer({})}
+    timed = increase(counters, key("timed", version), start)
+    fast = increase(counters, key("latency", version, le_key(latency_le(limit_ms))), start)
+    latency_bounds = _bounds(counters, "latency", version)
+    p95 = quantile(0.95, latency_bounds, [increase(counters, key("latency", version, le), start) for le in latency_bounds])
+    out = {
+        "served": value(1.0),
+        "requests": value(increase(counters, key("requests", version), start)),
+        "errors": value(increase(counters, key("errors", version), start)),
+        "timed": value(timed),
+        "fast": value(fast),
+        "p95": Answer({}) if p95 is None else value(1000.0 * p95),
+        "scores": _bucket_answer(counters, "score", version, start),
+    }
+    return {f"{role}.{name}": a for name, a in out.items()}
+
+
+def label_answers(role: str, figures: Outcomes) -> dict[str, Answer]:
+    """The prediction log's label figures; counted here (``labelled``), where Prometheus gives a coverage share."""
+    if figures.labelled is None:
+        return {f"{role}.labelled": failed("the prediction log or the labels could not be read")}
+    out = {f"{role}.labelled": value(figures.labelled)}
+    for name, x in (("auc", figures.auc), ("churn_rate", figures.positive_rate)):
+        out[f"{role}.{name}"] = Answer({}) if x is None else value(x)
+    return out
+
+
+def answers(
     counters: Counters,
     scrape: Scrape | None,
     canary: str,
@@ -232,37 +245,27 @@ def observe(
     since: float,
     step_since: float,
     limit_ms: float,
-    look: int,
     outcomes: Mapping[str, Outcomes] | None = None,
-    problems: tuple[str, ...] = (),
-) -> Observation:
-    """The operator's Observation of a canary against its stable version, from the runner's own scrapes."""
-    notes = list(problems)
+) -> dict[str, Answer]:
+    """The analysis's named answers (``churnops_contract.queries.analysis_queries``) from the runner's own scrapes."""
     if scrape is None:
-        notes.append("no scrape of the predictor in this step")
-        return Observation(VersionSample(), VersionSample(), None, look, tuple(notes))
-    samples = {}
-    for version in (canary, stable):
-        if version in scrape.served:
-            sample = version_sample(counters, version, since, limit_ms)
-            figures = (outcomes or {}).get(version, Outcomes())
-            samples[version] = replace(sample, auc=figures.auc, labelled=figures.labelled, positive_rate=figures.positive_rate)
-        else:
-            notes.append(f"version {version} is not served by the predictor")
-            samples[version] = VersionSample()
-    c, s = samples[canary], samples[stable]
-    unattributed = increase(counters, key("errors", UNATTRIBUTED), since)
-    if unattributed:
-        notes.append(f"{unattributed:.0f} server errors carry no version label: the error rate cannot be judged")
-        c, s = replace(c, errors=None), replace(s, errors=None)
-    step = increase(counters, key("requests", canary), step_since) if canary in scrape.served else None
-    return Observation(c, s, step, look, tuple(notes))
+        return {}  # every figure missing: the check is inconclusive
+    out: dict[str, Answer] = {}
+    for role, version in (("canary", canary), ("stable", stable)):
+        out.update(version_answers(counters, scrape, role, version, since, limit_ms))
+        out.update(label_answers(role, (outcomes or {}).get(version, Outcomes(labelled=0.0))))
+    if canary in scrape.served:
+        out["canary.step_requests"] = value(increase(counters, key("requests", canary), step_since))
+    out["unattributed_errors"] = value(increase(counters, key("errors", UNATTRIBUTED), since))
+    return out
 
 
-def drift_signals(scrape: Scrape | None, version: str) -> tuple[bool | None, float | None]:
-    """The predictor's live drift verdict for a version (after multiple-testing control) and its drifted share."""
+def drift_answers(scrape: Scrape | None, version: str) -> dict[str, Answer]:
+    """The predictor's live drift verdict and drifted share of a version, as the retraining queries name them."""
     if scrape is None:
-        return None, None
-    detected = scrape.gauges.get(key("drift_detected", version))
-    share = scrape.gauges.get(key("drifted_share", version))
-    return (None if detected is None else detected >= 0.5), share
+        return {}
+    out = {}
+    for name, kind in (("drift_verdict", "drift_detected"), ("drifted_share", "drifted_share")):
+        x = scrape.gauges.get(key(kind, version))
+        out[name] = Answer({}) if x is None else value(x)
+    return out

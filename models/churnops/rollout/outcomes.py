@@ -9,7 +9,9 @@ outcome has not arrived is pending, never a negative.
 
 Nothing to read (no labels yet, no predictions in the window) gives None
 figures, which the canary analysis reports as "pending" for AUC and the
-retraining policy as "not observed": missing figures never count as success.
+retraining policy as "not observed"; a source that cannot be read gives
+figures marked unreadable, which the analysis treats as unknown (it may hold a
+rollout, never promote one).
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ class VersionOutcomes:
     positive_rate: float | None  # churners among the labelled
     calibration_ratio: float | None  # observed churners / sum of their scores (None below the check's minimum)
     estimated_auc: float | None  # CBPE over every prediction in the window
+    readable: bool = True  # False: the prediction log or the labels could not be read (figures unknown, not zero)
 
 
 NOTHING = VersionOutcomes(0, 0, None, None, None, None)
+UNREADABLE = VersionOutcomes(0, 0, None, None, None, None, readable=False)
 
 
 def labels_reader(data_dir: Path) -> LabelReader:
@@ -97,4 +101,4 @@ class OutcomeSource:
             return out
         except (ChurnOpsError, OSError, ValueError) as e:  # bad labels or an unreadable segment: no figures, said why
             log.warning("delayed-label figures unavailable: %s", e)
-            return dict.fromkeys(versions, NOTHING)
+            return dict.fromkeys(versions, UNREADABLE)

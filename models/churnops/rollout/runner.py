@@ -1,36 +1,30 @@
-"""The embedded rollout runner: the operator's decisions, driven by a local loop instead of Kubernetes.
+"""The embedded rollout runner: the rollout core's pass, driven by a local loop instead of Kubernetes.
 
-One ``step(now)`` is one reconcile pass of the operator
-(``churnops_operator.reconcile``) with the I/O edges of one machine:
+One ``step(now)`` is one pass of ``churnops_contract.rollout.core`` with the
+I/O edges of one machine (the operator's are in ``churnops_operator.reconcile``):
 
-1. read the deployment (``state``) and scrape the predictor's ``/metrics``;
+1. read the deployment (``store``) and scrape the predictor's ``/metrics``;
 2. move the world to the *persisted* status: the routing table the predictor
    follows (``churnops.serving.routing``), the MLflow ``champion`` alias and
-   the promotion or rollback tags of every history entry not yet applied, the
-   retraining run the status names (started when it has no process yet);
-3. observe and decide with the operator's functions: ``rollout.check_due``,
-   ``analysis.judge``, ``rollout.decide``, ``retraining.evaluate`` and
-   ``retraining.on_run``, ``status.assemble``;
-4. persist the new status (and append every decision, with its figures, to
-   the timeline), then apply it at once as in 2.
+   the tags of every history entry not yet applied, the retraining run the
+   status names (started when it has no process yet);
+3. ask the core what to observe, fill the contract's named answers from the
+   scrapes, the prediction log and the labels, and let ``core.decide`` decide;
+4. persist the new status with its new events in one atomic write (and append
+   every decision, with its figures, to the timeline), then apply it at once.
 
 A runner killed anywhere therefore either repeats a step from the same
 persisted status or applies a status that was fully decided, exactly as the
-operator: never two canaries, never a weight that goes back down within one
-rollout. ``run`` calls ``step`` every tick until stopped; the decisions keep
-their own time (``spec.rollout.interval``), so the tick only bounds how late
-they are taken. Time is an argument: a demo or a test steps the runner with
-its own clock.
-
-The canary's first traffic (``traffic_since``) is when the predictor shows the
-canary loaded after the table named it, or, if it never does, once the
-progress deadline has passed: the analysis then finds no canary figures and
-fails it, so a canary that cannot load is rolled back instead of waiting forever.
+operator. ``run`` calls ``step`` every tick until stopped, and backs off
+(exponentially, with jitter) while steps fail; the decisions keep their own
+time (``spec.rollout.interval``). Time is an argument: a demo or a test steps
+the runner with its own clock.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import urllib.error
@@ -40,28 +34,30 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from churnops.errors import ChurnOpsError, InvalidInputError, UnavailableError
-from churnops.rollout import manual
+from churnops.errors import ChurnOpsError, ConflictError, InvalidInputError, UnavailableError
 from churnops.rollout import metrics as rm
 from churnops.rollout.outcomes import OutcomeSource, VersionOutcomes, labels_reader
 from churnops.rollout.prometheus import PrometheusMetrics
-from churnops.rollout.retraining import Retrainer, RunInfo
-from churnops.rollout.state import Deployment, DeploymentStore, checked_spec
+from churnops.rollout.retraining import Retrainer
+from churnops.rollout.store import Deployment, DeploymentStore, checked_spec, deployments
 from churnops.serving.routing import DEFAULT_ROUTE, RoutingTable, Split, read_table, write_table
 from churnops.training import registry
-from churnops_contract import policy
+from churnops_contract import metrics as cm
+from churnops_contract import queries
 from churnops_contract import registry as names
-from churnops_operator.decisions import analysis, retraining, rollout
-from churnops_operator.decisions import status as status_mod
-from churnops_operator.decisions.retraining import RetrainingStatus
-from churnops_operator.decisions.rollout import Event, RolloutStatus, Transition
-from churnops_operator.spec import DeploymentSpec
+from churnops_contract.rollout import core, machine, manual, observe, retraining
+from churnops_contract.rollout.analysis import Verdict
+from churnops_contract.rollout.machine import Event, RolloutStatus, Transition
+from churnops_contract.rollout.retraining import RetrainingStatus
+from churnops_contract.rollout.spec import DeploymentSpec
+from churnops_contract.rollout.status import Health, rfc3339
 
 log = logging.getLogger(__name__)
 
 SCRAPES_FILE = "scrapes.json"
-REGISTRY_EVENTS = ("Deployed", "Promoted", "RolledBack")
 SETTLED = ("Promoted", "RolledBack")
+BUCKETS = len(cm.SCORE_BUCKETS) + 1
+MAX_BACKOFF_S = 30.0
 
 
 class MetricSource(Protocol):
@@ -156,18 +152,43 @@ class Journal:
         return tuple(e for e in self.entries if e["kind"] == "event")
 
 
-def event_doc(e: Event, now: float, st: RolloutStatus) -> dict[str, Any]:
+def event_doc(entry: Mapping[str, Any], st: RolloutStatus) -> dict[str, Any]:
+    """A history entry of the core as a timeline event."""
     return {
-        "time": now,
+        "time": entry.get("time"),
         "kind": "event",
-        "type": e.type,
-        "reason": e.reason,
-        "message": e.message,
+        "seq": entry.get("seq"),
+        "type": entry.get("type"),
+        "reason": entry.get("event"),
+        "message": entry.get("message"),
         "stable": st.stable,
         "canary": st.canary,
         "weight": st.weight,
         "rolloutId": st.rollout_id,
     }
+
+
+def owner_of(data_dir: Path, model: str) -> str | None:
+    """The deployment under ``data_dir`` that owns a registered model: the oldest one naming it (as the operator decides)."""
+    claims = []
+    for name in deployments(data_dir):
+        try:
+            dep = DeploymentStore(data_dir, name).load()
+        except ChurnOpsError:
+            continue
+        if str((dep.spec.get("model") or {}).get("registeredModel") or names.DEFAULT_MODEL_NAME) == model:
+            claims.append((dep.created, dep.uid, name))
+    return min(claims)[2] if claims else None
+
+
+@dataclass
+class Seen:
+    """What the convergence of one step found: problems, readiness, the run's state, the registry's progress."""
+
+    problems: dict[str, str] = field(default_factory=dict)
+    canary_ready: bool = False
+    run: core.RunReport | None = None
+    synced: int = 0
 
 
 class Runner:
@@ -218,22 +239,28 @@ class Runner:
     ) -> StepReport | None:
         """Step every ``tick_s`` until ``stop`` is set or ``until(report)`` holds; only one runner drives a deployment.
 
+        A failing step (a disk or registry fault outside the decisions) is retried with exponential backoff and jitter.
         Training runs this runner started are stopped when it returns (a runner killed outright leaves them to the next one).
         """
         claim = self.store.claim()
         report = None
+        failures = 0
+        rng = random.Random()
         try:
             while not stop.is_set():
                 try:
                     report = self.step()
-                except ChurnOpsError as e:  # a dependency down (registry, disk): the persisted status is retried next tick
-                    log.warning("deployment %s: step failed: %s", self.store.name, e)
+                    failures = 0
+                except ChurnOpsError as e:
+                    failures += 1
+                    log.warning("deployment %s: step failed (%d in a row): %s", self.store.name, failures, e)
                     report = None
                 if report is not None and on_step is not None:
                     on_step(report)
                 if report is not None and until is not None and until(report):
                     break
-                stop.wait(tick_s)
+                wait = tick_s if not failures else min(tick_s * 2.0**failures, MAX_BACKOFF_S) * (0.5 + rng.random())
+                stop.wait(wait)
         finally:
             self.retrainer.close()
             claim.close()
@@ -242,7 +269,7 @@ class Runner:
     # --- one step ---------------------------------------------------------------------------------------
 
     def step(self, now: float | None = None, analyse: bool = True) -> StepReport:
-        """One reconcile pass (see the module docstring); ``analyse=False`` takes no canary check (nothing to measure)."""
+        """One pass (see the module docstring); ``analyse=False`` takes no canary check (nothing to measure)."""
         now = self.clock() if now is None else now
         with self.store.locked():
             dep = self.store.load()
@@ -261,11 +288,11 @@ class Runner:
             seen.problems.append(str(e))
             log.warning("deployment %s: %s", self.store.name, e)
             return seen
-        st = RolloutStatus.from_status(dep.status)
+        st = core.rollout_of(dep.status)
         if not self.metrics.counts_itself or st.canary is None:  # counts are only needed while a canary is analysed
             return seen
         counters = rm.Counters.from_doc(self.store.read_aux(SCRAPES_FILE))
-        marks = [t for t in (st.traffic_since, st.step_started) if t is not None]
+        marks = [t for t in (st.traffic_since, st.step_started, now) if t is not None]
         versions = [v for v in (st.stable, st.canary) if v is not None]
         seen.counters = rm.advance(counters, seen.scrape, marks, versions)
         self.store.write_aux(SCRAPES_FILE, seen.counters.to_doc())
@@ -275,178 +302,186 @@ class Runner:
         model = dep.spec.get("model") or {}
         return str(model.get("registeredModel") or names.DEFAULT_MODEL_NAME)
 
+    def _health(self, seen: Observed, st: RolloutStatus, problems: Mapping[str, str]) -> Health:
+        ready = None if seen.scrape is None or st.stable is None else st.stable in seen.scrape.served
+        return Health(ready, dict(problems))
+
     def _reconcile(self, dep: Deployment, seen: Observed, analyse: bool) -> StepReport:
         now = seen.now
-        old = dep.status
-        st = RolloutStatus.from_status(old)
-        rs = RetrainingStatus.from_status(old.get("retraining"))
+        raw = dep.status
         try:
             spec = checked_spec(dep.spec)
         except ChurnOpsError as e:
-            return self._degraded(dep, st, rs, now, str(e))
+            return self._blocked(dep, seen, {"spec": str(e)})
+        owner = owner_of(self.store.data_dir, spec.model.registered_model)
+        if owner is not None and owner != self.store.name:
+            why = f"registered model {spec.model.registered_model} is deployed by {owner}; one deployment per registered model"
+            return self._blocked(dep, seen, {"owner": why})
         journal = Journal()
-        synced = rollout.number(old, "registrySyncedAt")
-        st, rs, synced = self._converge(spec, st, rs, synced, seen, journal)
-        target, problem = self._target(spec)
-        target = rollout.choose_target(target, rs.candidate, spec.rollout.auto_promote, st.rejected)
-        verdict = None
-        if analyse and rollout.check_due(spec, st, now):
-            verdict = self._check(spec, st, seen)
-        transition = rollout.decide(spec, st, target, now, verdict)
-        if verdict is not None:
-            journal.add(self._check_entry(st, transition.status, verdict, now))
-        st = transition.status
-        journal.add(*(event_doc(e, now, st) for e in transition.events))
-        if problem and st.stable is None:
-            st = replace(st, message=problem)
-        if analyse and st.stable is not None and retraining.evaluation_due(spec, rs, st.canary is not None, now):
-            rs = self._evaluate(spec, st, rs, seen, journal)
-        dep = self._save(dep, st, rs, synced, seen, journal, old)
+        found = self._converge(spec, raw, seen, journal)
+        target, problem = self._target(spec, found.problems)
+        due = core.due(spec, raw, now, found.canary_ready)
+        observation = self._analysis(spec, due, seen) if analyse and due.check else None
+        signals = self._signals(spec, due, seen) if analyse and due.evaluation and due.stable else None
+        st_before = core.rollout_of(raw)
+        world = core.World(
+            target=target,
+            target_problem=problem,
+            health=self._health(seen, st_before, found.problems),
+            canary_ready=found.canary_ready,
+            observation=observation,
+            signals=signals,
+            run=found.run,
+            model_ref=core.model_ref(spec),
+            run_prefix=retraining.run_prefix(None, self.store.name, dep.uid),
+        )
+        plan = core.decide(spec, raw, world, dep.generation, now)
+        status = {**plan.status, "registrySynced": max(found.synced, machine.integer(plan.status, "registrySynced"))}
+        if plan.verdict is not None:
+            journal.add(self._check_entry(st_before, core.rollout_of(status), plan.verdict, now))
+        if signals is not None:
+            journal.add(self._evaluation_entry(raw, status, signals, now))
+        self._run_entry(raw, status, found.run, now, journal)
+        dep = self._save(dep, status, journal)
         # apply the decision now rather than on the next step (the persisted status is what is applied)
-        st, rs, synced = self._converge(spec, st, rs, synced, seen, journal)
-        dep = self._save(dep, st, rs, synced, seen, journal, dep.status)
-        return self._report(dep, st, journal, seen)
+        found = self._converge(spec, dep.status, Observed(now, seen.scrape, seen.counters), journal)
+        status = {**dep.status, "registrySynced": max(found.synced, machine.integer(dep.status, "registrySynced"))}
+        dep = self._save(dep, status, journal)
+        return self._report(dep, journal, seen)
 
-    def _save(
-        self,
-        dep: Deployment,
-        st: RolloutStatus,
-        rs: RetrainingStatus,
-        synced: float | None,
-        seen: Observed,
-        journal: Journal,
-        old: Mapping[str, Any],
-    ) -> Deployment:
-        """Persist the status (when it changed) and the events, then append the decisions to the timeline."""
-        ready = seen.scrape is None or st.stable in seen.scrape.served
-        status = status_mod.assemble(st, rs, dep.generation, seen.now, old, serving_ready=ready)
-        status["registrySyncedAt"] = synced
-        new = journal.unsaved()
-        events = [{k: v for k, v in e.items() if k != "kind"} for e in new if e["kind"] == "event"]
-        if status != dep.status or events:
+    def _save(self, dep: Deployment, status: dict[str, Any], journal: Journal) -> Deployment:
+        """Persist the status with its unposted events in one atomic write, then append the decisions to the timeline."""
+        entries = core.unposted(status)
+        st = core.rollout_of(status)
+        if entries:
+            status = core.mark_posted(status, int(entries[-1]["seq"]))
+            journal.add(*(event_doc(e, st) for e in entries))
+        if status != dep.status or entries:
+            events = [{k: v for k, v in e.items() if k not in ("kind", "seq")} for e in (event_doc(x, st) for x in entries)]
             dep = replace(dep, status=status).with_events(events)
             self.store.save(dep)
-        self.store.record(new)
+        self.store.record(journal.unsaved())
         journal.saved = len(journal.entries)
         return dep
 
-    def _report(self, dep: Deployment, st: RolloutStatus, journal: Journal, seen: Observed) -> StepReport:
+    def _report(self, dep: Deployment, journal: Journal, seen: Observed) -> StepReport:
+        st = core.rollout_of(dep.status)
         return StepReport(
             seen.now, str(dep.status.get("phase")), st.stable, st.canary, st.weight, journal.events(), st.last_verdict, tuple(seen.problems)
         )
 
-    def _degraded(self, dep: Deployment, st: RolloutStatus, rs: RetrainingStatus, now: float, error: str) -> StepReport:
-        status = status_mod.assemble(st, rs, dep.generation, now, dep.status, error=error)
-        status["registrySyncedAt"] = dep.status.get("registrySyncedAt")
-        repeated = dep.status.get("phase") == "Degraded" and dep.status.get("message") == error
+    def _blocked(self, dep: Deployment, seen: Observed, problems: dict[str, str]) -> StepReport:
+        st = core.rollout_of(dep.status)
+        plan = core.blocked(dep.status, self._health(seen, st, problems), dep.generation, seen.now)
         journal = Journal()
-        if not repeated:
-            journal.add(event_doc(Event("Warning", "Degraded", error), now, st))
-        dep = replace(dep, status=status).with_events([{k: v for k, v in e.items() if k != "kind"} for e in journal.entries])
-        self.store.save(dep)
-        self.store.record(journal.entries)
-        return StepReport(now, "Degraded", st.stable, st.canary, st.weight, journal.events(), st.last_verdict, (error,))
+        dep = self._save(dep, plan.status, journal)
+        return StepReport(seen.now, str(dep.status.get("phase")), st.stable, st.canary, st.weight, journal.events(), st.last_verdict, tuple(problems.values()))
 
     # --- the world -------------------------------------------------------------------------------------
 
-    def _converge(
-        self,
-        spec: DeploymentSpec,
-        st: RolloutStatus,
-        rs: RetrainingStatus,
-        synced: float | None,
-        seen: Observed,
-        journal: Journal,
-    ) -> tuple[RolloutStatus, RetrainingStatus, float | None]:
+    def _converge(self, spec: DeploymentSpec, raw: Mapping[str, Any], seen: Observed, journal: Journal) -> Seen:
         """Make the routing table, the registry and the retraining run match the status; record what that changed."""
-        if st.stable is not None:
-            self._route(st, seen.now, journal)
-        if st.canary is not None and st.traffic_since is None:
-            loaded = seen.scrape is not None and st.canary in seen.scrape.served
-            overdue = st.analysis_started is not None and seen.now - st.analysis_started >= spec.rollout.progress_deadline_s
-            if loaded or overdue:
-                st = rollout.traffic_applied(st, seen.now)
-        synced = self._sync_registry(spec, st, synced)
-        rs = self._track_run(spec, st, rs, seen.now, journal)
-        return st, rs, synced
+        found = Seen(synced=machine.integer(raw, "registrySynced"))
+        route = core.routing(raw)
+        if route.stable is not None:
+            self._route(route, seen.now, journal)
+        found.canary_ready = route.canary is not None and seen.scrape is not None and route.canary in seen.scrape.served
+        self._sync_registry(spec, raw, found)
+        found.run = self._track_run(spec, raw, found)
+        return found
 
-    def _route(self, st: RolloutStatus, now: float, journal: Journal) -> None:
+    def _route(self, route: core.Routing, now: float, journal: Journal) -> None:
         try:
             have = read_table(self.store.routing_path)
         except ChurnOpsError:
             have = RoutingTable()  # unreadable: replace it
-        want = RoutingTable(st.stable, st.canary, st.weight if st.canary else 0, self.split or have.split, now)
+        want = RoutingTable(route.stable, route.canary, route.weight, self.split or have.split, now)
         if have.same_routes(want) and self.store.routing_path.exists():
             return
         write_table(self.store.routing_path, want)
-        journal.add(
-            {"time": now, "kind": "routing", "stable": st.stable, "canary": st.canary, "weight": want.weight, "rolloutId": st.rollout_id}
-        )
+        journal.add({"time": now, "kind": "routing", "stable": route.stable, "canary": route.canary, "weight": want.weight})
 
-    def _sync_registry(self, spec: DeploymentSpec, st: RolloutStatus, synced: float | None) -> float | None:
-        """Replay the history entries not yet applied to MLflow: the champion alias and the why on each version."""
+    def _sync_registry(self, spec: DeploymentSpec, raw: Mapping[str, Any], found: Seen) -> None:
+        """Apply the history entries MLflow has not seen: the champion alias and the why on each version."""
         reg = replace(self.registry, model_name=spec.model.registered_model)
-        last = synced
-        for entry in st.history:
-            when = entry.get("time")
-            if entry.get("event") not in REGISTRY_EVENTS or not isinstance(when, int | float) or (synced is not None and when <= synced):
-                continue
+        for entry in core.registry_writes(raw):
             frm, to, why = entry.get("from"), entry.get("to"), str(entry.get("reason") or "")[:500]
-            if entry["event"] == "RolledBack":
-                mark_rolled_back(reg, str(frm), str(to) if to else None, why, float(when))
-            elif entry["event"] == "Promoted" or (to and registry.alias_version(reg, names.CHAMPION) != to):
-                # a first version that is the champion already keeps the record of how it became champion
-                registry.promote(reg, str(to), why)
-            last = float(when)
-        return last
+            when = float(entry.get("time") or 0.0)
+            try:
+                if entry["event"] == "RolledBack":
+                    mark_rolled_back(reg, str(frm), str(to) if to else None, why, when)
+                elif entry["event"] == "Promoted" or (to and registry.alias_version(reg, names.CHAMPION) != to):
+                    # a first version that is the champion already keeps the record of how it became champion
+                    registry.promote(reg, str(to), why)
+            except Exception as e:
+                found.problems.setdefault("registry", f"{type(e).__name__}: {e}"[:300])
+                return
+            found.synced = int(entry["seq"])
 
-    def _track_run(self, spec: DeploymentSpec, st: RolloutStatus, rs: RetrainingStatus, now: float, journal: Journal) -> RetrainingStatus:
-        if not rs.active or rs.pending_key is None:
-            return rs
+    def _track_run(self, spec: DeploymentSpec, raw: Mapping[str, Any], found: Seen) -> core.RunReport | None:
+        action = core.run_action(raw)
+        if action is None:
+            return None
         r = spec.monitoring.retraining
         try:
-            run_id = rs.run_id or self.retrainer.ensure(rs.pending_key, r.pipeline, dict(r.parameters))
+            run_id = action[1] if action[0] == "poll" else self.retrainer.ensure(action[1], r.pipeline, dict(r.parameters))
             info = self.retrainer.info(run_id)
         except InvalidInputError as e:  # a run this machine cannot start (another pipeline's name): it failed, once
-            run_id, info = rs.pending_key, RunInfo("FAILED", None, str(e))
-        new, events = retraining.on_run(rs, run_id, info.state, info.challenger, st.stable)
-        if new.run_state != rs.run_state:
-            journal.add(
-                {"time": now, "kind": "run", "run": run_id, "state": info.state, "challenger": info.challenger, "detail": info.detail}
-            )
-        journal.add(*(event_doc(e, now, st) for e in events))
-        return new
+            return core.RunReport(failure=str(e))
+        except ChurnOpsError as e:
+            found.problems.setdefault("pipelines", str(e)[:300])
+            return None
+        return core.RunReport(run_id, info.state, info.challenger)
 
-    def _target(self, spec: DeploymentSpec) -> tuple[str | None, str | None]:
-        """The spec's version (checked to exist) and, when it cannot be used, why."""
+    def _target(self, spec: DeploymentSpec, problems: dict[str, str]) -> tuple[str | None, str | None]:
+        """The spec's version (checked to exist) and, when it cannot be used, why; (None, None) while the registry fails."""
         reg = replace(self.registry, model_name=spec.model.registered_model)
-        if spec.model.version is not None:
-            if registry.version_exists(reg, spec.model.version):
-                return spec.model.version, None
-            return None, f"version {spec.model.version} of {reg.model_name} is not registered"
-        assert spec.model.alias is not None
-        version = registry.alias_version(reg, spec.model.alias)
+        try:
+            if spec.model.version is not None:
+                if registry.version_exists(reg, spec.model.version):
+                    return spec.model.version, None
+                return None, f"version {spec.model.version} of {reg.model_name} is not registered"
+            assert spec.model.alias is not None
+            version = registry.alias_version(reg, spec.model.alias)
+        except Exception as e:
+            problems.setdefault("registry", f"{type(e).__name__}: {e}"[:300])
+            return None, None
         if version is None:
             return None, f"registered model {reg.model_name} has no alias {spec.model.alias!r}"
         return version, None
 
     # --- observations --------------------------------------------------------------------------------------
 
-    def _check(self, spec: DeploymentSpec, st: RolloutStatus, seen: Observed) -> analysis.Verdict:
-        assert st.canary is not None and st.stable is not None and st.traffic_since is not None
-        figures = self.outcomes.versions(spec.model.registered_model, (st.canary, st.stable), st.traffic_since, seen.now, estimates=False)
+    def _analysis(self, spec: DeploymentSpec, due: core.Due, seen: Observed) -> Any:
+        assert due.canary is not None and due.stable is not None and due.since is not None
+        model = spec.model.registered_model
+        step_since = due.step_since or due.since
+        limit = spec.rollout.analysis.max_latency_p95_ms
+        figures = self.outcomes.versions(model, (due.canary, due.stable), due.since, seen.now, estimates=False)
         outcomes = {v: _sample_outcomes(o) for v, o in figures.items()}
-        windows = (st.canary, st.stable, st.traffic_since, st.step_started or st.traffic_since, spec.rollout.analysis.max_latency_p95_ms)
-        look = st.checks + 1
         if isinstance(self.metrics, PrometheusMetrics) and seen.scrape is not None:
-            model = spec.model.registered_model
-            obs = self.metrics.observe(model, *windows, look, seen.now, outcomes, seen.scrape.served, tuple(seen.problems))
+            asked = queries.analysis_queries(model, due.canary, due.stable, max(seen.now - due.since, 1.0), max(seen.now - step_since, 1.0), limit)
+            labels = (".auc", ".coverage", ".churn_rate")  # on one machine the prediction log and the labels give these
+            answers = self.metrics.answers({k: v for k, v in asked.items() if not k.endswith(labels)}, seen.now)
+            for role, version in (("canary", due.canary), ("stable", due.stable)):
+                answers.update(rm.label_answers(role, outcomes.get(version, rm.Outcomes(labelled=0.0))))
         else:
-            obs = rm.observe(seen.counters, seen.scrape, *windows, look, outcomes, tuple(seen.problems))
-        return analysis.judge(spec.rollout.analysis, obs, spec.rollout.min_samples)
+            answers = rm.answers(seen.counters, seen.scrape, due.canary, due.stable, due.since, step_since, limit, outcomes)
+        return observe.analysis_observation(answers, due.look, BUCKETS, tuple(seen.problems))
+
+    def _signals(self, spec: DeploymentSpec, due: core.Due, seen: Observed) -> Any:
+        """The retraining policy's observation of the stable version: the predictor's drift verdict and the delayed labels."""
+        assert due.stable is not None
+        model = spec.model.registered_model
+        o = self.outcomes.versions(model, (due.stable,), seen.now - self.label_window_s, seen.now)[due.stable]
+        answers = rm.drift_answers(seen.scrape, due.stable)
+        for name, x in (("auc_measured", o.auc), ("auc_estimated", o.estimated_auc), ("calibration_ratio", o.calibration_ratio)):
+            answers[name] = observe.Answer({}) if x is None else observe.value(x)
+        answers["labelled"] = observe.value(float(o.labelled))
+        return observe.retraining_observation(answers, spec.monitoring.drift.threshold, self._reference(model, due.stable), seen.now)
 
     @staticmethod
-    def _check_entry(before: RolloutStatus, after: RolloutStatus, verdict: analysis.Verdict, now: float) -> dict[str, Any]:
+    def _check_entry(before: RolloutStatus, after: RolloutStatus, verdict: Verdict, now: float) -> dict[str, Any]:
         """A check at the weight it judged, with the failed checks it leaves (the threshold is in the spec)."""
         return {
             "time": now,
@@ -463,52 +498,42 @@ class Runner:
             "figures": verdict.figures(),
         }
 
-    def _evaluate(
-        self, spec: DeploymentSpec, st: RolloutStatus, rs: RetrainingStatus, seen: Observed, journal: Journal
-    ) -> RetrainingStatus:
-        """One evaluation of the retraining policy on the stable version's signals."""
-        assert st.stable is not None
-        model = spec.model.registered_model
-        drift, share = rm.drift_signals(seen.scrape, st.stable)
-        o = self.outcomes.versions(model, (st.stable,), seen.now - self.label_window_s, seen.now)[st.stable]
-        obs = policy.Observation(
-            time=seen.now,
-            drift_detected=drift,
-            drifted_share=share,
-            measured_auc=o.auc,
-            labelled=o.labelled,
-            estimated_auc=o.estimated_auc,
-            reference_auc=self._reference(model, st.stable),
-            calibration_ratio=o.calibration_ratio,
-        )
-        new, events = retraining.evaluate(spec, rs, obs, self.store.name)
-        journal.add(
-            {
-                "time": seen.now,
-                "kind": "evaluation",
-                "version": st.stable,
-                "breaches": new.breaches,
-                "triggered": new.triggers > rs.triggers,
-                "reason": new.reason,
-                "signals": {
-                    "driftDetected": drift,
-                    "driftedShare": share,
-                    "measuredAUC": o.auc,
-                    "labelled": o.labelled,
-                    "estimatedAUC": o.estimated_auc,
-                    "referenceAUC": obs.reference_auc,
-                    "calibrationRatio": o.calibration_ratio,
-                },
-            }
-        )
-        journal.add(*(event_doc(e, seen.now, st) for e in events))
-        return new
+    @staticmethod
+    def _evaluation_entry(raw: Mapping[str, Any], status: Mapping[str, Any], obs: Any, now: float) -> dict[str, Any]:
+        before, after = core.retraining_of(raw), core.retraining_of(status)
+        return {
+            "time": now,
+            "kind": "evaluation",
+            "version": core.rollout_of(status).stable,
+            "breaches": after.breaches,
+            "triggered": after.triggers > before.triggers,
+            "reason": after.reason,
+            "signals": {
+                "driftDetected": obs.drift_detected,
+                "driftedShare": obs.drifted_share,
+                "measuredAUC": obs.measured_auc,
+                "labelled": obs.labelled,
+                "estimatedAUC": obs.estimated_auc,
+                "referenceAUC": obs.reference_auc,
+                "calibrationRatio": obs.calibration_ratio,
+            },
+        }
+
+    @staticmethod
+    def _run_entry(raw: Mapping[str, Any], status: Mapping[str, Any], run: core.RunReport | None, now: float, journal: Journal) -> None:
+        before, after = core.retraining_of(raw), core.retraining_of(status)
+        if run is not None and after.run_state != before.run_state:
+            detail = run.failure or ""
+            journal.add({"time": now, "kind": "run", "run": after.run_id or after.pending_key, "state": after.run_state, "challenger": run.challenger, "detail": detail})
 
     def _reference(self, model: str, version: str) -> float | None:
         """The version's holdout AUC at training (the policy's reference); versions are immutable, so it is cached."""
         key = (model, version)
         if key not in self._reference_auc:
-            info = registry.version_info(replace(self.registry, model_name=model), version)
+            try:
+                info = registry.version_info(replace(self.registry, model_name=model), version)
+            except Exception:
+                return None
             value = info["metrics"].get("roc_auc")
             self._reference_auc[key] = float(value) if value is not None else None
         return self._reference_auc[key]
@@ -542,25 +567,26 @@ class Runner:
         now = self.clock() if now is None else now
         with self.store.locked():
             dep = self.store.load()
-            version, _ = self._target(dep.parsed())
-            st = RolloutStatus.from_status(dep.status)
-            if version is None or version not in st.rejected:
+            version, _ = self._target(dep.parsed(), {})
+            st = core.rollout_of(dep.status)
+            if version is None or (version not in st.rejected and (st.deferred is None or st.deferred.version != version)):
                 return None
-            st = manual.allow(st, version)
-            rs = RetrainingStatus.from_status(dep.status.get("retraining"))
-            journal = Journal([event_doc(Event("Normal", "RetryAllowed", f"Version {version} may be rolled out again"), now, st)])
-            self._save(dep, st, rs, rollout.number(dep.status, "registrySyncedAt"), Observed(now), journal, dep.status)
+            transition = machine.allow(st, version)
+            plan = core.assemble(dep.status, transition.status, core.retraining_of(dep.status), transition.events, Health(), dep.generation, now)
+            self._save(dep, plan.status, Journal())
             return version
 
     def promote(self, reason: str, now: float | None = None) -> StepReport:
-        return self._manual(lambda spec, st, rs, t: (manual.promote(st, t, reason), rs, ()), now)
+        return self._manual(lambda spec, st, rs, t: (manual.promote(st, reason), rs, ()), now)
 
     def rollback(self, reason: str, now: float | None = None) -> StepReport:
-        return self._manual(lambda spec, st, rs, t: (manual.rollback(st, t, reason), rs, ()), now)
+        return self._manual(lambda spec, st, rs, t: (manual.rollback(st, reason), rs, ()), now)
 
     def retrain(self, reason: str, now: float | None = None) -> StepReport:
         def trigger(spec: DeploymentSpec, st: RolloutStatus, rs: RetrainingStatus, t: float) -> Manual:
-            new, events = manual.retrain(rs, t, reason, self.store.name)
+            dep = self.store.load()
+            prefix = retraining.run_prefix(None, self.store.name, dep.uid)
+            new, events = manual.retrain(rs, t, reason, prefix, core.model_ref(spec))
             return Transition(st), new, events
 
         return self._manual(trigger, now)
@@ -571,18 +597,18 @@ class Runner:
         with self.store.locked():
             dep = self.store.load()
             spec = dep.parsed()
-            old = dep.status
-            st = RolloutStatus.from_status(old)
-            rs = RetrainingStatus.from_status(old.get("retraining"))
-            transition, rs, extra = decide(spec, st, rs, now)
-            st = transition.status
-            journal = Journal([event_doc(e, now, st) for e in (*transition.events, *extra)])
+            st, rs = core.rollout_of(dep.status), core.retraining_of(dep.status)
+            try:
+                transition, rs, extra = decide(spec, st, rs, now)
+            except manual.ManualError as e:
+                raise ConflictError(str(e)) from None
+            plan = core.assemble(dep.status, transition.status, rs, (*transition.events, *extra), Health(), dep.generation, now)
+            journal = Journal()
+            dep = self._save(dep, plan.status, journal)
             seen = Observed(now)
-            synced = rollout.number(old, "registrySyncedAt")
-            dep = self._save(dep, st, rs, synced, seen, journal, old)
-            st, rs, synced = self._converge(spec, st, rs, synced, seen, journal)
-            dep = self._save(dep, st, rs, synced, seen, journal, dep.status)
-            return self._report(dep, st, journal, seen)
+            found = self._converge(spec, dep.status, seen, journal)
+            dep = self._save(dep, {**dep.status, "registrySynced": max(found.synced, machine.integer(dep.status, "registrySynced"))}, journal)
+            return self._report(dep, journal, seen)
 
 
 Manual = tuple[Transition, RetrainingStatus, tuple[Event, ...]]
@@ -597,7 +623,10 @@ def _failed_after(before: RolloutStatus, after: RolloutStatus) -> int:
 
 
 def _sample_outcomes(o: VersionOutcomes) -> rm.Outcomes:
-    return rm.Outcomes(auc=o.auc, labelled=float(o.labelled) if o.predictions else None, positive_rate=o.positive_rate)
+    """The label figures of a version; an unreadable label source is unknown, not zero."""
+    if not o.readable:
+        return rm.Outcomes(labelled=None)
+    return rm.Outcomes(auc=o.auc, labelled=float(o.labelled), positive_rate=o.positive_rate)
 
 
 def mark_rolled_back(reg: registry.RegistryConfig, version: str, stable: str | None, reason: str, when: float) -> None:
@@ -605,7 +634,7 @@ def mark_rolled_back(reg: registry.RegistryConfig, version: str, stable: str | N
     from mlflow.tracking import MlflowClient  # noqa: PLC0415 - the registry module owns MLflow; this is its rollback tag
 
     client = MlflowClient(reg.tracking_uri, registry_uri=reg.tracking_uri)
-    stamp = status_mod.rfc3339(when)
+    stamp = rfc3339(when)
     client.set_model_version_tag(reg.model_name, version, names.TAG_ROLLED_BACK_AT, stamp)
     client.set_model_version_tag(reg.model_name, version, names.TAG_ROLLBACK_REASON, reason)
     if stable is not None and registry.alias_version(reg, names.CHAMPION) != stable:

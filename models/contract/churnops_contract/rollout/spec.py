@@ -1,4 +1,4 @@
-"""A ModelDeployment's spec as frozen dataclasses, parsed once per reconcile.
+"""A ModelDeployment's spec as frozen dataclasses, parsed once per pass by the operator and the embedded runner.
 
 The CRD's schema (``manifests/crds/``) defaults and bounds every field, so a
 resource that reached the API server parses; the checks here repeat the rules
@@ -85,7 +85,8 @@ class Rollout:
     interval_s: float = 300.0
     min_samples: int = 200
     failure_threshold: int = 2
-    progress_deadline_s: float = 3600.0  # a step without min_samples by then counts failed checks
+    progress_deadline_s: float = 3600.0  # a hard bound on every step: no decision by then ends the canary (never promotes it)
+    inconclusive_limit: int = 4  # consecutive checks without evidence (metrics missing) before the canary is withdrawn
     auto_promote: bool = True
     analysis: Analysis = field(default_factory=Analysis)
 
@@ -230,6 +231,7 @@ def _rollout(raw: Mapping[str, Any]) -> Rollout:
         min_samples=_integer(raw, "minSamples", 200, path, 1),
         failure_threshold=_integer(raw, "failureThreshold", 2, path, 1),
         progress_deadline_s=parse_duration(raw.get("progressDeadline", "1h"), f"{path}.progressDeadline"),
+        inconclusive_limit=_integer(raw, "inconclusiveLimit", 4, path, 1),
         auto_promote=bool(raw.get("autoPromote", True)),
         analysis=analysis,
     )

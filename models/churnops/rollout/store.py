@@ -2,7 +2,7 @@
 
 A cluster keeps a ModelDeployment in the Kubernetes API; one machine keeps it
 in a directory. The document has the resource's shape (``spec`` as the CRD
-defines it, parsed by the operator's own ``churnops_operator.spec.parse``, and
+defines it, parsed by the rollout core's ``churnops_contract.rollout.spec.parse``, and
 the ``status`` the operator writes), so the same decision functions read and
 write it. Alongside it:
 
@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +39,7 @@ from typing import Any, TextIO
 from churnops.errors import ConflictError, InvalidInputError, NotFoundError
 from churnops.files import replace_text
 from churnops.serving.routing import default_path
-from churnops_operator.spec import API_VERSION, KIND, DeploymentSpec, SpecError, parse
+from churnops_contract.rollout.spec import API_VERSION, KIND, DeploymentSpec, SpecError, parse
 
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes object name: it is also a directory name
 EVENTS_LIMIT = 100
@@ -83,6 +85,7 @@ class Deployment:
     created: float = 0.0
     status: dict[str, Any] = field(default_factory=dict)
     events: tuple[dict[str, Any], ...] = ()
+    uid: str = ""  # one per deployment object: a deleted and re-created deployment never adopts its predecessor's runs
 
     def parsed(self) -> DeploymentSpec:
         return checked_spec(self.spec)
@@ -91,7 +94,7 @@ class Deployment:
         return {
             "apiVersion": API_VERSION,
             "kind": KIND,
-            "metadata": {"name": self.name, "generation": self.generation, "creationTimestamp": self.created},
+            "metadata": {"name": self.name, "uid": self.uid, "generation": self.generation, "creationTimestamp": self.created},
             "spec": self.spec,
             "status": self.status,
             "events": list(self.events),
@@ -105,11 +108,16 @@ class Deployment:
         generation = meta.get("generation")
         if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
             raise InvalidInputError(f"metadata.generation must be a positive integer, got {generation!r}", field=where)
+        created = float(meta.get("creationTimestamp") or 0.0)
+        uid = meta.get("uid")
+        if not isinstance(uid, str) or not uid:  # a document written before uids: derived from what identifies it
+            uid = hashlib.sha256(f"{meta.get('name')}/{created}".encode()).hexdigest()[:32]
         return cls(
+            uid=uid,
             name=str(meta.get("name")),
             spec=dict(doc.get("spec") or {}),
             generation=generation,
-            created=float(meta.get("creationTimestamp") or 0.0),
+            created=created,
             status=dict(doc.get("status") or {}),
             events=tuple(doc.get("events") or ()),
         )
@@ -176,7 +184,8 @@ class DeploymentStore:
         current = self.load() if self.exists() else None
         spec = merge(current.spec if current is not None else merge({}, defaults or {}), changes)
         checked_spec(spec)
-        updated = current.with_spec(spec) if current is not None else Deployment(self.name, spec, created=now or time.time())
+        fresh = Deployment(self.name, spec, created=now or time.time(), uid=uuid.uuid4().hex)
+        updated = current.with_spec(spec) if current is not None else fresh
         if updated is not current:
             self.save(updated)
         return updated

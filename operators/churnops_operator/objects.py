@@ -1,4 +1,4 @@
-"""The KServe and Gateway API objects a ModelDeployment should have, built as plain data.
+"""The KServe and Gateway API objects a ModelDeployment should have, built as plain data from the core's ``Routing``.
 
 ``import kserve`` would load numpy, pandas, FastAPI, gRPC and Arrow into the
 operator (about 2 s, and a large image), so the objects are dicts here; the
@@ -26,8 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from churnops_operator.decisions.rollout import SLOTS, RolloutStatus
-from churnops_operator.spec import API_VERSION, KIND, DeploymentSpec
+from churnops_contract.rollout.core import Routing
+from churnops_contract.rollout.machine import SLOTS
+from churnops_contract.rollout.spec import API_VERSION, KIND, DeploymentSpec
 
 ISVC_API = "serving.kserve.io/v1beta1"
 ISVC_KIND = "InferenceService"
@@ -37,6 +38,10 @@ LABEL_DEPLOYMENT = "churnops.io/deployment"
 LABEL_VERSION = "churnops.io/model-version"
 LABEL_ROLE = "churnops.io/role"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+# KServe >= 0.16 names the modes Knative and Standard, and its defaulting webhook rewrites the older names
+# (kserve pkg/apis/serving/v1beta1/inference_service_defaults.go, DefaultInferenceService; pkg/constants/constants.go).
+KSERVE_MODE = {"Serverless": "Knative", "Standard": "Standard"}
+MODE_ALIASES = {"Serverless": "Knative", "RawDeployment": "Standard"}
 MANAGED_BY = {"app.kubernetes.io/managed-by": "churnops-operator", "app.kubernetes.io/part-of": "churnops"}
 PREDICTOR_PORT = 80  # KServe's predictor Service port in RawDeployment mode
 
@@ -52,6 +57,31 @@ class Owner:
 class Desired:
     objects: tuple[dict[str, Any], ...]  # to create or patch, in this order
     absent: tuple[tuple[str, str], ...]  # (kind, name) to delete after the objects are applied
+
+
+def same_mode(want: str | None, have: str | None) -> bool:
+    """Whether two deployment-mode annotation values mean the same mode (KServe rewrites the legacy names)."""
+    return MODE_ALIASES.get(want or "", want) == MODE_ALIASES.get(have or "", have)
+
+
+def ready(obj: Mapping[str, Any] | None) -> bool | None:
+    """An InferenceService's own Ready condition for its current spec: None until its controller reported on this generation.
+
+    KServe writes ``status.observedGeneration`` and a ``Ready`` condition (knative duck ``Status``;
+    kserve pkg/apis/serving/v1beta1/inference_service_status.go): a status for an older generation
+    says nothing about the spec the operator just applied.
+    """
+    if obj is None:
+        return False
+    st = obj.get("status") or {}
+    meta = obj.get("metadata") or {}
+    observed, generation = st.get("observedGeneration"), meta.get("generation")
+    if not isinstance(observed, int) or (isinstance(generation, int) and observed < generation):
+        return None
+    condition = next((c for c in st.get("conditions") or [] if isinstance(c, Mapping) and c.get("type") == "Ready"), None)
+    if condition is None:
+        return None
+    return {"True": True, "False": False}.get(str(condition.get("status")))
 
 
 def _meta(owner: Owner, name: str, labels: Mapping[str, str], annotations: Mapping[str, str]) -> dict[str, Any]:
@@ -132,31 +162,32 @@ def observed_version(obj: Mapping[str, Any] | None) -> str | None:
 def desired(
     owner: Owner,
     spec: DeploymentSpec,
-    st: RolloutStatus,
+    route: Routing,
     uris: Mapping[str, str],
     observed: Mapping[str, Mapping[str, Any]],
 ) -> Desired:
-    """What should exist for ``st``; ``observed`` maps InferenceService names to what the API server has."""
-    assert st.stable is not None
+    """What should exist for ``route``; ``observed`` maps InferenceService names to what the API server has."""
+    assert route.stable is not None
     name = owner.name
     slots = tuple(f"{name}-{slot}" for slot in SLOTS)
     if spec.serving.mode == "Serverless":
+        mode = KSERVE_MODE["Serverless"]
         current = observed.get(name)
-        if st.canary is not None and current is not None:
-            obj = inference_service(owner, name, spec, st.canary, uris[st.canary], "canary", "Serverless", st.weight)
-        elif st.canary is None and st.phase == "RolledBack" and st.rejected and observed_version(current) == st.rejected[-1]:
+        if route.canary is not None and current is not None:
+            obj = inference_service(owner, name, spec, route.canary, uris[route.canary], "canary", mode, route.weight)
+        elif route.canary is None and route.retired is not None and observed_version(current) == route.retired:
             # Keep the rolled-back revision pinned at 0 %: the previous revision (stable) takes all traffic.
-            rejected = st.rejected[-1]
-            obj = inference_service(owner, name, spec, rejected, uris[rejected], "rejected", "Serverless", 0)
+            obj = inference_service(owner, name, spec, route.retired, uris[route.retired], "rejected", mode, 0)
         else:
-            obj = inference_service(owner, name, spec, st.stable, uris[st.stable], "stable", "Serverless", None)
+            obj = inference_service(owner, name, spec, route.stable, uris[route.stable], "stable", mode, None)
         return Desired((obj,), (*((ISVC_KIND, s) for s in slots), (ROUTE_KIND, name)))
-    stable_name, canary_name = f"{name}-{st.stable_slot}", f"{name}-{st.canary_slot}"
-    objects = [inference_service(owner, stable_name, spec, st.stable, uris[st.stable], "stable", "RawDeployment", None)]
+    mode = KSERVE_MODE["Standard"]
+    stable_name, canary_name = f"{name}-{route.stable_slot}", f"{name}-{route.canary_slot}"
+    objects = [inference_service(owner, stable_name, spec, route.stable, uris[route.stable], "stable", mode, None)]
     absent: list[tuple[str, str]] = [(ISVC_KIND, name)]
-    if st.canary is not None:
-        objects.append(inference_service(owner, canary_name, spec, st.canary, uris[st.canary], "canary", "RawDeployment", None))
-        backends = [(stable_name, 100 - st.weight), (canary_name, st.weight)]
+    if route.canary is not None:
+        objects.append(inference_service(owner, canary_name, spec, route.canary, uris[route.canary], "canary", mode, None))
+        backends = [(stable_name, 100 - route.weight), (canary_name, route.weight)]
     else:
         absent.append((ISVC_KIND, canary_name))
         backends = [(stable_name, 100)]
@@ -164,21 +195,28 @@ def desired(
     return Desired(tuple(objects), tuple(absent))
 
 
-def versions_needed(spec: DeploymentSpec, st: RolloutStatus) -> tuple[str, ...]:
+def versions_needed(spec: DeploymentSpec, route: Routing) -> tuple[str, ...]:
     """Model versions whose storage URIs ``desired`` may need."""
-    found = [v for v in (st.stable, st.canary) if v is not None]
-    if spec.serving.mode == "Serverless" and st.phase == "RolledBack" and st.rejected:
-        found.append(st.rejected[-1])
+    found = [v for v in (route.stable, route.canary) if v is not None]
+    if spec.serving.mode == "Serverless" and route.canary is None and route.retired is not None:
+        found.append(route.retired)
     return tuple(dict.fromkeys(found))
 
 
 def differs(want: Any, have: Any) -> bool:
-    """Whether ``have`` lacks what ``want`` asks for: dicts compare by ``want``'s keys (None means absent), lists whole."""
+    """Whether ``have`` lacks what ``want`` asks for: dicts compare by ``want``'s keys (None means absent), lists whole.
+
+    The deployment-mode annotation compares by meaning: KServe's webhook rewrites legacy names, and a diff that
+    never settles would patch the InferenceService on every pass.
+    """
     if isinstance(want, Mapping):
         if not isinstance(have, Mapping):
             return True
         for key, value in want.items():
-            if value is None:
+            if key == MODE_ANNOTATION and isinstance(value, str):
+                if not same_mode(value, have.get(key)):
+                    return True
+            elif value is None:
                 if have.get(key) is not None:
                     return True
             elif differs(value, have.get(key)):

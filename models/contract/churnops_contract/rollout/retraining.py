@@ -10,17 +10,24 @@ ModelDeployment's status and adds what a cluster needs around it:
   trigger never makes two runs;
 - at most one run is in flight; no evaluation while a canary is analysed;
 - a run that succeeds with a registered challenger newer than the stable
-  version becomes the rollout's candidate (``rollout.choose_target``).
+  version becomes the rollout's candidate (``machine.choose_target``) for as
+  long as the spec's model reference is the one the run was started under: a
+  person who edits ``spec.model`` afterwards gets what they asked for;
+- run names carry the deployment's uid: a deleted and re-created deployment
+  never adopts a run of its predecessor;
+- ``DriftDetected`` is announced when breaches start, not at every evaluation
+  that still finds one (the condition carries the running count).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from churnops_contract import policy
-from churnops_operator.decisions.rollout import Event, number
-from churnops_operator.spec import DeploymentSpec
+from churnops_contract.rollout.machine import Event, integer, number, text
+from churnops_contract.rollout.spec import DeploymentSpec
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED")
 
@@ -35,6 +42,8 @@ class RetrainingStatus:
     run_id: str | None = None
     run_state: str | None = None
     candidate: str | None = None  # challenger version produced by the last successful run
+    candidate_for: str | None = None  # the spec's model reference the run was started under
+    started_for: str | None = None
     reason: str = ""
 
     @property
@@ -51,23 +60,31 @@ class RetrainingStatus:
             "runId": self.run_id,
             "runState": self.run_state,
             "candidateVersion": self.candidate,
+            "candidateFor": self.candidate_for,
+            "startedFor": self.started_for,
             "reason": self.reason,
         }
 
     @classmethod
-    def from_status(cls, raw: dict[str, Any] | None) -> RetrainingStatus:
+    def from_status(cls, raw: Mapping[str, Any] | None) -> RetrainingStatus:
         raw = raw or {}
         return cls(
-            breaches=int(raw.get("breaches") or 0),
+            breaches=integer(raw, "breaches"),
             last_triggered=number(raw, "lastTriggered"),
             last_evaluation=number(raw, "lastEvaluation"),
-            triggers=int(raw.get("triggers") or 0),
-            pending_key=raw.get("runName"),
-            run_id=raw.get("runId"),
-            run_state=raw.get("runState"),
-            candidate=raw.get("candidateVersion"),
-            reason=raw.get("reason") or "",
+            triggers=integer(raw, "triggers"),
+            pending_key=text(raw, "runName"),
+            run_id=text(raw, "runId"),
+            run_state=text(raw, "runState"),
+            candidate=text(raw, "candidateVersion"),
+            candidate_for=text(raw, "candidateFor"),
+            started_for=text(raw, "startedFor"),
+            reason=text(raw, "reason") or "",
         )
+
+    def candidate_under(self, model_ref: str) -> str | None:
+        """The retrained candidate, if the spec still names the model the run was started under."""
+        return self.candidate if self.candidate is not None and self.candidate_for == model_ref else None
 
 
 def retraining_policy(spec: DeploymentSpec) -> policy.RetrainingPolicy:
@@ -81,10 +98,16 @@ def evaluation_due(spec: DeploymentSpec, rs: RetrainingStatus, canary_active: bo
     return rs.last_evaluation is None or now - rs.last_evaluation >= spec.monitoring.evaluation_interval_s
 
 
+def run_prefix(namespace: str | None, name: str, uid: str) -> str:
+    """What a deployment's run names start with: unique per deployment object (its uid), stable across restarts."""
+    prefix = f"{namespace}-{name}" if namespace else name
+    return f"{prefix}-{uid.replace('-', '')[:8]}"
+
+
 def evaluate(
-    spec: DeploymentSpec, rs: RetrainingStatus, obs: policy.Observation, run_prefix: str
+    spec: DeploymentSpec, rs: RetrainingStatus, obs: policy.Observation, run_prefix: str, model_ref: str = ""
 ) -> tuple[RetrainingStatus, tuple[Event, ...]]:
-    """Apply the policy to one observation; on a trigger, record the run to start."""
+    """Apply the policy to one observation; on a trigger, record the run to start (``run_prefix`` ends in the uid)."""
     state = policy.PolicyState(breaches=rs.breaches, last_retraining=rs.last_triggered)
     decision = policy.decide(retraining_policy(spec), state, obs)
     new = replace(
@@ -96,11 +119,11 @@ def evaluate(
     )
     if not decision.retrain:
         events: tuple[Event, ...] = ()
-        if decision.breached and decision.state.breaches != rs.breaches:
+        if decision.breached and rs.breaches == 0:
             events = (Event("Warning", "DriftDetected", decision.reason),)
         return new, events
     key = f"{run_prefix}-retrain-{rs.triggers + 1}"
-    new = replace(new, triggers=rs.triggers + 1, pending_key=key, run_id=None, run_state=None, candidate=None)
+    new = replace(new, triggers=rs.triggers + 1, pending_key=key, run_id=None, run_state=None, candidate=None, started_for=model_ref)
     return new, (
         Event("Warning", "RetrainingTriggered", f"Starting pipeline {spec.monitoring.retraining.pipeline} as {key}: {decision.reason}"),
     )
@@ -119,6 +142,15 @@ def on_run(
         return replace(new, reason="run succeeded without a new challenger"), (
             Event("Normal", "RetrainingFinished", f"Run {rs.pending_key} succeeded; no challenger newer than {stable}"),
         )
-    return replace(new, candidate=challenger, reason=f"run produced challenger {challenger}"), (
+    new = replace(new, candidate=challenger, candidate_for=rs.started_for, reason=f"run produced challenger {challenger}")
+    return new, (
         Event("Normal", "RetrainingFinished", f"Run {rs.pending_key} succeeded with challenger version {challenger}"),
     )
+
+
+def run_failed(rs: RetrainingStatus, detail: str) -> tuple[RetrainingStatus, tuple[Event, ...]]:
+    """A run that can never start (an unknown pipeline, a rejected request): ended as FAILED, rollouts unaffected."""
+    if not rs.active:
+        return rs, ()
+    new = replace(rs, run_state="FAILED", reason=f"run {rs.pending_key} could not start: {detail}")
+    return new, (Event("Warning", "RetrainingFailed", f"Run {rs.pending_key} could not start: {detail}"),)

@@ -25,14 +25,22 @@ false-alarm probability over *all* looks is bounded:
   bias-corrected PSI.
 
 Decision rule: a check *fails* when a test rejects "the canary is within its
-limit" or when a metric it needs is missing, empty, NaN or erroring (never
-counted as success); it *passes* when every required metric is present and no
-test rejects; it *waits* while the canary has fewer than ``min_samples``
+limit"; it is *inconclusive* when a figure it needs is missing, NaN, malformed
+or unreachable (never counted as success, and not as the canary's failure
+either: the rollout machine holds and, past a limit, withdraws the canary
+without rejecting it); it *passes* when every required figure is present and
+no test rejects; it *waits* while the canary has fewer than ``min_samples``
 requests. An undecided AUC passes a step but not the promotion: the rollout
-machine keeps the canary at its last step until the test decides. The
-budget ``false_rollback_rate`` is split evenly over the four metrics
-(Bonferroni). AUC is judged only once both models have
-``min_labelled`` delayed labels; before that it is reported as pending.
+machine keeps the canary at its last step until the test decides. The budget
+``false_rollback_rate`` is split evenly over the four metrics (Bonferroni).
+
+AUC and delayed labels: a version's labelled count is *reported* (a number,
+possibly 0), *not reported* (the label pipeline exported nothing for it), or
+*unknown* (the answer failed). AUC is judged once both versions report
+``min_labelled`` labels; while neither reports any it is *pending* (labels do
+not exist yet). When labels are expected (one version reports labels or an
+AUC) and the other's are not reported or unknown, AUC is *unavailable*: it
+may hold a rollout, never promote one.
 """
 
 from __future__ import annotations
@@ -42,10 +50,10 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Literal
 
-from churnops_operator.spec import Analysis
+from churnops_contract.rollout.spec import Analysis
 
 Outcome = Literal["pass", "fail", "unavailable", "pending", "undecided"]
-CheckOutcome = Literal["pass", "fail", "wait"]
+CheckOutcome = Literal["pass", "fail", "wait", "inconclusive"]
 METRICS = ("error_rate", "latency", "score_psi", "auc")
 SLOW_SHARE = 0.05  # p95 <= limit  <=>  at most 5 % of requests slower than the limit
 MISS_RATE = 0.05  # the AUC test's chance of passing a canary exactly min_auc_delta worse (Wald's beta)
@@ -62,8 +70,9 @@ class VersionSample:
     p95_ms: float | None = None  # reported figure, not used for the decision
     score_buckets: tuple[float, ...] | None = None  # per-bucket (not cumulative) counts
     auc: float | None = None
-    labelled: float | None = None
+    labelled: float | None = None  # None: not reported (see the module docstring)
     positive_rate: float | None = None
+    labels_unknown: bool = False  # the labelled count could not be read (failed or malformed answer)
 
 
 @dataclass(frozen=True)
@@ -182,8 +191,13 @@ def latency(c: VersionSample, s: VersionSample, a: Analysis, alpha: float) -> Me
     return MetricResult(name, outcome, c.p95_ms, s.p95_ms, limit, ev, f"share slower than {limit:g} ms: canary {qc:.4f}, stable {qs:.4f}")
 
 
-def psi(canary: tuple[float, ...], stable: tuple[float, ...]) -> float:
-    """Population stability index between two histograms of counts (half-count smoothing)."""
+def psi_of_counts(canary: tuple[float, ...], stable: tuple[float, ...]) -> float:
+    """Population stability index between two histograms of *counts*, with half-count smoothing.
+
+    Not the monitoring's ``psi_of_proportions`` (an epsilon floor on proportions, as
+    Evidently computes it): the half-count smoothing keeps the statistic finite for
+    empty buckets with a known small-sample bias, which the sequential bound subtracts.
+    """
     k = len(canary)
     nc, ns = sum(canary), sum(stable)
     total = 0.0
@@ -202,7 +216,7 @@ def score_psi(c: VersionSample, s: VersionSample, a: Analysis, alpha: float, loo
     nc, ns = sum(cb), sum(sb)
     if nc <= 0 or ns <= 0:
         return MetricResult(name, "unavailable", None, None, limit, 0.0, "no scores in the window")
-    value = psi(cb, sb)
+    value = psi_of_counts(cb, sb)
     k = len(cb)
     h = 1.0 / nc + 1.0 / ns
     bias = (k - 1) * h  # expected PSI of two samples of one distribution
@@ -224,6 +238,9 @@ def auc_variance(auc: float, positives: float, negatives: float) -> float:
 
 def auc(c: VersionSample, s: VersionSample, a: Analysis, alpha: float) -> MetricResult:
     name, limit = "auc_delta", a.min_auc_delta
+    expected = _labels_expected(c, s)
+    if expected is not None:
+        return MetricResult(name, "unavailable", c.auc, s.auc, limit, 0.0, expected)
     labelled = [x.labelled for x in (c, s)]
     if not all(known(x) and x >= a.min_labelled for x in labelled):  # type: ignore[operator]
         return MetricResult(name, "pending", c.auc, s.auc, limit, 0.0, f"fewer than {a.min_labelled} delayed labels per model")
@@ -248,6 +265,21 @@ def auc(c: VersionSample, s: VersionSample, a: Analysis, alpha: float) -> Metric
     return MetricResult(name, outcome, c.auc, s.auc, limit, max(log_lr, 0.0) / fail_at, detail, decidable)
 
 
+def _labels_expected(c: VersionSample, s: VersionSample) -> str | None:
+    """Why AUC cannot be judged although labels are expected; None when it can (or when no labels exist anywhere)."""
+    for role, x in (("canary", c), ("stable", s)):
+        if x.labels_unknown:
+            return f"the {role}'s label coverage could not be read"
+        if known(x.auc) and not known(x.labelled):
+            return f"the {role} reports an AUC but no label coverage"
+    reported = {role: x.labelled for role, x in (("canary", c), ("stable", s)) if known(x.labelled)}
+    if len(reported) == 1:
+        (role, count), other = next(iter(reported.items())), "stable" if "canary" in reported else "canary"
+        if count is not None and count > 0:
+            return f"the {role} reports {count:.0f} delayed labels but the {other} reports none"
+    return None
+
+
 def wald_log_lr(estimate: float, variance: float, worse: float) -> float:
     """log of Wald's likelihood ratio of "difference = worse" against "difference = 0" for ``estimate ~ N(difference, variance)``."""
     return worse * (estimate - worse / 2.0) / max(variance, 1e-12)
@@ -258,9 +290,13 @@ def judge(a: Analysis, obs: Observation, min_samples: int) -> Verdict:
     samples = obs.canary.requests
     if not known(samples):
         why = "; ".join(obs.problems) or "canary request count missing"
-        return Verdict("fail", 0, 0, (), f"no canary request count: {why}")
+        return Verdict("inconclusive", 0, 0, (), f"no canary request count: {why}")
     assert samples is not None
-    step = int(obs.step_requests) if known(obs.step_requests) else 0  # type: ignore[arg-type]
+    if not known(obs.step_requests):
+        why = "; ".join(obs.problems) or "the step's canary request count is missing"
+        return Verdict("inconclusive", int(samples), 0, (), f"no request count for the current step: {why}")
+    assert obs.step_requests is not None
+    step = int(obs.step_requests)
     if samples < min_samples:
         return Verdict("wait", int(samples), step, (), f"{int(samples)} of {min_samples} canary requests")
     alpha = a.false_rollback_rate / len(METRICS)
@@ -270,12 +306,13 @@ def judge(a: Analysis, obs: Observation, min_samples: int) -> Verdict:
         score_psi(obs.canary, obs.stable, a, alpha, obs.look),
         auc(obs.canary, obs.stable, a, alpha),
     )
-    failed = [r for r in results if r.outcome in ("fail", "unavailable")]
-    if failed:
-        reason = "; ".join(f"{r.name} {r.outcome}: {r.detail}" for r in failed)
-        if obs.problems:
-            reason += f" ({'; '.join(obs.problems)})"
-        return Verdict("fail", int(samples), step, results, reason)
+    for outcome in ("fail", "unavailable"):
+        found = [r for r in results if r.outcome == outcome]
+        if found:
+            reason = "; ".join(f"{r.name} {r.outcome}: {r.detail}" for r in found)
+            if obs.problems:
+                reason += f" ({'; '.join(obs.problems)})"
+            return Verdict("fail" if outcome == "fail" else "inconclusive", int(samples), step, results, reason)
     open_ = [r for r in results if r.outcome == "undecided"]
     reason = "all judged metrics within limits"
     if open_:
