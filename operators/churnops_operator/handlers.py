@@ -135,7 +135,11 @@ def register(registry: kopf.OperatorRegistry, state: State) -> None:
         """Which registered model each ModelDeployment deploys: the oldest claim owns the model."""
         model = (spec.get("model") or {}).get("registeredModel") or "churn-classifier"
         meta = body.get("metadata") or {}
-        return {str(meta.get("uid")): rec.Claim(str(model), str(meta.get("creationTimestamp") or ""), str(meta.get("uid")), f"{meta.get('namespace')}/{meta.get('name')}")}
+        return {
+            str(meta.get("uid")): rec.Claim(
+                str(model), str(meta.get("creationTimestamp") or ""), str(meta.get("uid")), f"{meta.get('namespace')}/{meta.get('name')}"
+            )
+        }
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:

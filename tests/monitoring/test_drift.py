@@ -27,7 +27,7 @@ from churnops.monitoring.drift import (
     ks_binned,
     ks_pvalue,
     ks_raw,
-    psi,
+    psi_of_proportions,
 )
 from churnops.monitoring.profile import ReferenceProfile, build_profile, cdf_sketch
 from tests.monitoring.drift_data import CATEGORICAL, NUMERIC, Generated, SmallFrame, pseudo_scores
@@ -39,11 +39,11 @@ FEATURES = ["amount", "visits", "rating", "plan"]
 
 def test_psi_known_values() -> None:
     # (0.25 - 0.5) ln(0.25 / 0.5) + (0.75 - 0.5) ln(0.75 / 0.5) = 0.25 ln 2 + 0.25 ln 1.5
-    assert psi(np.array([0.5, 0.5]), np.array([0.25, 0.75]))[0] == pytest.approx(0.2746530722, abs=1e-10)
+    assert psi_of_proportions(np.array([0.5, 0.5]), np.array([0.25, 0.75]))[0] == pytest.approx(0.2746530722, abs=1e-10)
     # an empty reference bin counts as 1e-4: 0.1 ln(0.5 / 0.4) + (0.1 - 1e-4) ln(0.1 / 1e-4)
     assert PSI_EPSILON == 1e-4
-    assert psi(np.array([0.5, 0.5, 0.0]), np.array([0.5, 0.4, 0.1]))[0] == pytest.approx(0.7123991075, abs=1e-10)
-    assert psi(np.array([0.2, 0.8]), np.array([0.2, 0.8]))[0] == 0.0
+    assert psi_of_proportions(np.array([0.5, 0.5, 0.0]), np.array([0.5, 0.4, 0.1]))[0] == pytest.approx(0.7123991075, abs=1e-10)
+    assert psi_of_proportions(np.array([0.2, 0.8]), np.array([0.2, 0.8]))[0] == 0.0
 
 
 def test_js_is_the_natural_log_distance() -> None:

@@ -120,7 +120,9 @@ class FakeKServe:
                         continue
                     body = {"status": {"observedGeneration": meta.get("generation"), "conditions": [{"type": "Ready", "status": "True"}]}}
                     self.api.patch(
-                        f"{ISVC_PATH.format(ns=NS)}/{meta['name']}/status", json=body, headers={"Content-Type": "application/merge-patch+json"}
+                        f"{ISVC_PATH.format(ns=NS)}/{meta['name']}/status",
+                        json=body,
+                        headers={"Content-Type": "application/merge-patch+json"},
                     )
             except (httpx.HTTPError, ValueError, KeyError):
                 continue

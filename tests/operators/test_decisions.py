@@ -10,16 +10,14 @@ import pytest
 
 from churnops_contract import policy
 from churnops_contract.queries import latency_le
-from churnops_contract.rollout import core
-from churnops_contract.rollout.observe import bucket_counts, parse_answer
-from churnops_contract.rollout import analysis, retraining
+from churnops_contract.rollout import analysis, core, retraining
 from churnops_contract.rollout import machine as rollout
-from churnops_operator import objects as serving
 from churnops_contract.rollout.analysis import Observation, VersionSample
 from churnops_contract.rollout.machine import RolloutStatus
-from churnops_contract.rollout.observe import drifted
-from churnops_operator.reconcile import status_patch
+from churnops_contract.rollout.observe import bucket_counts, drifted, parse_answer
 from churnops_contract.rollout.spec import Analysis, SpecError, parse, parse_duration
+from churnops_operator import objects as serving
+from churnops_operator.reconcile import status_patch
 
 BASE: dict[str, Any] = {"model": {"version": "1"}, "featureService": "churn_v1"}
 
@@ -151,7 +149,7 @@ def test_wald_log_lr_is_zero_halfway_and_symmetric() -> None:
 
 @pytest.mark.parametrize("missing", ["requests", "errors", "slow", "score_buckets"])
 def test_missing_metrics_make_the_check_inconclusive(missing: str) -> None:
-    c = replace(sample(), **{missing: None})
+    c = replace(sample(), **{missing: None})  # type: ignore[arg-type]
     verdict = analysis.judge(Analysis(), obs(c), 200)
     assert verdict.outcome == "inconclusive"  # never a pass, and not the canary's failure either
 

@@ -10,8 +10,10 @@ ROOT = Path(__file__).resolve().parents[2]
 ML_STACK = ("numpy", "pandas", "pyarrow", "sklearn", "scipy", "lightgbm", "xgboost", "shap", "feast", "kserve", "mlflow", "kfp", "churnops")
 OPERATOR_CONTRACTS = (
     "The operator does not import the ML stack",
-    "The operator's decisions and spec import no client library and no I/O module",
+    "The operator's serving objects import no client library and no I/O module",
     "The operator is layered",
+    "The rollout core is layered",
+    "Project code shares the rollout core through the contract and never imports the operator or the tests",
 )
 
 

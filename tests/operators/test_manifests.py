@@ -21,10 +21,11 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from churnops_contract.rollout import core
 from churnops_contract.rollout import machine as rollout
-from churnops_operator import objects as serving
 from churnops_contract.rollout.machine import RolloutStatus
 from churnops_contract.rollout.spec import parse
+from churnops_operator import objects as serving
 from tests.operators.harness import crd_defaults
 from tests.support.k8s_tools import validate_with_npm_schemas
 
@@ -56,7 +57,7 @@ def statuses() -> Iterator[tuple[str, Any, RolloutStatus, dict[str, Any]]]:
         s = parse(raw)
         stable = rollout.decide(s, RolloutStatus(), "6", 0.0).status
         canary = rollout.decide(s, stable, "7", 1.0).status
-        rolled = replace(stable, phase="RolledBack", rejected=("7",))
+        rolled = replace(stable, phase="RolledBack", rejected=("7",), retired="7")
         observed = {"churn": {"metadata": {"labels": {serving.LABEL_VERSION: "7"}}}}
         yield f"{mode}-stable", s, stable, {}
         yield f"{mode}-canary", s, canary, observed
@@ -64,7 +65,11 @@ def statuses() -> Iterator[tuple[str, Any, RolloutStatus, dict[str, Any]]]:
 
 
 def created_objects() -> list[dict[str, Any]]:
-    return [serving.strip_nulls(o) for _, s, st, observed in statuses() for o in serving.desired(OWNER, s, st, URIS, observed).objects]
+    return [
+        serving.strip_nulls(o)
+        for _, s, st, observed in statuses()
+        for o in serving.desired(OWNER, s, core.routing(st.to_status()), URIS, observed).objects
+    ]
 
 
 @pytest.mark.parametrize(
@@ -132,8 +137,8 @@ def test_status_written_by_the_operator_fits_the_crd_schema() -> None:
 
     health = Health(True, {"metrics": "Prometheus unreachable"})
     event = Event("Warning", "RolledBack", "rolled back", "2", "1", "why")
-    for _, _, st, _ in statuses():
-        st = replace(st, deferred=Deferred("3", 500.0, 1), retired="3")
+    for _, _, found, _ in statuses():
+        st = replace(found, deferred=Deferred("3", 500.0, 1), retired="3")
         full = core.assemble(None, st, retraining.RetrainingStatus(pending_key="k"), (event,), health, 3, 100.0).status
         full = {**full, "modelSources": {"1": "s3://m/1"}, "servingMode": "Serverless"}
         jsonschema.Draft4Validator(SCHEMA["properties"]["status"]).validate(serving.strip_nulls(full))
@@ -158,7 +163,7 @@ def test_inference_services_round_trip_through_the_kserve_sdk(
     kserve_client: Any, name: str, spec: Any, st: RolloutStatus, observed: dict[str, Any]
 ) -> None:
     client = kserve_client
-    for obj in serving.desired(OWNER, spec, st, URIS, observed).objects:
+    for obj in serving.desired(OWNER, spec, core.routing(st.to_status()), URIS, observed).objects:
         if obj["kind"] != serving.ISVC_KIND:
             continue
         want = serving.strip_nulls(obj)

@@ -294,3 +294,51 @@ def test_invalid_spec_degrades_with_the_field_named(k8s: Cluster, model: str) ->
     assert "spec.rollout.steps[1]" in status["message"]
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "False"
     assert k8s.reasons().count("Degraded") == 1  # not repeated on every pass
+
+
+def test_a_rejected_version_runs_again_only_when_a_person_annotates_it(k8s: Cluster, model: str) -> None:
+    start_stable(k8s, model)
+    k8s.prom.set("2", Traffic(error_rate=0.2))
+    k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+    k8s.wait("rollback", lambda: k8s.status("churn").get("rejectedVersions") == ["2"], 60)
+    k8s.prom.set("2", Traffic())  # fixed in place (the same version number)
+    path = f"{MD_PATH.format(ns=NS)}/churn"
+    annotate = {"metadata": {"annotations": {"churnops.io/retry": "2"}}}
+    k8s.api.patch(path, json=annotate, headers={"Content-Type": "application/merge-patch+json"}).raise_for_status()
+    k8s.wait("promotion after the retry", lambda: k8s.status("churn").get("stableVersion") == "2", 60)
+    assert "churnops.io/retry" not in (k8s.md("churn") or {})["metadata"].get("annotations", {})  # taken once
+    assert k8s.reasons().count("CanaryStarted") == 2 and "RetryAllowed" in k8s.reasons()
+
+
+def test_legacy_mode_names_written_by_kserve_do_not_make_the_operator_patch_again(k8s: Cluster, model: str) -> None:
+    start_stable(k8s, model)
+    isvc = k8s.isvc("churn") or {}
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"  # KServe >= 0.16's name
+    # What an older KServe (or an older operator) leaves: the legacy name for the same mode.
+    patch = {"metadata": {"annotations": {"serving.kserve.io/deploymentMode": "Serverless"}}}
+    k8s.api.patch(
+        f"{ISVC_PATH.format(ns=NS)}/churn", json=patch, headers={"Content-Type": "application/merge-patch+json"}
+    ).raise_for_status()
+    time.sleep(1.5)  # several passes
+    assert "Updated" not in k8s.reasons()
+
+
+def test_a_second_deployment_of_the_same_model_is_refused(k8s: Cluster, model: str) -> None:
+    start_stable(k8s, model)
+    k8s.apply_md("rival", spec(model))
+    k8s.wait("refused", lambda: k8s.status("rival").get("phase") == "Degraded")
+    degraded = next(c for c in k8s.status("rival")["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "ModelOwnedElsewhere" and f"{NS}/churn" in degraded["message"]
+    assert k8s.isvc("rival") is None and k8s.status("churn")["phase"] == "Promoted"
+    assert k8s.kfp.state.created == []
+
+
+def test_a_canary_that_never_becomes_ready_is_withdrawn_at_the_deadline_and_not_rejected(k8s: Cluster, model: str) -> None:
+    start_stable(k8s, model, progressDeadline="2s")
+    k8s.wait("stable ready", lambda: conditions(k8s).get("Ready") == "True")
+    k8s.kserve.ready = False  # the canary's revision never reports ready
+    k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+    k8s.wait("withdrawn", lambda: (k8s.status("churn").get("deferred") or {}).get("version") == "2", 60)
+    status = k8s.status("churn")
+    assert status["stableVersion"] == "1" and status.get("rejectedVersions") in (None, []) and "never became ready" in status["message"]
+    assert "StepAdvanced" not in k8s.reasons()

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from churnops_contract.rollout import analysis, core
 from churnops_contract.rollout import machine as rollout
-from churnops_operator import objects as serving
 from churnops_contract.rollout.analysis import Observation, VersionSample
 from churnops_contract.rollout.machine import RolloutStatus
 from churnops_contract.rollout.spec import parse
+from churnops_operator import objects as serving
 
 URIS = {str(v): f"s3://m/{v}" for v in range(1, 5)}
 OWNER = serving.Owner("churn", "churn", "uid")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as hs
 
 from churnops_contract import metrics, policy, queries
@@ -36,7 +36,14 @@ SERVING = Health(serving_ready=True)
 
 def make_spec(version: str = "1", monitoring: Mapping[str, Any] | None = None, **rollout: Any) -> DeploymentSpec:
     """A spec with a 10 s interval; ``rollout`` overrides spec.rollout fields (camelCase)."""
-    base = {"steps": [50, 100], "interval": "10s", "minSamples": 100, "failureThreshold": 2, "progressDeadline": "10m", "inconclusiveLimit": 4}
+    base = {
+        "steps": [50, 100],
+        "interval": "10s",
+        "minSamples": 100,
+        "failureThreshold": 2,
+        "progressDeadline": "10m",
+        "inconclusiveLimit": 4,
+    }
     return parse(
         {
             "model": {"registeredModel": "m", "version": version},
@@ -52,7 +59,9 @@ def histogram(n: float) -> Answer:
     return Answer({le: n * (i + 1) / len(LE) for i, le in enumerate(LE)})
 
 
-def version_answers(role: str, *, requests: float = 1000.0, errors: float = 0.0, auc: Answer = EMPTY, coverage: Answer = EMPTY) -> dict[str, Answer]:
+def version_answers(
+    role: str, *, requests: float = 1000.0, errors: float = 0.0, auc: Answer = EMPTY, coverage: Answer = EMPTY
+) -> dict[str, Answer]:
     """One version's ``<role>.<figure>`` answers: every request fast, no delayed labels unless given."""
     return {
         f"{role}.requests": value(requests),
@@ -257,9 +266,8 @@ MALFORMED: dict[str, Any] = {
     "body None": None,
     "status error": {"status": "error", "errorType": "bad_data", "error": "parse error at char 5"},
 }
-JUDGED = tuple(
-    f"{role}.{figure}" for role in ("canary", "stable") for figure in ("requests", "errors", "timed", "fast", "scores", "auc", "coverage")
-) + ("canary.step_requests", "unattributed_errors")
+FIGURES = ("requests", "errors", "timed", "fast", "scores", "auc", "coverage")
+JUDGED = (*(f"{role}.{figure}" for role in ("canary", "stable") for figure in FIGURES), "canary.step_requests", "unattributed_errors")
 
 
 def test_well_formed_answer_parses() -> None:
@@ -321,9 +329,9 @@ def test_progress_deadline_is_a_hard_bound(setup: Any, ready: bool, health: Heal
     sim = started(spec, ready=ready)
     given_answers = setup(sim)
     bound = spec.rollout.progress_deadline_s + spec.rollout.interval_s
+    step_started = START
     for _ in range(int(bound / spec.rollout.interval_s) + 3):
-        step_started = sim.status.step_started
-        assert step_started is not None
+        step_started = sim.status.step_started or math.nan
         plan = sim.tick(given_answers, ready=ready, health=health)
         assert sim.overdue() <= 0
         if plan.verdict is not None:
@@ -335,6 +343,43 @@ def test_progress_deadline_is_a_hard_bound(setup: Any, ready: bool, health: Heal
     assert sim.now - step_started <= bound
     assert_withdrawn(sim)
     assert sim.events("Promoted") == []
+
+
+def test_progress_deadline_bounds_a_canary_with_failed_checks_below_the_threshold() -> None:
+    """Item 3 (iv): a check that fails after the deadline only counted toward failureThreshold, so the step outlived the bound."""
+    spec = make_spec(steps=[10, 50, 100], progressDeadline="60s", failureThreshold=4)
+    sim = started(spec)
+    step_started = sim.status.step_started
+    assert step_started is not None
+    while sim.now + spec.rollout.interval_s < step_started + spec.rollout.progress_deadline_s:
+        sim.tick(answers(step=10.0))  # too few requests in the step: waiting, no decision yet
+    assert sim.status.canary == "2" and sim.raw["failedChecks"] == 0
+    for _ in range(spec.rollout.failure_threshold):
+        plan = sim.tick(failing())
+        assert plan.verdict is not None and plan.verdict.outcome == "fail"
+        assert sim.overdue() <= 0, f"in progress {sim.now - step_started:.0f} s after its step started: {sim.raw['message']}"
+        if sim.raw["canaryVersion"] is None:
+            break
+    assert sim.raw["canaryVersion"] is None and sim.raw["rolloutPhase"] == "RolledBack"
+    assert sim.now - step_started <= spec.rollout.progress_deadline_s + spec.rollout.interval_s
+    assert sim.events("Promoted") == []
+
+
+def test_undecided_auc_leaning_worse_is_rolled_back_at_the_deadline() -> None:
+    """Item 3 (machine rule): an undecided AUC test leaning to "worse" is settled at the deadline by a rollback, not one more failed check."""
+    spec = make_spec(steps=[100], progressDeadline="60s", failureThreshold=2)
+    sim = started(spec)
+    step_started = sim.status.step_started
+    assert step_started is not None
+    verdict = verdict_of(spec, auc_gap())
+    assert verdict.outcome == "pass" and not verdict.conclusive and verdict.decidable and verdict.leans_worse
+    while sim.now + spec.rollout.interval_s < step_started + spec.rollout.progress_deadline_s:
+        plan = sim.tick(auc_gap())
+        assert plan.events == () and sim.status.canary == "2"  # held at the last step until the test decides
+    plan = sim.tick(auc_gap())  # the first check at the deadline
+    assert sim.now - step_started >= spec.rollout.progress_deadline_s
+    assert [e["event"] for e in plan.events] == ["RolledBack"], f"{[e['event'] for e in plan.events]}: {sim.raw['message']}"
+    assert sim.raw["canaryVersion"] is None and sim.raw["stableVersion"] == "1"
 
 
 # --- 4. metrics outage ---------------------------------------------------------------------------------------
@@ -479,7 +524,7 @@ def test_retraining_run_names_include_the_deployment_uid() -> None:
     obs = policy.Observation(time=START, drift_detected=True)
     runs = [retraining.evaluate(spec, RetrainingStatus(), obs, p, "m@1")[0].pending_key for p in prefixes]
     assert runs[0] is not None and runs[1] is not None and runs[0] != runs[1]
-    assert all(run.startswith(p) for run, p in zip(runs, prefixes, strict=True))
+    assert all(run is not None and run.startswith(p) for run, p in zip(runs, prefixes, strict=True))
     through_core = []
     for p in prefixes:
         sim = Sim(spec)
@@ -634,6 +679,9 @@ steps_lists = hs.lists(hs.integers(1, 99), max_size=3, unique=True).map(lambda x
     limit=hs.integers(1, 4),
     deadline=hs.sampled_from(["30s", "60s", "2m"]),
     script=passes,
+)
+@example(  # found by this test: failed checks after the deadline keep the canary until failureThreshold (4 here)
+    steps=[100], threshold=4, limit=1, deadline="30s", script=[("auc worse", "2", True, 1.0)] * 7
 )
 def test_rollout_invariants_over_random_answers(steps: list[int], threshold: int, limit: int, deadline: str, script: list[Any]) -> None:
     """Property (items 1-4): promotion only from the last step and on evidence, weight monotone per rollout, the deadline a hard bound."""

@@ -48,7 +48,7 @@ from churnops.rollout import metrics as rm
 from churnops.rollout.outcomes import OutcomeSource, labels_reader
 from churnops.rollout.retraining import RESULT_FILE, Retrainer
 from churnops.rollout.runner import Runner, StepReport
-from churnops.rollout.state import DeploymentStore
+from churnops.rollout.store import DeploymentStore
 from churnops.serving.audit import FileAuditSink, digest
 from churnops.serving.batch import score_file
 from churnops.serving.explain import CompiledModel

@@ -14,7 +14,7 @@ from churnops.cli import main
 from churnops.errors import NotFoundError
 from churnops.layout import Layout
 from churnops.reports.compliance import build, write_compliance_report
-from churnops.rollout.state import DeploymentStore
+from churnops.rollout.store import DeploymentStore
 from churnops.training import registry
 from tests.reports.story import MODEL, ROUTE, Story
 

@@ -31,7 +31,7 @@ from churnops.monitoring.profile import load_profile
 from churnops.reports import attributions as attr
 from churnops.reports.demo import DemoSettings, build, write_demo_report
 from churnops.reports.output import ReportFiles
-from churnops.rollout.state import DeploymentStore
+from churnops.rollout.store import DeploymentStore
 from churnops.serving.explain import CompiledModel
 from churnops.training.config import BusinessConfig
 from tests.reports.story import MODEL, ROUTE, Story

@@ -32,7 +32,7 @@ from sklearn.metrics import roc_auc_score
 from churnops.features import steps as foundation
 from churnops.layout import Layout
 from churnops.rollout.runner import Runner, RunnerConfig
-from churnops.rollout.state import DeploymentStore
+from churnops.rollout.store import DeploymentStore
 from churnops.training import registry
 from churnops.training.ensemble import ChurnEnsemble
 from tests.support.serving import Server, fit_ensemble, start_server

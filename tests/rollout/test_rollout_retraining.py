@@ -90,7 +90,8 @@ def test_late_labels_trigger_retraining_and_its_challenger_becomes_the_canary(se
     assert signals["labelled"] >= 200 and signals["measuredAUC"] < signals["referenceAUC"] - 0.05
     assert "measured AUC" in evaluations[-1]["reason"]
     status = setup.store.load().status
-    assert status["phase"] == "Retraining" and status["retraining"]["runName"] == "churn-retrain-1"
+    uid = setup.store.load().uid[:8]  # run names are unique per deployment object
+    assert status["phase"] == "Retraining" and status["retraining"]["runName"] == f"churn-{uid}-retrain-1"
 
     events = step_until(runner, "RetrainingFinished", 1500, 2.0)
     finished = next(e for e in events if e["reason"] == "RetrainingFinished")
@@ -102,4 +103,4 @@ def test_late_labels_trigger_retraining_and_its_challenger_becomes_the_canary(se
     assert (table.stable, table.canary, table.weight) == (STABLE, "4", 5)
     status = setup.store.load().status
     assert status["retraining"]["runState"] == "SUCCEEDED" and status["retraining"]["candidateVersion"] == "4"
-    assert (setup.store.runs_dir / "churn-retrain-1" / "result.json").exists()
+    assert (setup.store.runs_dir / f"churn-{uid}-retrain-1" / "result.json").exists()

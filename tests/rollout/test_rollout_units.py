@@ -12,20 +12,21 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from churnops.errors import ConflictError, InvalidInputError, NotFoundError
-from churnops.rollout import manual
 from churnops.rollout import metrics as rm
 from churnops.rollout.outcomes import figures
 from churnops.rollout.retraining import Retrainer, RunInfo, typed_parameters
-from churnops.rollout.state import DeploymentStore, merge
+from churnops.rollout.store import DeploymentStore, merge
 from churnops.serving.metrics import ServingMetrics
 from churnops.serving.routing import RoutingTable, TableWatcher, choose, read_table, write_table
+from churnops_contract.metrics import SCORE_BUCKETS
 from churnops_contract.queries import latency_le
-from churnops_operator.decisions import analysis
-from churnops_operator.decisions.retraining import RetrainingStatus
-from churnops_operator.decisions.rollout import RolloutStatus
-from churnops_operator.spec import Analysis
+from churnops_contract.rollout import analysis, machine, manual, observe
+from churnops_contract.rollout.machine import RolloutStatus
+from churnops_contract.rollout.retraining import RetrainingStatus
+from churnops_contract.rollout.spec import Analysis
 
 MODEL = "churn-classifier"
+BUCKETS = len(SCORE_BUCKETS) + 1
 
 # --- routing table ----------------------------------------------------------------------------------------
 
@@ -225,8 +226,9 @@ def test_counts_over_a_window_come_from_two_scrapes() -> None:
     serve_requests(metrics, "2", 10, 0.35, 0.2, errors=2)
     second = rm.parse(exposition(metrics, registry), MODEL, 110.0)
     counters = rm.advance(counters, second, [100.0], ["1", "2"])
-    stable = rm.version_sample(counters, "1", 100.0, 100.0)
-    canary = rm.version_sample(counters, "2", 100.0, 100.0)
+    answers = rm.answers(counters, second, "2", "1", 100.0, 100.0, 100.0)
+    obs = observe.analysis_observation(answers, 1, BUCKETS)
+    stable, canary = obs.stable, obs.canary
     assert stable.requests == 30 and stable.errors == 0 and stable.timed == 30 and stable.slow == 0
     assert canary.requests == 10 and canary.errors == 2 and canary.slow == 10  # 0.2 s is over the 100 ms limit's bucket
     assert canary.p95_ms is not None and 100 < canary.p95_ms <= 250
@@ -258,11 +260,11 @@ def test_observation_reads_missing_figures_as_missing() -> None:
     serve_requests(metrics, "1", 300, 0.15, 0.004)
     scrape = rm.parse(exposition(metrics, registry), MODEL, 5.0)
     counters = rm.advance(rm.Counters(), scrape, [0.0], ["1", "2"])
-    obs = rm.observe(counters, scrape, "2", "1", 0.0, 0.0, 100.0, 1)
-    assert obs.canary.requests is None and "version 2 is not served" in obs.problems[0]
+    obs = observe.analysis_observation(rm.answers(counters, scrape, "2", "1", 0.0, 0.0, 100.0), 1, BUCKETS)
+    assert obs.canary.requests is None and "the canary version is not served" in obs.problems
     verdict = analysis.judge(Analysis(), obs, 10)
-    assert verdict.outcome == "fail"  # a canary without figures never passes
-    assert rm.observe(counters, None, "2", "1", 0.0, 0.0, 100.0, 1).canary.requests is None
+    assert verdict.outcome == "inconclusive"  # a canary without figures never passes
+    assert observe.analysis_observation(rm.answers(counters, None, "2", "1", 0.0, 0.0, 100.0), 1, BUCKETS).canary.requests is None
 
 
 def test_errors_without_a_version_make_the_error_rate_unavailable() -> None:
@@ -276,7 +278,7 @@ def test_errors_without_a_version_make_the_error_rate_unavailable() -> None:
     serve_requests(metrics, "2", 50, 0.15, 0.004)
     scrape = rm.parse(exposition(metrics, registry), MODEL, 1.0)
     counters = rm.advance(counters, scrape, [0.0], ["1", "2"])
-    obs = rm.observe(counters, scrape, "2", "1", 0.0, 0.0, 100.0, 1)
+    obs = observe.analysis_observation(rm.answers(counters, scrape, "2", "1", 0.0, 0.0, 100.0), 1, BUCKETS)
     assert obs.canary.errors is None and obs.stable.errors is None
     assert obs.canary.requests == 50 and obs.step_requests == 50
 
@@ -287,7 +289,8 @@ def test_served_version_without_requests_counts_zero() -> None:
     serve_requests(metrics, "1", 10, 0.15, 0.004)
     metrics.info.labels(MODEL, "2", "").set(1)  # loaded, nothing answered yet
     scrape = rm.parse(exposition(metrics, registry), MODEL, 0.0)
-    obs = rm.observe(rm.advance(rm.Counters(), scrape, [0.0], ["1", "2"]), scrape, "2", "1", 0.0, 0.0, 100.0, 1)
+    counters = rm.advance(rm.Counters(), scrape, [0.0], ["1", "2"])
+    obs = observe.analysis_observation(rm.answers(counters, scrape, "2", "1", 0.0, 0.0, 100.0), 1, BUCKETS)
     assert obs.canary.requests == 0
     assert analysis.judge(Analysis(), obs, 10).outcome == "wait"
 
@@ -301,9 +304,14 @@ def test_drift_signals_come_from_the_predictor_gauges() -> None:
         'churnops_drifted_features_share{model="other",version="3"} 0.9\n'
     )
     scrape = rm.parse(text, MODEL, 0.0)
-    assert rm.drift_signals(scrape, "3") == (True, 0.25)
-    assert rm.drift_signals(scrape, "4") == (None, None)
-    assert rm.drift_signals(None, "3") == (None, None)
+
+    def signals(found: dict[str, observe.Answer]) -> tuple[bool | None, float | None]:
+        o = observe.retraining_observation(found, 0.2, None, 0.0)
+        return o.drift_detected, o.drifted_share
+
+    assert signals(rm.drift_answers(scrape, "3")) == (True, 0.25)
+    assert signals(rm.drift_answers(scrape, "4")) == (None, None)
+    assert signals(rm.drift_answers(None, "3")) == (None, None)
 
 
 def test_bucket_bounds_have_one_spelling() -> None:
@@ -317,24 +325,26 @@ def test_bucket_bounds_have_one_spelling() -> None:
 
 def test_manual_promotion_and_rollback_are_recorded_like_automatic_ones() -> None:
     st = RolloutStatus(phase="Progressing", stable="1", canary="2", weight=25, step=1, rollout_id=1)
-    promoted = manual.promote(st, 50.0, "looks good").status
+    done = manual.promote(st, "looks good")
+    promoted = done.status
     assert (promoted.stable, promoted.canary, promoted.weight, promoted.phase) == ("2", None, 0, "Promoted")
-    assert promoted.history[-1] == {"time": 50.0, "event": "Promoted", "from": "1", "to": "2", "reason": "manual: looks good"}
-    back = manual.rollback(st, 60.0, "too slow")
+    event = done.events[-1]
+    assert (event.reason, event.frm, event.to, event.note) == ("Promoted", "1", "2", "manual: looks good")
+    back = manual.rollback(st, "too slow")
     assert (back.status.stable, back.status.canary, back.status.rejected) == ("1", None, ("2",))
     assert back.events[0].reason == "RolledBack" and "too slow" in back.events[0].message
-    assert manual.allow(back.status, "2").rejected == ()
-    with pytest.raises(ConflictError):
-        manual.promote(RolloutStatus(stable="1"), 0.0, "x")
-    with pytest.raises(ConflictError):
-        manual.rollback(RolloutStatus(stable="1"), 0.0, "x")
+    assert machine.allow(back.status, "2").status.rejected == ()
+    with pytest.raises(manual.ManualError):
+        manual.promote(RolloutStatus(stable="1"), "x")
+    with pytest.raises(manual.ManualError):
+        manual.rollback(RolloutStatus(stable="1"), "x")
 
 
 def test_manual_retraining_starts_one_run_at_a_time() -> None:
     rs, events = manual.retrain(RetrainingStatus(), 10.0, "new data", "churn")
     assert rs.pending_key == "churn-retrain-1" and rs.active and rs.last_triggered == 10.0
     assert events[0].reason == "RetrainingTriggered"
-    with pytest.raises(ConflictError):
+    with pytest.raises(manual.ManualError):
         manual.retrain(rs, 11.0, "again", "churn")
 
 

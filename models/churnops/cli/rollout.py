@@ -97,7 +97,7 @@ def add_name_arg(p: argparse.ArgumentParser) -> None:
 
 
 def seconds(text: str, field: str) -> float:
-    from churnops_operator.spec import SpecError, parse_duration
+    from churnops_contract.rollout.spec import SpecError, parse_duration
 
     try:
         return parse_duration(text, field)
@@ -188,7 +188,7 @@ def run_start(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def run_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from churnops.rollout.state import DeploymentStore
+    from churnops.rollout.store import DeploymentStore
 
     store = DeploymentStore(args.data_dir, args.name)
     dep = store.load()

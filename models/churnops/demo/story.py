@@ -47,7 +47,7 @@ from churnops.processes import free_port, wait_for_http
 from churnops.reports.compliance import write_compliance_report
 from churnops.reports.demo import write_demo_report
 from churnops.rollout.runner import Runner, RunnerConfig, StepReport
-from churnops.rollout.state import DeploymentStore
+from churnops.rollout.store import DeploymentStore
 from churnops.serving.audit import read_records, verify_file
 from churnops.serving.auth import AuthConfig, issue_token, local_secret
 from churnops.training import registry, runs

@@ -61,8 +61,11 @@ def _as_rows(a: np.ndarray) -> np.ndarray:
     return m.reshape(1, -1) if m.ndim == 1 else m
 
 
-def psi(reference: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """Population stability index per row of bin proportions (each row sums to 1)."""
+def psi_of_proportions(reference: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """Population stability index per row of bin proportions (each row sums to 1), zeros floored at PSI_EPSILON as Evidently does.
+
+    Not the canary analysis's ``psi_of_counts`` (half-count smoothing of counts, whose bias its sequential bound needs).
+    """
     p, q = _as_rows(reference), _as_rows(window)
     p = np.where(p == 0, PSI_EPSILON, p)
     q = np.where(q == 0, PSI_EPSILON, q)
@@ -648,7 +651,7 @@ def evaluate(layout: Layout, counts: WindowCounts, policy: DriftPolicy | None = 
     values = counts.bins.sum(axis=1)
     has = values > 0
     window = counts.bins / np.maximum(values, 1)[:, None]
-    psi_v, js_v = psi(layout.reference, window), js_distance(layout.reference, window)
+    psi_v, js_v = psi_of_proportions(layout.reference, window), js_distance(layout.reference, window)
     ks_v = counts.ks if counts.ks is not None else ks_binned(layout.reference, window)
     ks_p = ks_pvalue(ks_v, layout.reference_values, values)
     chi_v, chi_p = chi_square(layout.reference, layout.reference_values, counts.bins)
@@ -695,7 +698,7 @@ def evaluate(layout: Layout, counts: WindowCounts, policy: DriftPolicy | None = 
 def _score_drift(layout: Layout, counts: WindowCounts, policy: DriftPolicy) -> ScoreDrift:
     q = counts.score_bins / counts.rows
     p = layout.score_reference
-    value = float(psi(p, q)[0])
+    value = float(psi_of_proportions(p, q)[0])
     ks = counts.score_ks if counts.score_ks is not None else float(ks_binned(p, q)[0])
     pval = float(ks_pvalue(np.array([ks]), np.array([layout.score_values]), np.array([counts.rows]))[0])
     drifted = pval <= policy.score_alpha and value >= policy.score_psi_floor

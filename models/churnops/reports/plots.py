@@ -29,7 +29,7 @@ MARK_STYLE = {  # event -> (colour, line style)
     "RetrainingFinished": ("#8172B3", ":"),
     "RetrainingFailed": ("#8172B3", ":"),
 }
-OUTCOME_STYLE = {"pass": ("#1e7b34", "o"), "wait": ("#8C8C8C", "s"), "fail": ("#b3261e", "X")}
+OUTCOME_STYLE = {"pass": ("#1e7b34", "o"), "wait": ("#8C8C8C", "s"), "inconclusive": ("#b26a00", "D"), "fail": ("#b3261e", "X")}
 
 
 def colour(i: int) -> str:

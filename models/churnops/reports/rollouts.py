@@ -1,6 +1,6 @@
 """The rollout timeline read for people: canary weight over time, checks with their figures, decisions, retraining runs.
 
-The runner appends every decision to ``timeline.jsonl`` (``churnops.rollout.state``)
+The runner appends every decision to ``timeline.jsonl`` (``churnops.rollout.store``)
 in a few kinds: ``event`` (the operator's events: Deployed, CanaryStarted,
 StepAdvanced, CheckFailed, Promoted, RolledBack, DriftDetected,
 RetrainingTriggered, ...), ``check`` (a verdict with its figures), ``routing``

@@ -31,7 +31,7 @@ from churnops.layout import Layout
 from churnops.monitoring.jobs import Window, read_labels_dir
 from churnops.monitoring.predlog_parquet import ParquetStore
 from churnops.monitoring.profile import ReferenceProfile, load_profile
-from churnops.rollout.state import DeploymentStore, deployments
+from churnops.rollout.store import DeploymentStore, deployments
 from churnops.serving.audit import Verification, head_path_for, read_head, read_records, verify
 from churnops.training import registry
 

@@ -375,7 +375,16 @@ class Runner:
         plan = core.blocked(dep.status, self._health(seen, st, problems), dep.generation, seen.now)
         journal = Journal()
         dep = self._save(dep, plan.status, journal)
-        return StepReport(seen.now, str(dep.status.get("phase")), st.stable, st.canary, st.weight, journal.events(), st.last_verdict, tuple(problems.values()))
+        return StepReport(
+            seen.now,
+            str(dep.status.get("phase")),
+            st.stable,
+            st.canary,
+            st.weight,
+            journal.events(),
+            st.last_verdict,
+            tuple(problems.values()),
+        )
 
     # --- the world -------------------------------------------------------------------------------------
 
@@ -460,7 +469,9 @@ class Runner:
         figures = self.outcomes.versions(model, (due.canary, due.stable), due.since, seen.now, estimates=False)
         outcomes = {v: _sample_outcomes(o) for v, o in figures.items()}
         if isinstance(self.metrics, PrometheusMetrics) and seen.scrape is not None:
-            asked = queries.analysis_queries(model, due.canary, due.stable, max(seen.now - due.since, 1.0), max(seen.now - step_since, 1.0), limit)
+            asked = queries.analysis_queries(
+                model, due.canary, due.stable, max(seen.now - due.since, 1.0), max(seen.now - step_since, 1.0), limit
+            )
             labels = (".auc", ".coverage", ".churn_rate")  # on one machine the prediction log and the labels give these
             answers = self.metrics.answers({k: v for k, v in asked.items() if not k.endswith(labels)}, seen.now)
             for role, version in (("canary", due.canary), ("stable", due.stable)):
@@ -524,7 +535,16 @@ class Runner:
         before, after = core.retraining_of(raw), core.retraining_of(status)
         if run is not None and after.run_state != before.run_state:
             detail = run.failure or ""
-            journal.add({"time": now, "kind": "run", "run": after.run_id or after.pending_key, "state": after.run_state, "challenger": run.challenger, "detail": detail})
+            journal.add(
+                {
+                    "time": now,
+                    "kind": "run",
+                    "run": after.run_id or after.pending_key,
+                    "state": after.run_state,
+                    "challenger": run.challenger,
+                    "detail": detail,
+                }
+            )
 
     def _reference(self, model: str, version: str) -> float | None:
         """The version's holdout AUC at training (the policy's reference); versions are immutable, so it is cached."""
@@ -572,7 +592,9 @@ class Runner:
             if version is None or (version not in st.rejected and (st.deferred is None or st.deferred.version != version)):
                 return None
             transition = machine.allow(st, version)
-            plan = core.assemble(dep.status, transition.status, core.retraining_of(dep.status), transition.events, Health(), dep.generation, now)
+            plan = core.assemble(
+                dep.status, transition.status, core.retraining_of(dep.status), transition.events, Health(), dep.generation, now
+            )
             self._save(dep, plan.status, Journal())
             return version
 
@@ -607,7 +629,9 @@ class Runner:
             dep = self._save(dep, plan.status, journal)
             seen = Observed(now)
             found = self._converge(spec, dep.status, seen, journal)
-            dep = self._save(dep, {**dep.status, "registrySynced": max(found.synced, machine.integer(dep.status, "registrySynced"))}, journal)
+            dep = self._save(
+                dep, {**dep.status, "registrySynced": max(found.synced, machine.integer(dep.status, "registrySynced"))}, journal
+            )
             return self._report(dep, journal, seen)
 
 

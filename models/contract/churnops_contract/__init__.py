@@ -6,5 +6,7 @@ it, and the operator image installs it without the ML stack.
 
 - ``metrics``: Prometheus metric names, label keys and buckets;
 - ``registry``: MLflow registered-model name, aliases and tag keys;
-- ``policy``: when drift or a performance drop should start a retraining run.
+- ``policy``: when drift or a performance drop should start a retraining run;
+- ``queries``: every PromQL question the deciders ask, by name;
+- ``rollout``: the pure rollout core (spec, analysis, state machine, status, one pass) both drivers import.
 """

@@ -11,9 +11,8 @@ nothing).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from churnops_contract import metrics as m
 
@@ -95,23 +94,45 @@ def by_version(name: str, model: str) -> str:
     return f'max by ({m.LABEL_VERSION}) ({name}{{{m.LABEL_MODEL}="{quote(model)}"}})'
 
 
-# --- reading the answers ---------------------------------------------------------------------------------------
+# --- every query a decider asks, by name ------------------------------------------------------------------------
+
+ROLES = ("canary", "stable")
+VERSION_FIGURES = ("requests", "errors", "timed", "fast", "p95", "scores", "auc", "coverage", "churn_rate", "served")
 
 
-def samples(data: Mapping[str, Any], keys: Sequence[str] = ("le",)) -> dict[str, float]:
-    """An instant query's ``data`` as values keyed by the first of ``keys`` each sample carries ("" when none)."""
-    if data.get("resultType") == "scalar":
-        return {"": float(data["result"][1])}
-    out: dict[str, float] = {}
-    for sample in data.get("result") or []:
-        labels = sample.get("metric") or {}
-        out[next((labels[k] for k in keys if k in labels), "")] = float(sample["value"][1])
+def served(model: str, version: str) -> str:
+    """1 while the predictor has the version loaded and ready (``churnops_model_info``); absent otherwise."""
+    return f"max({m.MODEL_INFO}{selector(model, version)})"
+
+
+def analysis_queries(model: str, canary: str, stable: str, since_s: float, step_s: float, limit_ms: float) -> dict[str, str]:
+    """The canary analysis's questions: ``<role>.<figure>`` for both versions over the analysis window, and the step's requests."""
+    out: dict[str, str] = {}
+    for role, version in zip(ROLES, (canary, stable), strict=True):
+        q = version_queries(model, version, since_s, limit_ms)
+        figures = {**{f: getattr(q, f) for f in VERSION_FIGURES if f != "served"}, "served": served(model, version)}
+        out.update({f"{role}.{name}": expr for name, expr in figures.items()})
+    out["canary.step_requests"] = version_queries(model, canary, step_s, limit_ms).requests
+    out["unattributed_errors"] = unattributed_errors(model, since_s)
     return out
 
 
-def bucket_counts(cumulative: Mapping[str, float]) -> tuple[float, ...] | None:
-    """Per-bucket counts in ``le`` order from a histogram's cumulative buckets; None when empty or not finite."""
-    if not cumulative or not all(math.isfinite(v) for v in cumulative.values()):
-        return None
-    ordered = [v for _, v in sorted(cumulative.items(), key=lambda kv: math.inf if kv[0] == "+Inf" else float(kv[0]))]
-    return tuple(max(b - a, 0.0) for a, b in zip([0.0, *ordered[:-1]], ordered, strict=True))
+def retraining_queries(model: str, version: str, drift_methods: Sequence[str]) -> dict[str, str]:
+    """The retraining policy's questions about the serving (stable) version."""
+    methods = f'{m.LABEL_METHOD}=~"{"|".join(drift_methods)}"'
+    features = f'{m.LABEL_FEATURE}!="{m.SCORE_FEATURE}"'
+
+    def performance(metric: str, source: str) -> str:
+        labels = {m.LABEL_SEGMENT: m.ALL_SEGMENTS, m.LABEL_METRIC: metric, m.LABEL_SOURCE: source}
+        return f"max({m.PERFORMANCE}{selector(model, version, **labels)})"
+
+    return {
+        "drift_verdict": drift_verdict(model, version),
+        "drift_worst": f"max({m.DRIFT_SCORE}{selector(model, version, methods, features)})",
+        "drifted_share": f"max({m.DRIFTED_FEATURES_SHARE}{selector(model, version)})",
+        "auc_measured": performance("auc", m.SOURCE_MEASURED),
+        "auc_estimated": performance("auc", m.SOURCE_ESTIMATED),
+        "calibration_ratio": performance("calibration_ratio", m.SOURCE_MEASURED),
+        "coverage": f"max({m.LABEL_COVERAGE}{selector(model, version)})",
+        "predictions": f"sum(increase({m.total(m.PREDICTIONS)}{selector(model, version)}[1d]))",
+    }

@@ -164,14 +164,25 @@ def run_action(raw: Mapping[str, Any] | None) -> tuple[str, str] | None:
     return ("poll", rs.run_id) if rs.run_id else ("start", rs.pending_key)
 
 
-def _record(raw: Mapping[str, Any] | None, events: tuple[Event, ...], now: float) -> tuple[tuple[dict[str, Any], ...], int, tuple[dict[str, Any], ...]]:
+def _record(
+    raw: Mapping[str, Any] | None, events: tuple[Event, ...], now: float
+) -> tuple[tuple[dict[str, Any], ...], int, tuple[dict[str, Any], ...]]:
     seq = _seq(raw, "eventSeq")
     old = history(raw)
     added = []
     for e in events:
         seq += 1
         added.append(
-            {"seq": seq, "time": now, "type": e.type, "event": e.reason, "message": e.message[:1024], "from": e.frm, "to": e.to, "reason": (e.note or e.message)[:1024]}
+            {
+                "seq": seq,
+                "time": now,
+                "type": e.type,
+                "event": e.reason,
+                "message": e.message[:1024],
+                "from": e.frm,
+                "to": e.to,
+                "reason": (e.note or e.message)[:1024],
+            }
         )
     kept = (*old, *added)
     # Trim the oldest entries, but never one not yet posted or applied to the registry while the list is not far too long.

@@ -264,15 +264,21 @@ def decide(spec: DeploymentSpec, st: RolloutStatus, target: str | None, now: flo
         target = st.canary  # the target cannot be read now: keep judging the canary that runs
     if st.stable is None:
         new = replace(_steady(st), phase="Promoted", stable=target, message=f"version {target} deployed")
-        return Transition(new, (Event("Normal", "Deployed", f"Serving version {target} (first version, no canary)", None, target, "first version"),))
+        return Transition(
+            new, (Event("Normal", "Deployed", f"Serving version {target} (first version, no canary)", None, target, "first version"),)
+        )
     if st.canary is None:
         return _idle(spec, st, target, now)
     if target != st.canary:
         if target == st.stable or target in st.rejected:
             new = replace(_steady(st), phase="Promoted", message=f"canary {st.canary} withdrawn: target is {target}")
-            return Transition(new, (Event("Normal", "CanaryAborted", f"Canary {st.canary} withdrawn; target is {target}", st.canary, st.stable),))
+            return Transition(
+                new, (Event("Normal", "CanaryAborted", f"Canary {st.canary} withdrawn; target is {target}", st.canary, st.stable),)
+            )
         new = _start(spec, replace(st, deferred=None), target, now, f"canary {st.canary} replaced by {target}")
-        return Transition(new, (Event("Normal", "CanaryReplaced", f"Canary {st.canary} replaced by {target} at {new.weight}%", st.canary, target),))
+        return Transition(
+            new, (Event("Normal", "CanaryReplaced", f"Canary {st.canary} replaced by {target} at {new.weight}%", st.canary, target),)
+        )
     if st.analysis_key != spec.analysis_key():
         new = _start(spec, st, target, now, "analysis restarted: spec changed", carry=True)
         why = f"Spec changed: analysis of {target} restarts at {new.weight}% with {new.failed_checks} failed checks carried over"
@@ -297,7 +303,9 @@ def _idle(spec: DeploymentSpec, st: RolloutStatus, target: str, now: float) -> T
         message = f"version {target} withdrawn without evidence; retried in {deferred.until - now:.0f} s (attempt {deferred.attempts + 1})"
         return Transition(replace(st, message=message))
     new = _start(spec, replace(st, deferred=deferred), target, now, f"canary {target} started against stable {st.stable}")
-    return Transition(new, (Event("Normal", "CanaryStarted", f"Canary {target} at {new.weight}% against stable {st.stable}", st.stable, target),))
+    return Transition(
+        new, (Event("Normal", "CanaryStarted", f"Canary {target} at {new.weight}% against stable {st.stable}", st.stable, target),)
+    )
 
 
 def _judge(spec: DeploymentSpec, st: RolloutStatus, verdict: Verdict, now: float) -> Transition:
@@ -314,12 +322,16 @@ def _judge(spec: DeploymentSpec, st: RolloutStatus, verdict: Verdict, now: float
         if st.inconclusive >= rollout.inconclusive_limit or late:
             cause = "progress deadline passed" if late else f"{st.inconclusive} checks in a row without evidence"
             return _withdraw(spec, st, now, f"{cause}: {reason}")
-        message = f"Check {st.inconclusive}/{rollout.inconclusive_limit} without evidence for {st.canary}, holding at {st.weight}%: {reason}"
+        message = (
+            f"Check {st.inconclusive}/{rollout.inconclusive_limit} without evidence for {st.canary}, holding at {st.weight}%: {reason}"
+        )
         return Transition(replace(st, message=f"holding: {reason}"), (Event("Warning", "CheckInconclusive", message),))
     st = replace(st, inconclusive=0)
     if verdict.outcome == "wait" or verdict.step_samples < rollout.min_samples:
         if late:
-            return _withdraw(spec, st, now, f"progress deadline passed: {verdict.step_samples} of {rollout.min_samples} canary requests at {st.weight}%")
+            return _withdraw(
+                spec, st, now, f"progress deadline passed: {verdict.step_samples} of {rollout.min_samples} canary requests at {st.weight}%"
+            )
         return Transition(replace(st, message=f"waiting: {verdict.step_samples} of {rollout.min_samples} canary requests at {st.weight}%"))
     final = st.step + 1 >= len(rollout.steps)
     settled = ""
@@ -350,8 +362,12 @@ def _failed(spec: DeploymentSpec, st: RolloutStatus, now: float, reason: str) ->
 def _promote(st: RolloutStatus, figures: Mapping[str, Any], note: str = "") -> Transition:
     assert st.canary is not None
     why = f"passed every step in {st.checks} checks ({figures.get('samples')} canary requests){note}"
-    new = replace(_steady(st), phase="Promoted", stable=st.canary, stable_slot=st.canary_slot, deferred=None, message=f"promoted {st.canary}")
-    return Transition(new, (Event("Normal", "Promoted", f"Version {st.canary} promoted over {st.stable}: {why}", st.stable, st.canary, why),))
+    new = replace(
+        _steady(st), phase="Promoted", stable=st.canary, stable_slot=st.canary_slot, deferred=None, message=f"promoted {st.canary}"
+    )
+    return Transition(
+        new, (Event("Normal", "Promoted", f"Version {st.canary} promoted over {st.stable}: {why}", st.stable, st.canary, why),)
+    )
 
 
 def _rollback(st: RolloutStatus, reason: str) -> Transition:
@@ -359,7 +375,9 @@ def _rollback(st: RolloutStatus, reason: str) -> Transition:
     assert st.canary is not None
     why = f"{st.failed_checks} failed checks: {reason}"
     rejected = (*[v for v in st.rejected if v != st.canary], st.canary)[-REJECTED_LIMIT:]
-    new = replace(_steady(st), phase="RolledBack", rejected=rejected, deferred=None, retired=st.canary, message=f"rolled back {st.canary}: {why}")
+    new = replace(
+        _steady(st), phase="RolledBack", rejected=rejected, deferred=None, retired=st.canary, message=f"rolled back {st.canary}: {why}"
+    )
     event = Event("Warning", "RolledBack", f"Canary {st.canary} rolled back to {st.stable}: {why}", st.canary, st.stable, why)
     return Transition(new, (event,))
 

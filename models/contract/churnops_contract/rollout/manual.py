@@ -27,8 +27,12 @@ def promote(st: RolloutStatus, reason: str) -> Transition:
     if st.canary is None:
         raise ManualError("no canary is in progress: nothing to promote (start one with `churnops rollout start`)")
     why = f"{MANUAL}: {reason}"
-    new = replace(_steady(st), phase="Promoted", stable=st.canary, stable_slot=st.canary_slot, deferred=None, message=f"promoted {st.canary} by hand")
-    event = Event("Normal", "Promoted", f"Version {st.canary} promoted over {st.stable} at {st.weight}% by hand: {reason}", st.stable, st.canary, why)
+    new = replace(
+        _steady(st), phase="Promoted", stable=st.canary, stable_slot=st.canary_slot, deferred=None, message=f"promoted {st.canary} by hand"
+    )
+    event = Event(
+        "Normal", "Promoted", f"Version {st.canary} promoted over {st.stable} at {st.weight}% by hand: {reason}", st.stable, st.canary, why
+    )
     return Transition(new, (event,))
 
 
@@ -38,12 +42,23 @@ def rollback(st: RolloutStatus, reason: str) -> Transition:
         raise ManualError("no canary is in progress: nothing to roll back")
     why = f"{MANUAL}: {reason}"
     rejected = (*[v for v in st.rejected if v != st.canary], st.canary)[-REJECTED_LIMIT:]
-    new = replace(_steady(st), phase="RolledBack", rejected=rejected, deferred=None, retired=st.canary, message=f"rolled back {st.canary} by hand")
-    event = Event("Warning", "RolledBack", f"Canary {st.canary} rolled back to {st.stable} at {st.weight}% by hand: {reason}", st.canary, st.stable, why)
+    new = replace(
+        _steady(st), phase="RolledBack", rejected=rejected, deferred=None, retired=st.canary, message=f"rolled back {st.canary} by hand"
+    )
+    event = Event(
+        "Warning",
+        "RolledBack",
+        f"Canary {st.canary} rolled back to {st.stable} at {st.weight}% by hand: {reason}",
+        st.canary,
+        st.stable,
+        why,
+    )
     return Transition(new, (event,))
 
 
-def retrain(rs: RetrainingStatus, now: float, reason: str, run_prefix: str, model_ref: str = "") -> tuple[RetrainingStatus, tuple[Event, ...]]:
+def retrain(
+    rs: RetrainingStatus, now: float, reason: str, run_prefix: str, model_ref: str = ""
+) -> tuple[RetrainingStatus, tuple[Event, ...]]:
     """Start a retraining run now, outside the policy (its cooldown starts as if the policy had started it)."""
     if rs.active:
         raise ManualError(f"retraining run {rs.pending_key} is still {rs.run_state or 'starting'}")

@@ -208,9 +208,7 @@ def drifted(verdict: float | None, worst: float | None, threshold: float) -> boo
     return None if worst is None else worst > threshold
 
 
-def retraining_observation(
-    answers: Mapping[str, Answer], threshold: float, reference_auc: float | None, now: float
-) -> policy.Observation:
+def retraining_observation(answers: Mapping[str, Answer], threshold: float, reference_auc: float | None, now: float) -> policy.Observation:
     """The retraining policy's observation from the answers of ``queries.retraining_queries`` (missing signals are None)."""
 
     def get(name: str) -> float | None:

@@ -143,9 +143,7 @@ def on_run(
             Event("Normal", "RetrainingFinished", f"Run {rs.pending_key} succeeded; no challenger newer than {stable}"),
         )
     new = replace(new, candidate=challenger, candidate_for=rs.started_for, reason=f"run produced challenger {challenger}")
-    return new, (
-        Event("Normal", "RetrainingFinished", f"Run {rs.pending_key} succeeded with challenger version {challenger}"),
-    )
+    return new, (Event("Normal", "RetrainingFinished", f"Run {rs.pending_key} succeeded with challenger version {challenger}"),)
 
 
 def run_failed(rs: RetrainingStatus, detail: str) -> tuple[RetrainingStatus, tuple[Event, ...]]:

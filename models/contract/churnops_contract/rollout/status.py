@@ -111,7 +111,9 @@ def conditions(
     ready = None if st.stable is None else health.serving_ready
     ready_status = "False" if st.stable is None else _tri(ready)
     ready_reason = {"True": "Serving", "False": "NotServing", "Unknown": "ServingNotReported"}[ready_status]
-    ready_message = f"version {st.stable} serving" if ready else f"version {st.stable} not reported ready" if st.stable else "no version deployed yet"
+    ready_message = (
+        f"version {st.stable} serving" if ready else f"version {st.stable} not reported ready" if st.stable else "no version deployed yet"
+    )
     progressing, p_reason, p_message = _progressing(st)
     healthy, h_reason, h_message = _canary(st)
     problems = [k for k in PROBLEMS if k in health.problems]
@@ -122,7 +124,9 @@ def conditions(
         _condition("Progressing", _tri(progressing), p_reason, p_message, generation, now, previous),
         _condition("CanaryHealthy", _tri(healthy), h_reason, h_message, generation, now, previous),
         _condition("Degraded", _tri(bool(problems)), degraded_reason, degraded_message, generation, now, previous),
-        _condition("DriftDetected", _tri(rs.breaches > 0), "Breach" if rs.breaches else "WithinLimits", rs.reason, generation, now, previous),
+        _condition(
+            "DriftDetected", _tri(rs.breaches > 0), "Breach" if rs.breaches else "WithinLimits", rs.reason, generation, now, previous
+        ),
         _condition(
             "RetrainingTriggered",
             _tri(rs.active),
