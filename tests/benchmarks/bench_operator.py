@@ -20,10 +20,13 @@ traffic, broken (Prometheus down, flaky, malformed raw bodies parsed by
 ``observe.parse_answer``, the canary's label coverage missing, MLflow down), turned
 into the observation by ``observe.analysis_observation`` and handed to
 ``core.decide`` in a ``World``. For a good canary (equal to stable) and a bad one
-it prints the share of rollouts promoted on missing evidence, frozen past the
-progress deadline, and (good canary) rejected for good, all with the goal 0 %.
+it prints the share of rollouts promoted on missing evidence and frozen past the
+progress deadline (goal 0 %), and of good canaries rejected for good: because of a
+fault (goal 0 %) and in all (the tests' own false rollbacks, goal <= 2 %). Probe
+rows (a documented rule decides them) are printed but not judged.
 
-Part 3 starts the operator process against kmock's Kubernetes API with 100
+Part 3 starts the operator process against kmock's Kubernetes API (and the
+harness's fake KServe controller, which reports each InferenceService Ready) with 100
 ModelDeployments, each taking a version and then a healthy canary through
 every step, and prints reconcile passes per second, time until all are
 promoted, and the operator's peak memory.
@@ -397,6 +400,7 @@ class Fault:
     malformed: tuple[Span, float] | None = None  # raw bodies for every answer; in the span each is malformed with this probability
     coverage: tuple[Span, str] | None = None  # the canary's label coverage answer: failed, empty, NaN, ... (see ``_coverage``)
     registry_down: Span | None = None  # MLflow unreachable: the target is unknown, health problem "registry"
+    emptied: tuple[Span, tuple[str, ...]] | None = None  # these answers come back empty (no series), e.g. a partial response
     hides_bad: bool = False  # the fault hides the only evidence against the bad canary: promoting it is promoting on missing evidence
     probe: bool = False  # printed, but not part of the verdict (a documented rule decides it)
 
@@ -426,6 +430,7 @@ FAULTS = (
         coverage=((0, 30), "0, no AUC"),
         probe=True,
     ),
+    Fault("canary errors answer empty (probe)", emptied=((0, FAULT_HORIZON), ("canary.errors",)), probe=True),
     Fault("MLflow down 6 intervals", registry_down=(1, 7)),
     Fault("MLflow down 6 intervals (labelled)", labelled=True, bad=Scenario("AUC 0.6 vs 0.8", canary_auc=0.6), registry_down=(1, 7)),
     Fault("MLflow down 10 + Prometheus down 6", prometheus_down=(2, 8), registry_down=(4, 14)),
@@ -459,6 +464,8 @@ def faulty_answers(f: Fault, answers: dict[str, Answer], now: float, rng: np.ran
         answers = {name: observe.failed("context deadline exceeded") if rng.random() < f.flaky else a for name, a in answers.items()}
     if f.coverage is not None and _within(f.coverage[0], now):
         _coverage(answers, f.coverage[1])
+    if f.emptied is not None and _within(f.emptied[0], now):
+        answers.update(dict.fromkeys(f.emptied[1], Answer({})))
     if f.malformed is not None:
         (span, share), kinds = f.malformed, list(MALFORMED.values())
         bodies = {
@@ -491,13 +498,13 @@ def _missing_evidence(f: Fault, bad: bool, verdict: analysis.Verdict | None, now
     ]
     if missing:
         return f"promoted with {', '.join(f'{r.name} {r.outcome}' for r in missing)}: {verdict.reason}"
-    if bad and f.hides_bad and f.coverage is not None and _within(f.coverage[0], now):
+    if bad and f.hides_bad and _fault_active(f, now):
         return f"bad canary promoted while its evidence was hidden: {verdict.reason}"
     return ""
 
 
 def _fault_active(f: Fault, now: float) -> bool:
-    spans = (f.prometheus_down, f.registry_down, f.malformed[0] if f.malformed else None, f.coverage[0] if f.coverage else None)
+    spans = (f.prometheus_down, f.registry_down, *(x[0] for x in (f.malformed, f.coverage, f.emptied) if x is not None))
     return any(_within(span, now) for span in spans)
 
 
@@ -633,13 +640,16 @@ def bench_faults(runs: int, seed: int) -> bool:
 # --- Part 3: the operator process against kmock -----------------------------------------------------------
 
 
+RECONCILE_TIMEOUT_S = 600.0
+
+
 def rss_peak_kib(pid: int) -> int:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+) kB", text).group(1))  # type: ignore[union-attr]
 
 
 def bench_reconcile(resources: int, tick: float) -> None:
-    from tests.operators.harness import OperatorProcess  # noqa: PLC0415
+    from tests.operators.harness import FakeKServe, OperatorProcess  # noqa: PLC0415
 
     print(f"== Reconcile: {resources} ModelDeployments, tick {tick:g} s, against kmock (2 cores, one process each)")
     with KubeServer() as kube, FakePrometheus() as prom, FakeKFP() as kfp, FakeMLflow() as mlflow, tempfile.TemporaryDirectory() as tmp:
@@ -647,6 +657,8 @@ def bench_reconcile(resources: int, tick: float) -> None:
             prom.set(v, Traffic())
         api = httpx.Client(base_url=kube.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
         prepare(kube, api)
+        kserve = FakeKServe(httpx.Client(base_url=kube.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30))
+        kserve.thread.start()  # InferenceServices report Ready: a canary is judged only once its serving object is ready
         names = [f"md-{i:03d}" for i in range(resources)]
         for name in names:
             mlflow.register(name, 2)
@@ -675,8 +687,17 @@ def bench_reconcile(resources: int, tick: float) -> None:
             done = statuses()
             return sum(1 for s in done if s.get("stableVersion") == "2"), sum(1 for s in done if "2" in (s.get("rejectedVersions") or []))
 
-        while count("1") < resources:
-            time.sleep(2)
+        def wait(done: Callable[[], bool], what: str) -> None:
+            """Until ``done``; past RECONCILE_TIMEOUT_S, stop with the messages of the deployments (never hang)."""
+            deadline = time.monotonic() + RECONCILE_TIMEOUT_S
+            while not done():
+                if time.monotonic() > deadline:
+                    messages = sorted({f"{s.get('rolloutPhase')}: {s.get('message')}"[:200] for s in statuses()})
+                    operator.stop()
+                    raise SystemExit(f"reconcile bench: {what} not done in {RECONCILE_TIMEOUT_S:.0f} s; statuses: {messages[:5]}")
+                time.sleep(2)
+
+        wait(lambda: count("1") >= resources, f"all {resources} deployed")
         deployed = time.monotonic() - started
         passes_before = _passes(metrics_port)
         t0 = time.monotonic()
@@ -686,8 +707,7 @@ def bench_reconcile(resources: int, tick: float) -> None:
                 json={"spec": {"model": {"version": "2"}}},
                 headers={"Content-Type": "application/merge-patch+json"},
             ).raise_for_status()
-        while sum(finished()) < resources:
-            time.sleep(2)
+        wait(lambda: sum(finished()) >= resources, f"all {resources} canaries promoted or rolled back")
         promoted_n, rolled_back = finished()
         promoted = time.monotonic() - t0
         passes = _passes(metrics_port) - passes_before
@@ -695,6 +715,7 @@ def bench_reconcile(resources: int, tick: float) -> None:
         assert operator.proc is not None
         peak = rss_peak_kib(operator.proc.pid)
         operator.stop()
+        kserve.stop.set()
         denied = kube.call(lambda: list(kube.k.denied))
         print(f"   all {resources} deployed (version 1) in {deployed:.1f} s")
         print(f"   {promoted_n} canaries promoted through {len(STEPS)} steps, {rolled_back} rolled back, all done in {promoted:.1f} s")

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -80,9 +80,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 @dataclass
 class Traffic:
-    """What one model version's metrics say, whatever the window (the fake is not a time series)."""
+    """What one model version's metrics say: ``requests`` whatever the window, or ``rate`` per second of the query's range."""
 
     requests: float = 2000.0
+    rate: float | None = None  # counters grow at this rate: an increase over [Ns] is rate * N (a windowed time series)
     error_rate: float = 0.0
     slow_share: float = 0.0
     scores: tuple[float, ...] = (0.3, 0.2, 0.15, 0.1, 0.08, 0.06, 0.04, 0.03, 0.02, 0.02, 0.0)  # per SCORE_BUCKETS bucket
@@ -114,6 +115,9 @@ def _answer(state: PromState, query: str) -> tuple[int, Any, float]:
     if t.mode == "http500":
         return 500, {"status": "error", "errorType": "internal", "error": "injected"}, 0.0
     delay = state.delay_s if t.mode == "timeout" else 0.0
+    span = re.search(r"\[(\d+)s\]", query)
+    if t.rate is not None and span is not None:
+        t = replace(t, requests=t.rate * int(span.group(1)))
 
     def vec(value: float | None, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
         if value is None or t.mode == "empty":
@@ -348,3 +352,41 @@ class FakeMLflow(_Server):
     def register(self, model: str, versions: int) -> None:
         for v in range(1, versions + 1):
             self.state.versions[(model, str(v))] = {"name": model, "version": str(v), "source": f"s3://m/{model}/{v}", "run_id": "r"}
+
+
+# --- an outage in front of a real server -----------------------------------------------------------------
+
+
+class _ProxyHandler(_Handler):
+    def _forward(self, method: str) -> None:
+        owner: Outage = self.owner
+        if owner.down:
+            self.reply(503, {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "injected outage"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {"Content-Type": self.headers.get("Content-Type") or "application/json"}
+        answer = owner.client.request(method, self.path, content=body, headers=headers)
+        self.send_response(answer.status_code)
+        self.send_header("Content-Type", answer.headers.get("Content-Type", "application/json"))
+        self.send_header("Content-Length", str(len(answer.content)))
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.wfile.write(answer.content)
+
+    def do_GET(self) -> None:
+        self._forward("GET")
+
+    def do_POST(self) -> None:
+        self._forward("POST")
+
+
+class Outage(_Server):
+    """A pass-through proxy to a real server (MLflow) that answers 503 while ``down``."""
+
+    def __init__(self, target: str) -> None:
+        import httpx  # noqa: PLC0415 - the fakes above need no HTTP client
+
+        super().__init__(_ProxyHandler)
+        self.client = httpx.Client(base_url=target, timeout=10)
+        self.down = False

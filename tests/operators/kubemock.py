@@ -13,7 +13,9 @@ subclass adds:
   ClusterRole in ``manifests/rbac/operator.yaml``; a refused call answers 403
   and is recorded in ``denied`` so that the test fails;
 - fault injection: ``inject(method, plural, status, times)`` answers the next
-  matching requests with that status (409 conflicts, 500s).
+  matching requests with that status (409 conflicts, 500s);
+- token expiry: ``rotate(token)`` makes the operator's old token answer 401, as
+  a projected service-account token does once the kubelet has rotated it.
 """
 
 from __future__ import annotations
@@ -103,6 +105,8 @@ class RealisticKubernetes(KubernetesEmulator):
     denied: list[str] = attrs.field(factory=list)
     faults: list[Fault] = attrs.field(factory=list)
     injected: list[str] = attrs.field(factory=list)
+    operator_token: str = OPERATOR_TOKEN
+    unauthorized: list[str] = attrs.field(factory=list)  # calls made with an expired token
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1000))
 
     def __attrs_post_init__(self) -> None:
@@ -111,6 +115,9 @@ class RealisticKubernetes(KubernetesEmulator):
             self.resources[key] = kmock.ResourceInfo(
                 kind=info["kind"], namespaced=info["namespaced"], subresources=info["subresources"], verbs=VERBS
             )
+
+    def rotate(self, token: str) -> None:
+        self.operator_token = token
 
     def inject(self, method: str, plural: str, status: int, times: int = 1) -> None:
         self.faults.append(Fault(method.upper(), plural, status, times))
@@ -124,7 +131,10 @@ class RealisticKubernetes(KubernetesEmulator):
         verb = verb_of(request)
         group = request.resource.group or ""
         resource = str(request.resource.plural) + (f"/{request.subresource}" if request.subresource else "")
-        if auth != f"Bearer {OPERATOR_TOKEN}" or verb is None or not any(r.allows(group, resource, verb) for r in self.rules):
+        if auth.startswith("Bearer operator-token") and auth != f"Bearer {self.operator_token}":
+            self.unauthorized.append(f"{request.method} {request.url.path}")
+            raise KubernetesError(status=401, reason="Unauthorized", message="token expired")
+        if auth != f"Bearer {self.operator_token}" or verb is None or not any(r.allows(group, resource, verb) for r in self.rules):
             self.denied.append(f"{request.method} {request.url.path} ({verb} {group}/{resource})")
             raise KubernetesError(status=403, reason="Forbidden", message=f"RBAC: {verb} {group}/{resource} is not allowed")
 

@@ -277,9 +277,9 @@ def test_at_the_progress_deadline_the_likelier_hypothesis_settles_an_undecided_a
     st = rollout.decide(s, st, "2", st.step_started + 300, undecided(worse)).status  # type: ignore[operator]
     assert st.canary == "2" and st.failed_checks == 0
     t = rollout.decide(s, st, "2", st.step_started + 600, undecided(worse))  # type: ignore[operator]
-    assert t.status.stable == stable and t.status.failed_checks == failed
+    assert t.status.stable == stable and t.status.canary is None  # settled: rolled back (rejected) or promoted
     if worse:
-        assert "lean to worse" in t.status.message
+        assert "lean to worse" in t.status.message and t.status.rejected == ("2",) and failed == 1
     else:
         assert "settled at the progress deadline" in t.events[-1].note
 
@@ -419,3 +419,30 @@ def test_prometheus_answers_are_read_one_way_for_the_operator_and_the_runner() -
     assert bucket_counts({"0.1": 5.0, "+Inf": 3.0}) == (5.0, 0.0)  # a reset mid-window never gives a negative count
     assert bucket_counts({}) is None
     assert bucket_counts({"0.1": math.nan, "+Inf": 1.0}) is None
+
+
+def test_failed_passes_back_off_exponentially_with_jitter() -> None:
+    import random  # noqa: PLC0415
+
+    from churnops_operator.handlers import MAX_BACKOFF_S, backoff  # noqa: PLC0415
+
+    rng = random.Random(1)
+    for failures in range(1, 12):
+        delays = [backoff(failures, 1.0, rng) for _ in range(200)]
+        nominal = min(2.0 ** (failures - 1), MAX_BACKOFF_S)
+        assert all(0.5 * nominal <= d < 1.5 * nominal for d in delays)
+        assert len({round(d, 6) for d in delays}) > 150  # jittered: replicas and resources do not retry in lockstep
+
+
+def test_a_pipeline_that_can_never_start_ends_the_run_and_not_the_rollouts() -> None:
+    from churnops_contract.rollout.status import Health  # noqa: PLC0415
+
+    s = spec()
+    raw = core.decide(s, None, core.World(target="1", health=Health(True)), 1, 0.0).status
+    raw["retraining"] = {**raw["retraining"], "runName": "churn-abc-retrain-1", "triggers": 1}
+    assert core.run_action(raw) == ("start", "churn-abc-retrain-1")
+    world = core.World(target="2", health=Health(True), run=core.RunReport(failure="no pipeline named 'nope'"))
+    plan = core.decide(s, raw, world, 1, 10.0)
+    assert plan.status["retraining"]["runState"] == "FAILED" and core.run_action(plan.status) is None
+    assert [e["event"] for e in plan.events] == ["RetrainingFailed", "CanaryStarted"]  # the rollout goes on
+    assert plan.status["phase"] == "Progressing"

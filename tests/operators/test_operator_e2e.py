@@ -10,12 +10,13 @@ import json
 import random
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.operators.fakes import Traffic
-from tests.operators.harness import ISVC_PATH, MD_PATH, NS, Cluster
+from tests.operators.fakes import Outage, Traffic
+from tests.operators.harness import ISVC_PATH, MD_PATH, NS, Cluster, OperatorProcess
 
 FAST = {"interval": "0.4s", "minSamples": 100, "failureThreshold": 2}
 
@@ -342,3 +343,166 @@ def test_a_canary_that_never_becomes_ready_is_withdrawn_at_the_deadline_and_not_
     status = k8s.status("churn")
     assert status["stableVersion"] == "1" and status.get("rejectedVersions") in (None, []) and "never became ready" in status["message"]
     assert "StepAdvanced" not in k8s.reasons()
+
+
+def test_an_expired_token_is_renewed_without_a_restart(k8s: Cluster, model: str, tmp_path: Path) -> None:
+    start_stable(k8s, model)
+    pid = k8s.operator.proc.pid  # type: ignore[union-attr]
+    # The kubelet rotates a projected service-account token: the file has a new one, the old one answers 401.
+    k8s.kube.kubeconfig(tmp_path / "kubeconfig", token="operator-token-2")
+    k8s.kube.call(lambda: k8s.kube.k.rotate("operator-token-2"))
+    k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+    k8s.wait("promotion with the new token", lambda: k8s.status("churn").get("stableVersion") == "2", 60)
+    assert k8s.kube.call(lambda: list(k8s.kube.k.unauthorized)), "the old token was never refused: the test proved nothing"
+    assert k8s.operator.proc is not None and k8s.operator.proc.pid == pid  # renewed in place, not by a restart
+
+
+def test_a_decision_written_before_a_crash_is_posted_once(k8s: Cluster, model: str) -> None:
+    start_stable(k8s, model)
+    k8s.wait("first events posted", lambda: k8s.status("churn").get("eventsPosted") == k8s.status("churn").get("eventSeq"))
+    k8s.operator.kill()
+    status = k8s.status("churn")
+    seq = int(status["eventSeq"]) + 1
+    entry = {"seq": seq, "time": time.time(), "type": "Warning", "event": "CheckFailed", "message": "written before a crash"}
+    entry |= {"from": None, "to": None, "reason": "written before a crash"}
+    path = f"{MD_PATH.format(ns=NS)}/churn/status"
+    # A pass wrote this decision and died before posting its Event.
+    body = {"status": {"history": [*status["history"], entry], "eventSeq": seq}}
+    k8s.api.patch(path, json=body, headers={"Content-Type": "application/merge-patch+json"}).raise_for_status()
+    k8s.operator.start()
+    k8s.wait("posted after the restart", lambda: k8s.status("churn").get("eventsPosted") == seq)
+    # Killed again between posting and recording it: the next operator posts under the same name, which is refused.
+    k8s.operator.kill()
+    back = {"status": {"eventsPosted": seq - 1}}
+    k8s.api.patch(path, json=back, headers={"Content-Type": "application/merge-patch+json"}).raise_for_status()
+    k8s.operator.start()
+    k8s.wait("recorded again", lambda: k8s.status("churn").get("eventsPosted") == seq)
+    assert [e.get("message") for e in k8s.events()].count("written before a crash") == 1
+
+
+def test_a_step_waits_for_enough_samples_in_a_windowed_prometheus(k8s: Cluster, model: str) -> None:
+    start_stable(k8s, model, minSamples=150, interval="1s")
+    # Counters grow at 40 requests/s: a step needs about 4 s of canary traffic before a passing check may advance it.
+    k8s.prom.set("1", Traffic(rate=800.0))
+    k8s.prom.set("2", Traffic(rate=40.0))
+    k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+    messages: list[str] = []
+
+    def promoted() -> bool:
+        status = k8s.status("churn")
+        messages.append(str(status.get("message")))
+        return status.get("stableVersion") == "2"
+
+    k8s.wait("promotion through the windows", promoted, 90, every=0.2)
+    assert any(m.startswith("waiting:") and "of 150 canary requests" in m for m in messages)
+    step_windows = [q for q in k8s.prom.state.queries if 'version="2"' in q and "churnops_requests_total" in q]
+    assert len({q.split("[", 1)[1].split("]", 1)[0] for q in step_windows}) > 3  # windows of growing length were asked
+
+
+def test_drift_on_the_current_stable_starts_a_second_run_only_after_the_cooldown(k8s: Cluster, model: str) -> None:
+    k8s.register(model, 1)
+    k8s.prom.set("1", Traffic(drift=0.6))
+    started: list[float] = []
+
+    def trained(run: dict[str, Any]) -> None:
+        started.append(time.time())
+        threading.Thread(target=finish_training, args=(run["run_id"],), daemon=True).start()
+
+    def finish_training(run_id: str) -> None:
+        versions = k8s.mlflow.get("/api/2.0/mlflow/registered-models/get", params={"name": model}).json()
+        newest = max(int(v["version"]) for v in versions["registered_model"].get("latest_versions") or [{"version": "1"}])
+        created = k8s.mlflow.post("/api/2.0/mlflow/model-versions/create", json={"name": model, "source": f"s3://m/{newest + 1}"})
+        version = str(created.json()["model_version"]["version"])
+        k8s.prom.set(version, Traffic(drift=0.6))  # the retrained version drifts too: the policy goes on breaching
+        k8s.set_alias(model, "challenger", version)
+        k8s.kfp.finish(run_id)
+
+    k8s.kfp.state.on_create = trained
+    k8s.operator.start()
+    md = spec(model)
+    md["monitoring"] = {"evaluationInterval": "0.2s", "drift": {"consecutive": 1}, "retraining": {"cooldown": "6s"}}
+    k8s.apply_md("churn", md)
+    k8s.wait("the first retrained version promoted", lambda: k8s.status("churn").get("stableVersion") == "2", 60)
+    k8s.wait("a second run", lambda: len(started) >= 2, 60)
+    assert started[1] - started[0] >= 6.0  # the cooldown held the second run back although drift never stopped
+    runs = [r["display_name"] for r in k8s.kfp.state.created]
+    assert runs[0].endswith("-retrain-1") and runs[1].endswith("-retrain-2")
+    assert k8s.reasons().count("DriftDetected") <= 2  # announced when breaches start, not at every evaluation
+
+
+def test_standard_mode_route_follows_every_step_and_a_rollback(k8s: Cluster, model: str) -> None:
+    k8s.register(model, 3)
+    for v in ("1", "2"):
+        k8s.prom.set(v, Traffic())
+    k8s.prom.set("3", Traffic(error_rate=0.2))
+    k8s.operator.start()
+    std = spec(model)
+    std["serving"] = {"mode": "Standard", "gateway": {"name": "churnops"}}
+    k8s.apply_md("churn", std)
+    k8s.wait("stable route", lambda: k8s.route("churn"))
+    with Recorder(k8s) as rec:
+        k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+        k8s.wait("promotion", lambda: k8s.status("churn").get("stableVersion") == "2" and k8s.isvc("churn-blue") is None, 60)
+        k8s.patch_md_spec("churn", {"model": {"version": "3"}})
+        k8s.wait("rollback", lambda: k8s.status("churn").get("rejectedVersions") == ["3"], 60)
+        k8s.wait("route back on the stable", lambda: serving_weights(k8s) == [("churn-green-predictor", 100)], 30)
+    rec.assert_monotone()
+    canary_weights = [s["route"][1] for s in rec.samples if len(s["route"]) == 2 and s["rollout"] == 1]
+    assert sorted(set(canary_weights)) == [5, 25, 50, 100]  # the route carried every step's weight, and only those
+    statuses = [s["weight"] for s in rec.samples if s["rollout"] == 1 and s["weight"]]
+    assert set(canary_weights) == set(statuses)
+    assert k8s.isvc("churn-blue") is None  # the rolled-back canary's InferenceService is gone
+
+
+def serving_weights(k8s: Cluster) -> list[tuple[str, int]]:
+    route = k8s.route("churn") or {}
+    return [(r["name"], r["weight"]) for rule in (route.get("spec") or {}).get("rules") or [] for r in rule["backendRefs"]]
+
+
+def test_a_failing_rollout_survives_a_restart_and_rolls_back_at_exactly_the_threshold(k8s: Cluster, model: str) -> None:
+    start_stable(k8s, model, failureThreshold=3)
+    k8s.prom.set("2", Traffic(error_rate=0.2))
+    k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+    k8s.wait("first failed check", lambda: (k8s.status("churn").get("failedChecks") or 0) >= 1, 60, every=0.02)
+    k8s.operator.kill()
+    assert k8s.status("churn")["failedChecks"] == 1 and k8s.status("churn")["canaryVersion"] == "2"
+    k8s.operator.start()
+    k8s.wait("rollback", lambda: k8s.status("churn").get("phase") == "RolledBack", 60)
+    assert k8s.reasons().count("CheckFailed") == 2 and k8s.reasons().count("RolledBack") == 1
+    assert "3 failed checks" in k8s.status("churn")["history"][-1]["reason"]
+
+
+def test_a_canary_worse_only_in_auc_is_rolled_back(k8s: Cluster, model: str) -> None:
+    k8s.register(model, 2)
+    # 20,000 labelled predictions each; same errors, latency and scores: only the ranking is worse.
+    k8s.prom.set("1", Traffic(requests=20000, auc=0.85, coverage=1.0, churn_rate=0.2))
+    k8s.prom.set("2", Traffic(requests=20000, auc=0.80, coverage=1.0, churn_rate=0.2))
+    k8s.operator.start()
+    k8s.apply_md("churn", spec(model))
+    k8s.wait("stable", lambda: k8s.status("churn").get("stableVersion") == "1")
+    k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+    k8s.wait("rollback", lambda: k8s.status("churn").get("phase") == "RolledBack", 60)
+    reason = k8s.status("churn")["history"][-1]["reason"]
+    assert "auc_delta fail" in reason and "error_rate" not in reason and "score_psi" not in reason
+    assert k8s.status("churn")["rejectedVersions"] == ["2"]
+
+
+def test_an_mlflow_outage_holds_no_rollback_back_and_is_reported(k8s: Cluster, model: str, tmp_path: Path) -> None:
+    with Outage(k8s.mlflow_url) as outage:
+        k8s.operator = OperatorProcess(
+            k8s.kube.kubeconfig(tmp_path / "kubeconfig"), k8s.prom.url, outage.url, k8s.kfp.url, tmp_path / "op.log"
+        )
+        start_stable(k8s, model, failureThreshold=2)
+        k8s.prom.set("2", Traffic(error_rate=0.2))
+        k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+        k8s.wait("canary", lambda: k8s.status("churn").get("canaryVersion") == "2")
+        outage.down = True  # MLflow goes away while the bad canary runs
+        k8s.wait("rollback during the outage", lambda: k8s.status("churn").get("phase") == "RolledBack", 60)
+        k8s.wait("outage reported", lambda: conditions(k8s).get("Degraded") == "True")
+        degraded = next(c for c in k8s.status("churn")["conditions"] if c["type"] == "Degraded")
+        assert degraded["reason"] == "RegistryUnavailable" and canary_percent(k8s) == 0  # traffic is back on stable
+        assert "rollback_reason" not in k8s.version_tags(model, "2")  # nothing reached MLflow yet
+        outage.down = False
+        k8s.wait("rollback recorded once MLflow is back", lambda: "rollback_reason" in k8s.version_tags(model, "2"), 30)
+        k8s.wait("recovered", lambda: conditions(k8s).get("Degraded") == "False")
+        assert k8s.reasons().count("Degraded") == 1 and "Recovered" in k8s.reasons()

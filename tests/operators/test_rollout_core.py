@@ -680,7 +680,7 @@ steps_lists = hs.lists(hs.integers(1, 99), max_size=3, unique=True).map(lambda x
     deadline=hs.sampled_from(["30s", "60s", "2m"]),
     script=passes,
 )
-@example(  # found by this test: failed checks after the deadline keep the canary until failureThreshold (4 here)
+@example(  # regression: failed checks past the deadline must end the canary below failureThreshold (4 here)
     steps=[100], threshold=4, limit=1, deadline="30s", script=[("auc worse", "2", True, 1.0)] * 7
 )
 def test_rollout_invariants_over_random_answers(steps: list[int], threshold: int, limit: int, deadline: str, script: list[Any]) -> None:

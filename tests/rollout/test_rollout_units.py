@@ -397,3 +397,15 @@ def test_pipeline_parameters_are_typed_by_the_pipeline_signature() -> None:
     assert e.value.field == "parameters.n_trials"
     with pytest.raises(InvalidInputError):
         typed_parameters(Pipeline, ["budget=1"])
+
+
+def test_one_deployment_owns_a_registered_model(tmp_path: Path) -> None:
+    from churnops.rollout.runner import owner_of  # noqa: PLC0415
+
+    spec = {"model": {"registeredModel": "m", "version": "1"}, "featureService": "churn_v1"}
+    DeploymentStore(tmp_path, "first").create_or_update(spec, now=100.0)
+    DeploymentStore(tmp_path, "second").create_or_update(spec, now=200.0)
+    DeploymentStore(tmp_path, "other").create_or_update({**spec, "model": {"registeredModel": "n", "version": "1"}}, now=50.0)
+    assert owner_of(tmp_path, "m") == "first" and owner_of(tmp_path, "n") == "other" and owner_of(tmp_path, "x") is None
+    first, second = DeploymentStore(tmp_path, "first").load(), DeploymentStore(tmp_path, "second").load()
+    assert first.uid and second.uid and first.uid != second.uid  # run names are unique per deployment object

@@ -319,6 +319,8 @@ class Runner:
             return self._blocked(dep, seen, {"owner": why})
         journal = Journal()
         found = self._converge(spec, raw, seen, journal)
+        if analyse and self.metrics is not None and seen.scrape is None and seen.problems:
+            found.problems.setdefault("metrics", seen.problems[0])  # as the operator reports a Prometheus it cannot read
         target, problem = self._target(spec, found.problems)
         due = core.due(spec, raw, now, found.canary_ready)
         observation = self._analysis(spec, due, seen) if analyse and due.check else None

@@ -30,10 +30,12 @@ Rules:
   retried after a backoff (it is not rejected: the fault was not shown to be
   the canary's);
 - ``progress_deadline`` bounds every step of every canary: short of samples,
-  inconclusive, not ready, or undecided with no way to decide, a step that
-  has not moved by then ends. An undecided AUC test is settled for the
-  likelier hypothesis (Wald's truncated test): rollback when "worse" is
-  likelier, else promotion. Missing evidence never promotes.
+  inconclusive, not ready, failing below the threshold, or undecided, a step
+  that has not moved by then ends. A failed check past the deadline rolls
+  back at once; an undecided AUC test is settled for the likelier hypothesis
+  (Wald's truncated test): rollback when "worse" is likelier, else promotion
+  (before the deadline, a test more canary data cannot decide is settled the
+  same way, "worse" counting one failed check). Missing evidence never promotes.
 """
 
 from __future__ import annotations
@@ -316,6 +318,8 @@ def _judge(spec: DeploymentSpec, st: RolloutStatus, verdict: Verdict, now: float
     late = now - st.step_started >= rollout.progress_deadline_s
     reason = verdict.reason
     if verdict.outcome == "fail":
+        if late:  # evidence against the canary and no time left: the deadline ends it now, below the threshold too
+            return _rollback(replace(st, inconclusive=0, failed_checks=st.failed_checks + 1), f"progress deadline passed: {reason}")
         return _failed(spec, replace(st, inconclusive=0), now, reason)
     if verdict.outcome == "inconclusive":
         st = replace(st, inconclusive=st.inconclusive + 1)
@@ -340,7 +344,8 @@ def _judge(spec: DeploymentSpec, st: RolloutStatus, verdict: Verdict, now: float
             return Transition(replace(st, message=f"holding at {st.weight}% until every test decides: {reason}"))
         when = "at the progress deadline" if late else "as more canary data cannot decide them"
         if verdict.leans_worse:  # Wald's truncated test: the likelier hypothesis wins
-            return _failed(spec, st, now, f"undecided tests lean to worse, settled {when}: {reason}")
+            why = f"undecided tests lean to worse, settled {when}: {reason}"
+            return _rollback(replace(st, failed_checks=st.failed_checks + 1), why) if late else _failed(spec, st, now, why)
         settled = f"; undecided tests settled {when} for as good as stable"
     if final:
         return _promote(st, figures, settled)
