@@ -403,6 +403,7 @@ class Fault:
     emptied: tuple[Span, tuple[str, ...]] | None = None  # these answers come back empty (no series), e.g. a partial response
     hides_bad: bool = False  # the fault hides the only evidence against the bad canary: promoting it is promoting on missing evidence
     probe: bool = False  # printed, but not part of the verdict (a documented rule decides it)
+    require_auc: bool = False  # the spec's rollout.analysis.requireAUC
 
 
 FAULTS = (
@@ -430,7 +431,15 @@ FAULTS = (
         coverage=((0, 30), "0, no AUC"),
         probe=True,
     ),
-    Fault("canary errors answer empty (probe)", emptied=((0, FAULT_HORIZON), ("canary.errors",)), probe=True),
+    Fault(
+        "canary coverage reported 0, requireAUC",
+        labelled=True,
+        bad=Scenario("AUC 0.6 vs 0.8", canary_auc=0.6),
+        coverage=((0, 30), "0, no AUC"),
+        hides_bad=True,
+        require_auc=True,
+    ),
+    Fault("canary errors answer empty", emptied=((0, FAULT_HORIZON), ("canary.errors",)), hides_bad=True),
     Fault("MLflow down 6 intervals", registry_down=(1, 7)),
     Fault("MLflow down 6 intervals (labelled)", labelled=True, bad=Scenario("AUC 0.6 vs 0.8", canary_auc=0.6), registry_down=(1, 7)),
     Fault("MLflow down 10 + Prometheus down 6", prometheus_down=(2, 8), registry_down=(4, 14)),
@@ -609,7 +618,12 @@ def bench_faults(runs: int, seed: int) -> bool:
     for i, f in enumerate(FAULTS):
         for bad in (False, True):
             rng = np.random.default_rng([seed, i, int(bad)])
-            results = [fault_rollout(f, bad, spec, rng) for _ in range(runs)]
+            chosen = (
+                replace(spec, rollout=replace(spec.rollout, analysis=replace(spec.rollout.analysis, require_auc=True)))
+                if f.require_auc
+                else spec
+            )
+            results = [fault_rollout(f, bad, chosen, rng) for _ in range(runs)]
             shares = {
                 "missing": sum(x.on_missing_evidence for x in results) / runs,
                 "frozen": sum(x.frozen for x in results) / runs,

@@ -37,8 +37,9 @@ machine keeps the canary at its last step until the test decides. The budget
 AUC and delayed labels: a version's labelled count is *reported* (a number,
 possibly 0), *not reported* (the label pipeline exported nothing for it), or
 *unknown* (the answer failed). AUC is judged once both versions report
-``min_labelled`` labels; while neither reports any it is *pending* (labels do
-not exist yet). When labels are expected (one version reports labels or an
+``min_labelled`` labels; before that it is *pending* (with ``require_auc`` it is
+*undecided*: the promotion waits for the labels, and a deadline withdraws the
+canary instead of promoting it). When labels are expected (one version reports labels or an
 AUC) and the other's are not reported or unknown, AUC is *unavailable*: it
 may hold a rollout, never promote one.
 """
@@ -94,6 +95,7 @@ class MetricResult:
     evidence: float  # log-likelihood ratio over its rejection boundary (>= 1 rejects)
     detail: str
     decidable: bool = True  # undecided, but more canary data alone could still decide it
+    estimated: bool = True  # undecided with an estimate to lean on (False: waiting for the labels it requires)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,11 @@ class Verdict:
     def decidable(self) -> bool:
         """Every undecided test could still be decided by more canary data (else waiting is futile)."""
         return all(r.decidable for r in self.results if r.outcome == "undecided")
+
+    @property
+    def estimated(self) -> bool:
+        """Every undecided test has an estimate: settling it can lean on evidence (else the canary is withdrawn)."""
+        return all(r.estimated for r in self.results if r.outcome == "undecided")
 
     @property
     def leans_worse(self) -> bool:
@@ -243,7 +250,10 @@ def auc(c: VersionSample, s: VersionSample, a: Analysis, alpha: float) -> Metric
         return MetricResult(name, "unavailable", c.auc, s.auc, limit, 0.0, expected)
     labelled = [x.labelled for x in (c, s)]
     if not all(known(x) and x >= a.min_labelled for x in labelled):  # type: ignore[operator]
-        return MetricResult(name, "pending", c.auc, s.auc, limit, 0.0, f"fewer than {a.min_labelled} delayed labels per model")
+        few = f"fewer than {a.min_labelled} delayed labels per model"
+        if a.require_auc:  # steps may pass, the promotion waits for the labels; the deadline withdraws, never promotes
+            return MetricResult(name, "undecided", c.auc, s.auc, limit, 0.0, f"{few}; requireAUC holds the promotion", estimated=False)
+        return MetricResult(name, "pending", c.auc, s.auc, limit, 0.0, few)
     if not all(known(x) for x in (c.auc, s.auc, c.positive_rate, s.positive_rate)):
         return MetricResult(name, "unavailable", c.auc, s.auc, limit, 0.0, "labels exist but AUC or churn rate is missing")
     assert c.auc is not None and s.auc is not None and c.positive_rate is not None and s.positive_rate is not None

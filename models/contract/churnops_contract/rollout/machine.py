@@ -343,6 +343,8 @@ def _judge(spec: DeploymentSpec, st: RolloutStatus, verdict: Verdict, now: float
         if not late and verdict.decidable:
             return Transition(replace(st, message=f"holding at {st.weight}% until every test decides: {reason}"))
         when = "at the progress deadline" if late else "as more canary data cannot decide them"
+        if not verdict.estimated:  # nothing to lean on (labels the spec requires never came): no promotion
+            return _withdraw(spec, st, now, f"progress deadline passed without the evidence the spec requires: {reason}")
         if verdict.leans_worse:  # Wald's truncated test: the likelier hypothesis wins
             why = f"undecided tests lean to worse, settled {when}: {reason}"
             return _rollback(replace(st, failed_checks=st.failed_checks + 1), why) if late else _failed(spec, st, now, why)

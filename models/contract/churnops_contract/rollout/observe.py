@@ -150,8 +150,9 @@ def version_sample(answers: Mapping[str, Answer], role: str, buckets: int) -> Ve
     requests = _count(get("requests"), served)
     timed, fast = _count(get("timed"), served), _count(get("fast"), served)
     errors = _count(get("errors"), served)
-    if errors is None and requests is not None and get("errors") is not None and get("errors").empty:  # type: ignore[union-attr]
-        errors = 0.0  # no error series while requests were answered: none failed
+    if _scalar(get("errors"))[0] == "empty" and requests:
+        # The query ends in ``or 0 * requests``: with requests answered, an empty answer is a partial or broken one.
+        errors = None
     labels_state, labelled = _scalar(get("labelled"))
     if get("labelled") is None:  # Prometheus gives the share of labelled predictions; the runner counts them itself
         labels_state, coverage = _scalar(get("coverage"))

@@ -77,6 +77,7 @@ class Analysis:
     min_auc_delta: float = -0.03  # the AUC drop (canary minus stable) the sequential test must catch, once labels exist
     min_labelled: int = 200  # labelled predictions per model before AUC is judged
     false_rollback_rate: float = 0.01  # the sequential tests' total type-I error over all looks
+    require_auc: bool = False  # promote only once the AUC test has decided (labels for both versions required)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,13 @@ def _integer(raw: Mapping[str, Any], key: str, default: int, path: str, lo: int)
     return value
 
 
+def _flag(raw: Mapping[str, Any], key: str, default: bool, path: str) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise SpecError(f"{path}.{key}: must be true or false, got {value!r}")
+    return value
+
+
 def _text(raw: Mapping[str, Any], key: str, default: str | None, path: str) -> str | None:
     value = raw.get(key, default)
     if value is not None and (not isinstance(value, str) or not value):
@@ -224,6 +232,7 @@ def _rollout(raw: Mapping[str, Any]) -> Rollout:
         min_auc_delta=_number(a, "minAUCDelta", -0.03, ap, -1.0, -0.001),
         min_labelled=_integer(a, "minLabelled", 200, ap, 1),
         false_rollback_rate=_number(a, "falseRollbackRate", 0.01, ap, 1e-6, 0.5),
+        require_auc=_flag(a, "requireAUC", False, ap),
     )
     return Rollout(
         steps=_steps(raw.get("steps")),
