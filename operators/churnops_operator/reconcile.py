@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from churnops_contract import metrics as m
-from churnops_contract import queries
+from churnops_contract import policy, queries
 from churnops_contract import registry as reg
 from churnops_contract.rollout import core, observe, retraining
+from churnops_contract.rollout.analysis import Observation
 from churnops_contract.rollout.spec import API_VERSION, KIND, DeploymentSpec, SpecError, parse
 from churnops_contract.rollout.status import Health, rfc3339
 from churnops_operator import objects
@@ -303,7 +304,7 @@ async def resolve_target(sys: Systems, spec: DeploymentSpec, p: Pass) -> tuple[s
     return version, None
 
 
-async def observe_canary(sys: Systems, spec: DeploymentSpec, due: core.Due, now: float, p: Pass) -> Any:
+async def observe_canary(sys: Systems, spec: DeploymentSpec, due: core.Due, now: float, p: Pass) -> Observation:
     assert due.canary is not None and due.stable is not None and due.since is not None
     asked = queries.analysis_queries(
         spec.model.registered_model,
@@ -322,7 +323,7 @@ async def observe_canary(sys: Systems, spec: DeploymentSpec, due: core.Due, now:
     return observe.analysis_observation(answers, due.look, BUCKETS)
 
 
-async def observe_signals(sys: Systems, spec: DeploymentSpec, version: str, now: float) -> Any:
+async def observe_signals(sys: Systems, spec: DeploymentSpec, version: str, now: float) -> policy.Observation:
     model = spec.model.registered_model
     drift = spec.monitoring.drift
     answers = await sys.prom.answers(queries.retraining_queries(model, version, drift.methods), now)

@@ -446,3 +446,17 @@ def test_a_pipeline_that_can_never_start_ends_the_run_and_not_the_rollouts() -> 
     assert plan.status["retraining"]["runState"] == "FAILED" and core.run_action(plan.status) is None
     assert [e["event"] for e in plan.events] == ["RetrainingFailed", "CanaryStarted"]  # the rollout goes on
     assert plan.status["phase"] == "Progressing"
+
+
+def test_a_pipelines_outage_leaves_the_run_and_the_rollout_going() -> None:
+    from churnops_contract.rollout.status import Health  # noqa: PLC0415
+
+    s = spec()
+    raw = core.decide(s, None, core.World(target="1", health=Health(True)), 1, 0.0).status
+    raw["retraining"] = {**raw["retraining"], "runName": "churn-abc-retrain-1", "runId": "r-1", "triggers": 1}
+    down = Health(True, {"pipelines": "kfp: unreachable"})
+    plan = core.decide(s, raw, core.World(target="2", health=down, run=None), 1, 10.0)  # KFP did not answer
+    assert plan.status["retraining"]["runId"] == "r-1" and core.run_action(plan.status) == ("poll", "r-1")  # tracked again next pass
+    assert plan.status["canaryVersion"] == "2"  # the rollout does not wait for KFP
+    degraded = next(c for c in plan.status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "PipelinesUnavailable"

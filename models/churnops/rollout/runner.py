@@ -43,10 +43,10 @@ from churnops.rollout.store import Deployment, DeploymentStore, checked_spec, de
 from churnops.serving.routing import DEFAULT_ROUTE, RoutingTable, Split, read_table, write_table
 from churnops.training import registry
 from churnops_contract import metrics as cm
-from churnops_contract import queries
+from churnops_contract import policy, queries
 from churnops_contract import registry as names
 from churnops_contract.rollout import core, machine, manual, observe, retraining
-from churnops_contract.rollout.analysis import Verdict
+from churnops_contract.rollout.analysis import Observation, Verdict
 from churnops_contract.rollout.machine import Event, RolloutStatus, Transition
 from churnops_contract.rollout.retraining import RetrainingStatus
 from churnops_contract.rollout.spec import DeploymentSpec
@@ -463,7 +463,7 @@ class Runner:
 
     # --- observations --------------------------------------------------------------------------------------
 
-    def _analysis(self, spec: DeploymentSpec, due: core.Due, seen: Observed) -> Any:
+    def _analysis(self, spec: DeploymentSpec, due: core.Due, seen: Observed) -> Observation:
         assert due.canary is not None and due.stable is not None and due.since is not None
         model = spec.model.registered_model
         step_since = due.step_since or due.since
@@ -482,7 +482,7 @@ class Runner:
             answers = rm.answers(seen.counters, seen.scrape, due.canary, due.stable, due.since, step_since, limit, outcomes)
         return observe.analysis_observation(answers, due.look, BUCKETS, tuple(seen.problems))
 
-    def _signals(self, spec: DeploymentSpec, due: core.Due, seen: Observed) -> Any:
+    def _signals(self, spec: DeploymentSpec, due: core.Due, seen: Observed) -> policy.Observation:
         """The retraining policy's observation of the stable version: the predictor's drift verdict and the delayed labels."""
         assert due.stable is not None
         model = spec.model.registered_model
@@ -512,7 +512,7 @@ class Runner:
         }
 
     @staticmethod
-    def _evaluation_entry(raw: Mapping[str, Any], status: Mapping[str, Any], obs: Any, now: float) -> dict[str, Any]:
+    def _evaluation_entry(raw: Mapping[str, Any], status: Mapping[str, Any], obs: policy.Observation, now: float) -> dict[str, Any]:
         before, after = core.retraining_of(raw), core.retraining_of(status)
         return {
             "time": now,
