@@ -460,3 +460,9 @@ def test_a_pipelines_outage_leaves_the_run_and_the_rollout_going() -> None:
     assert plan.status["canaryVersion"] == "2"  # the rollout does not wait for KFP
     degraded = next(c for c in plan.status["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "PipelinesUnavailable"
+
+
+def test_a_progress_deadline_shorter_than_the_interval_is_refused() -> None:
+    with pytest.raises(SpecError, match=r"spec.rollout.progressDeadline: '1m' is shorter than the interval '5m'"):
+        parse({"model": {"version": "1"}, "featureService": "f", "rollout": {"interval": "5m", "progressDeadline": "1m"}})
+    assert parse({"model": {"version": "1"}, "featureService": "f", "rollout": {"interval": "1h"}}).rollout.progress_deadline_s == 3600.0

@@ -426,7 +426,9 @@ def test_drift_on_the_current_stable_starts_a_second_run_only_after_the_cooldown
     k8s.apply_md("churn", md)
     k8s.wait("the first retrained version promoted", lambda: k8s.status("churn").get("stableVersion") == "2", 60)
     k8s.wait("a second run", lambda: len(started) >= 2, 60)
-    assert started[1] - started[0] >= 6.0  # the cooldown held the second run back although drift never stopped
+    triggered = [h["time"] for h in k8s.status("churn")["history"] if h["event"] == "RetrainingTriggered"]
+    assert len(triggered) >= 2 and triggered[1] - triggered[0] >= 6.0  # the cooldown held the second run back, drift never stopped
+    assert started[1] - started[0] > 5.0  # and KFP saw the runs that far apart (each created on the pass after its trigger)
     runs = [r["display_name"] for r in k8s.kfp.state.created]
     assert runs[0].endswith("-retrain-1") and runs[1].endswith("-retrain-2")
     assert k8s.reasons().count("DriftDetected") <= 2  # announced when breaches start, not at every evaluation

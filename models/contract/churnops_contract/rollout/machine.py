@@ -30,9 +30,9 @@ Rules:
   retried after a backoff (it is not rejected: the fault was not shown to be
   the canary's);
 - ``progress_deadline`` bounds every step of every canary: short of samples,
-  inconclusive, not ready, failing below the threshold, or undecided, a step
-  that has not moved by then ends. A failed check past the deadline rolls
-  back at once; an undecided AUC test is settled for the likelier hypothesis
+  inconclusive, not ready, or undecided, a step that has not moved by then
+  ends; a canary still failing checks below the threshold gets one more
+  interval, then a failed check rolls it back; an undecided AUC test is settled for the likelier hypothesis
   (Wald's truncated test): rollback when "worse" is likelier, else promotion
   (before the deadline, a test more canary data cannot decide is settled the
   same way, "worse" counting one failed check). Missing evidence never promotes.
@@ -292,6 +292,8 @@ def decide(spec: DeploymentSpec, st: RolloutStatus, target: str | None, now: flo
     waited = now - st.step_started
     # A check is due within one interval once traffic flows; without traffic (not ready, not applied) none can come.
     if waited >= rollout.progress_deadline_s and (st.traffic_since is None or waited >= rollout.progress_deadline_s + rollout.interval_s):
+        if st.failed_checks:  # it has failed on evidence, and time is up: the failures decide
+            return _rollback(st, f"progress deadline passed after {st.failed_checks} failed checks: {st.message}")
         cause = "the canary never became ready" if st.traffic_since is None else "no check could be made"
         return _withdraw(spec, st, now, f"progress deadline passed: {cause}")
     return Transition(st)
@@ -315,10 +317,11 @@ def _judge(spec: DeploymentSpec, st: RolloutStatus, verdict: Verdict, now: float
     figures = {**verdict.figures(), "time": now, "step": st.step, "weight": st.weight}
     st = replace(st, checks=st.checks + 1, last_check=now, last_verdict=figures)
     assert st.step_started is not None
-    late = now - st.step_started >= rollout.progress_deadline_s
+    waited = now - st.step_started
+    late = waited >= rollout.progress_deadline_s
     reason = verdict.reason
     if verdict.outcome == "fail":
-        if late:  # evidence against the canary and no time left: the deadline ends it now, below the threshold too
+        if waited >= rollout.progress_deadline_s + rollout.interval_s:  # the check after the deadline's: it ends, below the threshold too
             return _rollback(replace(st, inconclusive=0, failed_checks=st.failed_checks + 1), f"progress deadline passed: {reason}")
         return _failed(spec, replace(st, inconclusive=0), now, reason)
     if verdict.outcome == "inconclusive":

@@ -234,7 +234,7 @@ def _rollout(raw: Mapping[str, Any]) -> Rollout:
         false_rollback_rate=_number(a, "falseRollbackRate", 0.01, ap, 1e-6, 0.5),
         require_auc=_flag(a, "requireAUC", False, ap),
     )
-    return Rollout(
+    rollout = Rollout(
         steps=_steps(raw.get("steps")),
         interval_s=parse_duration(raw.get("interval", "5m"), f"{path}.interval"),
         min_samples=_integer(raw, "minSamples", 200, path, 1),
@@ -244,6 +244,9 @@ def _rollout(raw: Mapping[str, Any]) -> Rollout:
         auto_promote=bool(raw.get("autoPromote", True)),
         analysis=analysis,
     )
+    if rollout.progress_deadline_s < rollout.interval_s:  # no check could come before it: every canary would be withdrawn
+        raise SpecError(f"{path}.progressDeadline: {raw.get('progressDeadline')!r} is shorter than the interval {raw.get('interval', '5m')!r}")
+    return rollout
 
 
 def _monitoring(raw: Mapping[str, Any]) -> Monitoring:
