@@ -245,7 +245,9 @@ def _rollout(raw: Mapping[str, Any]) -> Rollout:
         analysis=analysis,
     )
     if rollout.progress_deadline_s < rollout.interval_s:  # no check could come before it: every canary would be withdrawn
-        raise SpecError(f"{path}.progressDeadline: {raw.get('progressDeadline')!r} is shorter than the interval {raw.get('interval', '5m')!r}")
+        raise SpecError(
+            f"{path}.progressDeadline: {raw.get('progressDeadline')!r} is shorter than the interval {raw.get('interval', '5m')!r}"
+        )
     return rollout
 
 
