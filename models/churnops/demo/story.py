@@ -211,10 +211,6 @@ class Story:
         stage(4, "The population shifts; outcomes arrive late; monitoring alerts; retraining")
         traffic_start = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
         base = outcomes.served_outcomes(self.layout.raw, self.serve_day)
-        outcomes.release(base, traffic_start, self.layout.data_dir / "labels", "outcomes_before_shift")
-        self.timeline.say(
-            f"the outcomes of {len(base):,} customers served before the shift arrived ({base['churned_30d'].mean():.1%} churned)"
-        )
         shifted = with_drift(
             GeneratorConfig(n_customers=self.cfg.customers, seed=self.cfg.seed, history_days=self.cfg.history_days),
             self.cfg.drift,
@@ -228,7 +224,12 @@ class Story:
             f"population shifted ('{self.cfg.drift}' drift from day {self.cfg.drift_start_day}): "
             "the online store now serves the shifted customers"
         )
-        self.wait(lambda r: self.recorded("DriftDetected"), "a drift alert")
+        # Outcomes arrive late: only after the live drift verdict, so the retraining policy sees the drift it is about.
+        self.wait(lambda r: self.drift_seen(), "a drift alert")
+        outcomes.release(base, traffic_start, self.layout.data_dir / "labels", "outcomes_before_shift")
+        self.timeline.say(
+            f"the outcomes of {len(base):,} customers served before the shift arrived ({base['churned_30d'].mean():.1%} churned)"
+        )
         late = outcomes.served_outcomes(self.layout.raw, self.serve_day)
         outcomes.release(late, shift_time, self.layout.data_dir / "labels", "outcomes_after_shift")
         self.timeline.say(f"the outcomes after the shift arrived ({late['churned_30d'].mean():.1%} churned)")
@@ -402,6 +403,10 @@ class Story:
 
     def recorded(self, reason: str) -> bool:
         return any(e.get("kind") == "event" and e.get("reason") == reason for e in self.store().timeline())
+
+    def drift_seen(self) -> bool:
+        """An evaluation of the retraining policy found the serving version's live drift verdict set."""
+        return any(e.get("kind") == "evaluation" and (e.get("signals") or {}).get("driftDetected") for e in self.store().timeline())
 
     def recorded_about(self, version: str | None) -> bool:
         return version is not None and any(e.get("canary") == version for e in self.store().timeline())

@@ -292,7 +292,7 @@ class Runner:
         if not self.metrics.counts_itself or st.canary is None:  # counts are only needed while a canary is analysed
             return seen
         counters = rm.Counters.from_doc(self.store.read_aux(SCRAPES_FILE))
-        marks = [t for t in (st.traffic_since, st.step_started, now) if t is not None]
+        marks = [t for t in (st.traffic_since, st.step_started) if t is not None]
         versions = [v for v in (st.stable, st.canary) if v is not None]
         seen.counters = rm.advance(counters, seen.scrape, marks, versions)
         self.store.write_aux(SCRAPES_FILE, seen.counters.to_doc())
