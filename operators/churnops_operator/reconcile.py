@@ -233,6 +233,7 @@ async def converge_registry(sys: Systems, spec: DeploymentSpec, raw: Mapping[str
             p.problem("registry", e)
             return
         p.synced = int(entry["seq"])
+    p.synced = max(p.synced, core.history_seq(raw))  # every entry up to here was considered (most need no registry write)
 
 
 def stamp_of(entry: Mapping[str, Any]) -> str:

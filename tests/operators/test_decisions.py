@@ -466,3 +466,21 @@ def test_a_progress_deadline_shorter_than_the_interval_is_refused() -> None:
     with pytest.raises(SpecError, match=r"spec.rollout.progressDeadline: '1m' is shorter than the interval '5m'"):
         parse({"model": {"version": "1"}, "featureService": "f", "rollout": {"interval": "5m", "progressDeadline": "1m"}})
     assert parse({"model": {"version": "1"}, "featureService": "f", "rollout": {"interval": "1h"}}).rollout.progress_deadline_s == 3600.0
+
+
+def test_the_history_stays_bounded_once_its_entries_are_posted_and_applied() -> None:
+    from churnops_contract.rollout.status import Health  # noqa: PLC0415
+
+    s = spec(rollout={"steps": [50, 100], "interval": "60s", "minSamples": 10})
+    raw: dict[str, Any] = {}
+    now, version = 0.0, 1
+    for _ in range(40):  # forty rollouts: CanaryStarted, StepAdvanced, Promoted each
+        world = core.World(target=str(version), health=Health(True), canary_ready=True)
+        for _ in range(4):
+            now += 60.0
+            observation = obs(sample(2000), sample(20000)) if core.due(s, raw, now, True).check else None
+            raw = core.decide(s, raw, replace(world, observation=observation), 1, now).status
+            raw = {**core.mark_posted(raw, core.history_seq(raw)), "registrySynced": core.history_seq(raw)}  # what a driver does
+        version += 1
+    assert raw["stableVersion"] == "40" and core.history_seq(raw) > 100
+    assert len(raw["history"]) <= core.HISTORY_LIMIT and core.unposted(raw) == () and core.registry_writes(raw) == ()

@@ -109,6 +109,9 @@ def test_healthy_canary_is_promoted_through_every_step(k8s: Cluster, model: str)
     # The operator writes the alias first and the tags after it; wait for the last write.
     k8s.wait("promotion recorded in MLflow", lambda: "replaced_by" in k8s.version_tags(model, "1"))
     assert "passed every step" in k8s.version_tags(model, "2")["promotion_reason"]
+    # Every decision was considered by the registry and posted: nothing holds the bounded history back.
+    k8s.wait("history applied", lambda: k8s.status("churn").get("registrySynced") == k8s.status("churn").get("eventSeq"))
+    k8s.wait("history posted", lambda: k8s.status("churn").get("eventsPosted") == k8s.status("churn").get("eventSeq"))
     assert k8s.version_tags(model, "1")["replaced_by"] == "2"
     status = k8s.status("churn")
     assert status["history"][-1]["event"] == "Promoted"

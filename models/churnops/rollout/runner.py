@@ -428,6 +428,7 @@ class Runner:
                 found.problems.setdefault("registry", f"{type(e).__name__}: {e}"[:300])
                 return
             found.synced = int(entry["seq"])
+        found.synced = max(found.synced, core.history_seq(raw))  # every entry up to here was considered
 
     def _track_run(self, spec: DeploymentSpec, raw: Mapping[str, Any], found: Seen) -> core.RunReport | None:
         action = core.run_action(raw)

@@ -143,6 +143,11 @@ def registry_writes(raw: Mapping[str, Any] | None) -> tuple[dict[str, Any], ...]
     return tuple(e for e in history(raw) if e.get("event") in REGISTRY_EVENTS and machine.integer(e, "seq") > synced)
 
 
+def history_seq(raw: Mapping[str, Any] | None) -> int:
+    """The sequence number of the newest history entry (0 before the first decision)."""
+    return _seq(raw, "eventSeq")
+
+
 def unposted(raw: Mapping[str, Any] | None) -> tuple[dict[str, Any], ...]:
     posted = _seq(raw, "eventsPosted")
     return tuple(e for e in history(raw) if machine.integer(e, "seq") > posted)
