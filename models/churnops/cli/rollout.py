@@ -42,7 +42,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.add_argument("--interval", default=None, help="time between checks, e.g. 10s, 5m (default 5m)")
     g.add_argument("--min-samples", type=int, default=None, help="canary requests per step before it may advance (default 200)")
     g.add_argument("--failure-threshold", type=int, default=None, help="failed checks that roll back (default 2)")
-    g.add_argument("--progress-deadline", default=None, help="a step still short of samples after this counts failed checks (1h)")
+    g.add_argument(
+        "--progress-deadline",
+        default=None,
+        help="a step that has not moved by then ends: withdrawn without evidence, rolled back on it (1h)",
+    )
     g.add_argument("--max-error-rate", type=float, default=None, help="allowed excess of the canary's 5xx rate over the stable's")
     g.add_argument("--max-latency-p95-ms", type=float, default=None, help="p95 latency objective of the canary")
     g.add_argument("--max-score-psi", type=float, default=None, help="allowed PSI between the two versions' score histograms")
