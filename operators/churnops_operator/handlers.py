@@ -24,6 +24,7 @@ from typing import Any
 
 import kopf
 
+from churnops_contract.registry import DEFAULT_MODEL_NAME
 from churnops_contract.rollout import core
 from churnops_contract.rollout.spec import FINALIZER, GROUP, KIND, PLURAL, VERSION
 from churnops_operator import reconcile as rec
@@ -104,7 +105,7 @@ def register(registry: kopf.OperatorRegistry, state: State) -> None:
         settings.peering.standalone = cfg.standalone
         settings.peering.mandatory = not cfg.standalone  # replicas must agree on a leader: wait for the peering object
         settings.peering.priority = cfg.priority
-        settings.posting.loggers = False  # Events come from decisions (kopf.event), not from every log line
+        settings.posting.loggers = False  # Events come from the status history (write), not from every log line
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 30
@@ -133,7 +134,7 @@ def register(registry: kopf.OperatorRegistry, state: State) -> None:
     @kopf.index(GROUP, VERSION, PLURAL, id="claims", registry=registry)
     def claims(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, rec.Claim]:
         """Which registered model each ModelDeployment deploys: the oldest claim owns the model."""
-        model = (spec.get("model") or {}).get("registeredModel") or "churn-classifier"
+        model = (spec.get("model") or {}).get("registeredModel") or DEFAULT_MODEL_NAME
         meta = body.get("metadata") or {}
         return {
             str(meta.get("uid")): rec.Claim(
