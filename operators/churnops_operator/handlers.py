@@ -183,11 +183,11 @@ def register(registry: kopf.OperatorRegistry, state: State) -> None:
 
     async def write(systems: rec.Systems, body: kopf.Body, res: rec.Resource, result: rec.Result, logger: kopf.Logger) -> dict[str, Any]:
         """Write the status, then post its unposted decisions and the serving notices; record what was posted."""
-        status, version = dict(res.status), res.resource_version
+        status = dict(res.status)
         patch = rec.status_patch(status, result.status)
         if patch:
-            written = await systems.kube.patch_status(KIND, res.namespace, res.name, patch, version)
-            status, version = result.status, str((written.get("metadata") or {}).get("resourceVersion") or "")
+            await systems.kube.patch_status(KIND, res.namespace, res.name, patch, res.resource_version)
+            status = result.status
         for kind, reason, message in result.notices:
             kopf.event(body, type=kind, reason=reason, message=message)
         entries = core.unposted(status)

@@ -156,20 +156,28 @@ class Pass:
         self.problems.setdefault(what, str(e)[:300])
 
 
+async def source(sys: Systems, model: str, version: str, p: Pass) -> str | None:
+    """A version's storage URI: from the status, else from MLflow (kept in the status); None when it is not registered."""
+    if version not in p.sources:
+        found = await sys.mlflow.model_version(model, version)
+        if found is None:
+            return None
+        p.sources[version] = str(found.get("source") or f"models:/{model}/{version}")
+    return p.sources[version]
+
+
 async def sources(sys: Systems, spec: DeploymentSpec, versions: Sequence[str], p: Pass) -> dict[str, str] | None:
-    """Storage URIs of ``versions``: from the status, else from MLflow (kept in the status); None when one cannot be had."""
+    """Storage URIs of ``versions``; None (with the problem noted) when one cannot be had."""
+    model = spec.model.registered_model
     for version in versions:
-        if version in p.sources:
-            continue
         try:
-            found = await sys.mlflow.model_version(spec.model.registered_model, version)
+            found = await source(sys, model, version, p)
         except ExternalError as e:
             p.problem("registry", e)
             return None
         if found is None:
-            p.problems.setdefault("serving", f"version {version} of {spec.model.registered_model} is not registered in MLflow")
+            p.problems.setdefault("serving", f"version {version} of {model} is not registered in MLflow")
             return None
-        p.sources[version] = str(found.get("source") or f"models:/{spec.model.registered_model}/{version}")
     return {v: p.sources[v] for v in versions}
 
 
@@ -294,11 +302,8 @@ async def resolve_target(sys: Systems, spec: DeploymentSpec, p: Pass) -> tuple[s
             version = await sys.mlflow.version_by_alias(model, spec.model.alias)
             if version is None:
                 return None, f"registered model {model} has no alias {spec.model.alias!r}"
-        if version not in p.sources:
-            found = await sys.mlflow.model_version(model, version)
-            if found is None:
-                return None, f"version {version} of {model} is not registered"
-            p.sources[version] = str(found.get("source") or f"models:/{model}/{version}")
+        if await source(sys, model, version, p) is None:
+            return None, f"version {version} of {model} is not registered"
     except ExternalError as e:
         p.problem("registry", e)
         return None, None
@@ -344,7 +349,6 @@ async def reconcile(sys: Systems, res: Resource, claims: Sequence[Claim] = ()) -
         return Result(core.blocked(raw, Health(problems={"owner": why}), res.generation, now).status)
     saved = raw.get("modelSources")
     p = Pass(sources={str(k): str(v) for k, v in saved.items()} if isinstance(saved, Mapping) else {})
-    p.synced = int(raw.get("registrySynced") or 0) if isinstance(raw.get("registrySynced"), int) else 0
     route = core.routing(raw)
     if route.stable is not None:
         try:
@@ -371,7 +375,7 @@ async def reconcile(sys: Systems, res: Resource, claims: Sequence[Claim] = ()) -
         run_prefix=retraining.run_prefix(res.namespace, res.name, res.uid),
     )
     plan = core.decide(spec, raw, world, res.generation, now)
-    status = {**plan.status, "registrySynced": max(p.synced, int(plan.status.get("registrySynced") or 0))}
+    status = core.mark_synced(plan.status, p.synced)
     status["servingMode"] = spec.serving.mode if route.stable is not None else raw.get("servingMode")
     status["modelSources"] = dict(sorted(p.sources.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0)[-10:])
     return Result(status, tuple(p.notices), retry)

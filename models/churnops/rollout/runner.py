@@ -338,7 +338,7 @@ class Runner:
             run_prefix=retraining.run_prefix(None, self.store.name, dep.uid),
         )
         plan = core.decide(spec, raw, world, dep.generation, now)
-        status = {**plan.status, "registrySynced": max(found.synced, machine.integer(plan.status, "registrySynced"))}
+        status = core.mark_synced(plan.status, found.synced)
         if plan.verdict is not None:
             journal.add(self._check_entry(st_before, core.rollout_of(status), plan.verdict, now))
         if signals is not None:
@@ -347,19 +347,19 @@ class Runner:
         dep = self._save(dep, status, journal)
         # apply the decision now rather than on the next step (the persisted status is what is applied)
         found = self._converge(spec, dep.status, Observed(now, seen.scrape, seen.counters), journal)
-        status = {**dep.status, "registrySynced": max(found.synced, machine.integer(dep.status, "registrySynced"))}
-        dep = self._save(dep, status, journal)
+        dep = self._save(dep, core.mark_synced(dep.status, found.synced), journal)
         return self._report(dep, journal, seen)
 
     def _save(self, dep: Deployment, status: dict[str, Any], journal: Journal) -> Deployment:
         """Persist the status with its unposted events in one atomic write, then append the decisions to the timeline."""
         entries = core.unposted(status)
         st = core.rollout_of(status)
+        docs = [event_doc(e, st) for e in entries]
         if entries:
             status = core.mark_posted(status, int(entries[-1]["seq"]))
-            journal.add(*(event_doc(e, st) for e in entries))
+            journal.add(*docs)
         if status != dep.status or entries:
-            events = [{k: v for k, v in e.items() if k not in ("kind", "seq")} for e in (event_doc(x, st) for x in entries)]
+            events = [{k: v for k, v in d.items() if k not in ("kind", "seq")} for d in docs]
             dep = replace(dep, status=status).with_events(events)
             self.store.save(dep)
         self.store.record(journal.unsaved())
@@ -632,9 +632,7 @@ class Runner:
             dep = self._save(dep, plan.status, journal)
             seen = Observed(now)
             found = self._converge(spec, dep.status, seen, journal)
-            dep = self._save(
-                dep, {**dep.status, "registrySynced": max(found.synced, machine.integer(dep.status, "registrySynced"))}, journal
-            )
+            dep = self._save(dep, core.mark_synced(dep.status, found.synced), journal)
             return self._report(dep, journal, seen)
 
 

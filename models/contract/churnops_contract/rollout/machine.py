@@ -14,7 +14,7 @@ Rules:
   in progress under analysis: an outage never freezes a rollback;
 - a version rolled back on evidence (``rejected``) is never retried
   automatically; a person allows it again (the ``churnops.io/retry``
-  annotation, ``churnops rollout retry``);
+  annotation, ``churnops rollout start --retry``);
 - a spec change that alters the analysis restarts it from the first step as a
   new rollout (a new ``rollout_id``: the weight only rises within one); the
   failed checks of the same canary version carry over, so edits cannot keep a
@@ -32,10 +32,11 @@ Rules:
 - ``progress_deadline`` bounds every step of every canary: short of samples,
   inconclusive, not ready, or undecided, a step that has not moved by then
   ends; a canary still failing checks below the threshold gets one more
-  interval, then a failed check rolls it back; an undecided AUC test is settled for the likelier hypothesis
-  (Wald's truncated test): rollback when "worse" is likelier, else promotion
-  (before the deadline, a test more canary data cannot decide is settled the
-  same way, "worse" counting one failed check). Missing evidence never promotes.
+  interval, then its failures roll it back. An undecided AUC test is settled
+  for the likelier hypothesis (Wald's truncated test): rollback when "worse"
+  is likelier, else promotion (before the deadline, a test more canary data
+  cannot decide is settled the same way, "worse" counting one failed check).
+  Missing evidence never promotes.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from churnops_contract import policy
@@ -199,7 +199,7 @@ def analysis_observation(answers: Mapping[str, Answer], look: int, buckets: int,
 
 
 def _without_errors(x: VersionSample) -> VersionSample:
-    return VersionSample(x.requests, None, x.slow, x.timed, x.p95_ms, x.score_buckets, x.auc, x.labelled, x.positive_rate, x.labels_unknown)
+    return replace(x, errors=None)
 
 
 def drifted(verdict: float | None, worst: float | None, threshold: float) -> bool | None:
