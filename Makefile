@@ -119,6 +119,14 @@ bench-monitoring: install ## Drift calibration on the generator's presets, conce
 bench-predlog: install ## Prediction log events/min through the queue (Parquet, PostgreSQL) and read-back, vs raw pyarrow
 	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_predlog.py
 
+.PHONY: bench-audit
+bench-audit: install ## Audit trail: Ed25519 signing cost per append (p50/p99) vs unsigned chaining; verification records/s
+	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_audit.py
+
+.PHONY: bench-soak
+bench-soak: install ## 60 s of 1,000 idle keep-alive + 50 slowloris sockets + honest load: probe p99, errors, fds/RSS flat
+	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_soak.py
+
 ##@ Kubernetes: chart checks run anywhere; images and clusters need Docker (and kind)
 
 REGISTRY             ?= ghcr.io/churnops
@@ -200,11 +208,15 @@ kind-down: ## Delete the kind cluster
 $(KIND_SECRETS)/postgres-password $(KIND_SECRETS)/jwt-secret: | $(VENV)/.installed
 	@mkdir -p $(KIND_SECRETS) && umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32), end='')" > $@
 
+$(KIND_SECRETS)/audit-signing.key: | $(VENV)/.installed
+	@mkdir -p $(KIND_SECRETS) && $(BIN)/churnops audit keygen --out $(KIND_SECRETS)/audit-keys && cp -p $(KIND_SECRETS)/audit-keys/*.key $@
+
 .PHONY: kind-secrets
-kind-secrets: $(KIND_SECRETS)/postgres-password $(KIND_SECRETS)/jwt-secret ## The credentials Secret in SECRET_NAMESPACES (kind: random, kept in data/kind)
+kind-secrets: $(KIND_SECRETS)/postgres-password $(KIND_SECRETS)/jwt-secret $(KIND_SECRETS)/audit-signing.key ## The credentials Secret in SECRET_NAMESPACES (kind: random, kept in data/kind)
 	for ns in $(SECRET_NAMESPACES); do \
 	  $(KUBECTL) -n $$ns create secret generic churnops-credentials --from-file=postgres-password=$(KIND_SECRETS)/postgres-password \
-	    --from-file=jwt-secret=$(KIND_SECRETS)/jwt-secret --dry-run=client -o yaml | $(KUBECTL) apply -f - ; \
+	    --from-file=jwt-secret=$(KIND_SECRETS)/jwt-secret --from-file=audit-signing-key=$(KIND_SECRETS)/audit-signing.key \
+	    --dry-run=client -o yaml | $(KUBECTL) apply -f - ; \
 	done
 
 .PHONY: deploy

@@ -39,9 +39,10 @@ def _work_tree_status() -> set[str] | None:
     return set(out.splitlines())
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # Importing Feast would put prometheus_client in its multi-process mode, where registries share values.
-    single_process_metrics()
+# Importing Feast would put prometheus_client in its multi-process mode, where registries share values. Done
+# here, not in pytest_configure: pytest imports the conftest files of the folders named on its command line
+# (tests/serving/conftest.py imports Feast) before any pytest_configure runs.
+single_process_metrics()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -63,6 +64,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 _STATUS = pytest.StashKey[set[str] | None]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def audit_key_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every audit writer the tests start (servers inherit the environment) signs with a key of this session,
+    kept outside every data directory, never in the user's own ~/.config."""
+    key_dir = tmp_path_factory.mktemp("audit-keys")
+    before = os.environ.get("CHURNOPS_AUDIT_KEY_DIR")
+    os.environ["CHURNOPS_AUDIT_KEY_DIR"] = str(key_dir)
+    yield key_dir
+    if before is None:
+        os.environ.pop("CHURNOPS_AUDIT_KEY_DIR", None)
+    else:
+        os.environ["CHURNOPS_AUDIT_KEY_DIR"] = before
+
+
 LONGEST_GROUP = "test_demo.py"  # two runs of the fast demo, about 6 minutes
 
 

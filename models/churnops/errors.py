@@ -81,6 +81,18 @@ class UnsupportedMediaTypeError(InvalidInputError):
     status = 415
 
 
+class RequestTimeoutError(BadRequestError):
+    """The client did not send its headers or body within the server's read timeout."""
+
+    status = 408
+
+
+class HeadersTooLargeError(BadRequestError):
+    """The request's headers are larger, or more numerous, than the server accepts."""
+
+    status = 431
+
+
 class RateLimitedError(ChurnOpsError):
     status = 429
     exit_code = 5

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from churnops_contract import metrics as m
+from churnops_contract import metric_names as m
 from churnops_contract import policy, queries
 from churnops_contract import registry as reg
 from churnops_contract.rollout import core, observe, retraining

@@ -44,8 +44,9 @@ def drift_window(
     from pathlib import Path
 
     from churnops.errors import InvalidInputError
-    from churnops.monitoring.jobs import open_store, parse_duration, parse_time, run_drift, window_bounds
     from churnops.monitoring.profile import load_profile
+    from churnops.monitoring.windows import open_store, parse_duration, parse_time, window_bounds
+    from churnops.reports.window_jobs import run_drift
     from churnops.training import registry
 
     if not prediction_log and not prediction_log_dsn:

@@ -54,7 +54,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from churnops_contract import metrics as m
+from churnops_contract import metric_names as m
 from churnops_contract import queries
 from churnops_contract.queries import latency_le
 from churnops_contract.rollout import analysis, core, observe

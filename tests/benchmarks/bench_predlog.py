@@ -34,9 +34,10 @@ import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry
 
 from churnops.features.catalog import FEATURES
-from churnops.monitoring.predlog import FeatureLayout, LogStore, PredictionBatch, PredictionLog, to_table
-from churnops.monitoring.predlog_parquet import ParquetStore
-from churnops.monitoring.predlog_postgres import PostgresStore
+from churnops.monitoring.predlog.parquet import ParquetStore
+from churnops.monitoring.predlog.postgres import PostgresStore
+from churnops.monitoring.predlog.records import FeatureLayout, LogStore, PredictionBatch, to_table
+from churnops.monitoring.predlog.writer import PredictionLog
 from tests.support.services import DEFAULT_ADMIN_DSN, temporary_database
 
 LAYOUT = FeatureLayout(tuple(f.name for f in FEATURES), frozenset(f.name for f in FEATURES if f.dtype == "string"))

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import shutil
+import sqlite3
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +19,7 @@ from churnops.features.catalog import FEATURES
 from churnops.layout import Layout
 from churnops_feast import store as fs
 from churnops_feast.definitions import TRAINING_SERVICE
-from churnops_feast.online import FeatureReader, redis_reader, sqlite_reader
+from churnops_feast.online import FeatureReader, SqliteFeatureReader, redis_reader, sqlite_reader
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -62,3 +66,70 @@ def test_redis_reader_fails_fast_when_redis_is_down(layout_copy: Layout) -> None
     reader = redis_reader(store, TRAINING_SERVICE, dead)
     with pytest.raises(redis.ConnectionError):
         reader.read(100_000)
+
+
+def _published_sqlite(layout: Layout, timeout_s: float = 0.1, **options: Any) -> tuple[SqliteFeatureReader, Path, int]:
+    foundation.publish(layout, "embedded", {})
+    store = fs.open_store("embedded", {}, layout.data_dir)
+    reader = sqlite_reader(store, TRAINING_SERVICE, timeout_s=timeout_s)
+    path = Path(store.config.online_store.path)
+    for name, value in options.items():
+        setattr(reader, name, value)
+    cid = sorted(foundation.served_customers(layout, load_manifest(layout.raw).calendar))[0]
+    return reader, path, cid
+
+
+def test_sqlite_reader_gives_up_within_its_timeout_when_a_writer_holds_the_lock(layout_copy: Layout) -> None:
+    reader, path, cid = _published_sqlite(layout_copy, timeout_s=0.1)
+    assert reader.read(cid) is not None
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            reader.read_many([cid] * 32)
+        # SQLite's own busy timeout is 5 s; the budget is 0.1 s (a bound 40x the budget, not a latency check)
+        assert time.monotonic() - started < 4.0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert reader.read(cid) is not None  # a lock is not a broken store: the same connection reads again
+
+
+def test_sqlite_reader_reconnects_after_the_file_is_truncated_and_restored(layout_copy: Layout) -> None:
+    reader, path, cid = _published_sqlite(layout_copy, _min_backoff_s=0.0, _backoff_s=0.0)
+    expected = reader.read(cid)
+    saved = path.read_bytes()
+    with path.open("r+b") as f:
+        f.truncate(0)
+    with pytest.raises(sqlite3.Error):
+        reader.read(cid)
+    with path.open("r+b") as f:  # restored in place: the same file, the same inode
+        f.write(saved)
+    assert reader.read(cid) == expected
+
+
+def test_sqlite_reader_backs_off_while_the_store_stays_broken(layout_copy: Layout) -> None:
+    now = [0.0]
+    reader, path, cid = _published_sqlite(layout_copy, clock=lambda: now[0])
+    saved = path.read_bytes()
+    path.write_bytes(b"")
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        reader.read(cid)
+    with pytest.raises(sqlite3.OperationalError, match="reconnecting in"):
+        reader.read(cid)  # within the backoff: not even an attempt
+    path.write_bytes(saved)
+    now[0] = 0.3  # past the first backoff (0.25 s)
+    assert reader.read(cid) is not None
+
+
+def test_sqlite_reader_picks_up_a_store_replaced_by_a_rename(layout_copy: Layout) -> None:
+    reader, path, cid = _published_sqlite(layout_copy, check_every_s=0.0)
+    assert reader.read(cid) is not None
+    replacement = path.with_suffix(".new")
+    shutil.copyfile(path, replacement)
+    with sqlite3.connect(replacement) as db:  # the new materialization no longer has this customer
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            db.execute(f'DELETE FROM "{table}"')
+    replacement.replace(path)  # a rename over the old file, as a materialization writes it
+    assert reader.read(cid) is None

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from churnops_contract import metrics as c
+from churnops_contract import metric_names as c
 from tests.support import waiting
 
 MONITORING = Path(__file__).resolve().parents[2] / "manifests" / "monitoring"

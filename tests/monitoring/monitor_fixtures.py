@@ -37,8 +37,9 @@ from churnops.features import steps as foundation
 from churnops.features.catalog import DOMAINS
 from churnops.features.engine import compute_block_features
 from churnops.layout import Layout
-from churnops.monitoring.predlog import FeatureLayout, LogStore, PredictionBatch, PredictionLog
-from churnops.monitoring.predlog_parquet import ParquetStore
+from churnops.monitoring.predlog.parquet import ParquetStore
+from churnops.monitoring.predlog.records import FeatureLayout, LogStore, PredictionBatch
+from churnops.monitoring.predlog.writer import PredictionLog
 from churnops.monitoring.profile import build_profile, log_profile
 from churnops.serving.scoring import risk_bands
 from churnops.training import registry

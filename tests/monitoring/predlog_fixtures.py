@@ -18,9 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from churnops.monitoring.predlog import FeatureLayout, LogStore, PredictionBatch, SegmentKey
-from churnops.monitoring.predlog_parquet import ParquetStore
-from churnops.monitoring.predlog_postgres import PostgresStore
+from churnops.monitoring.predlog.parquet import ParquetStore
+from churnops.monitoring.predlog.postgres import PostgresStore
+from churnops.monitoring.predlog.records import FeatureLayout, LogStore, PredictionBatch, SegmentKey
 from tests.support.services import DEFAULT_ADMIN_DSN, temporary_database
 
 PG_ADMIN_DSN = os.environ.get("CHURNOPS_TEST_PG_DSN", DEFAULT_ADMIN_DSN)

@@ -13,9 +13,10 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from churnops.monitoring.predlog import LogStore, PredictionLog
-from churnops.monitoring.predlog_parquet import ParquetStore
-from churnops.monitoring.predlog_postgres import PostgresStore
+from churnops.monitoring.predlog.parquet import ParquetStore
+from churnops.monitoring.predlog.postgres import PostgresStore
+from churnops.monitoring.predlog.records import LogStore
+from churnops.monitoring.predlog.writer import PredictionLog
 from tests.monitoring.predlog_fixtures import LAYOUT
 
 

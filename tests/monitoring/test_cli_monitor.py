@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,10 +21,10 @@ import pytest
 
 from churnops.cli import main
 from churnops.data.schema import ENTITY
-from churnops.monitoring.predlog import FeatureLayout, PredictionBatch, SegmentKey, to_table
-from churnops.monitoring.predlog_parquet import ParquetStore
-from churnops.monitoring.predlog_postgres import PostgresStore
-from churnops.monitoring.report import EVIDENTLY_NAME, HTML_NAME, JSON_NAME, METRICS_NAME
+from churnops.monitoring.predlog.parquet import ParquetStore
+from churnops.monitoring.predlog.postgres import PostgresStore
+from churnops.monitoring.predlog.records import FeatureLayout, PredictionBatch, SegmentKey, to_table
+from churnops.reports.drift import EVIDENTLY_NAME, HTML_NAME, JSON_NAME, METRICS_NAME
 from churnops.serving.scoring import risk_bands
 from tests.monitoring.monitor_fixtures import (
     THRESHOLD,
@@ -120,8 +121,9 @@ def test_the_cluster_log_in_postgresql_gives_the_same_report_and_erases_the_same
     who = int(rows[ENTITY].iloc[0])
     expected = int((rows[ENTITY] == who).sum())
     capsys.readouterr()
-    assert main(["--data-dir", str(tmp_path), "monitor", "erase", "--customer", str(who), "--prediction-log-dsn", pg_dsn]) == 0
-    assert f"customer {who}: erased {expected} prediction log record(s)" in capsys.readouterr().out
+    erase = ["monitor", "erase", "--customer", str(who), "--prediction-log-dsn", pg_dsn, "--settle-s", "0"]
+    assert main(["--data-dir", str(tmp_path), *erase]) == 0
+    assert receipt_of(capsys.readouterr().out)["erased"]["prediction_log"] == expected
     store = PostgresStore(pg_dsn)
     try:
         left = store.read_window(*EVER, features=[])
@@ -336,6 +338,12 @@ def test_a_labels_file_without_the_outcome_column_is_refused(
 # --- privacy erasure --------------------------------------------------------------------------------------------
 
 
+def receipt_of(printed: str) -> dict[str, Any]:
+    """The erasure receipt the command prints (JSON, then the line naming the chain it went to)."""
+    doc: dict[str, Any] = json.loads(printed[: printed.rindex("\nreceipt ")])
+    return doc
+
+
 def test_erasure_removes_a_customers_records_and_the_audit_trail_still_verifies(
     predictor: Predictor, traffic: Traffic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -352,15 +360,16 @@ def test_erasure_removes_a_customers_records_and_the_audit_trail_still_verifies(
     before = poll("the predictor's log to hold the five predictions", logged)
     assert before == sorted(p["request_id"] for p in sent)
     args = ["--data-dir", str(tmp_path), "monitor", "erase", "--customer", str(who), "--prediction-log", str(predictor.log_dir)]
-    assert main(args) == 0
-    assert f"customer {who}: erased 3 prediction log record(s)" in capsys.readouterr().out
+    assert main([*args, "--settle-s", "1"]) == 0
+    assert receipt_of(capsys.readouterr().out)["erased"]["prediction_log"] == 3
     after = ParquetStore(predictor.log_dir).read_window(*EVER, features=[])
     assert who not in set(after["customer_id"].dropna()) and int((after["customer_id"] == other).sum()) == 2
     assert main(["--data-dir", str(tmp_path), "audit", "verify", "--log", str(predictor.server.audit_log)]) == 0
     assert "audit trail OK" in capsys.readouterr().out
     # asked again, there is nothing left to erase
-    assert main(args) == 0
-    assert f"customer {who}: erased 0 prediction log record(s)" in capsys.readouterr().out
+    assert main([*args, "--settle-s", "0"]) == 0
+    again = receipt_of(capsys.readouterr().out)
+    assert again["erased"]["prediction_log"] == 0 and again["suppressed"] == "already listed"
 
 
 def test_erasure_also_clears_the_customers_labels(monitored: Monitored, traffic: Traffic, tmp_path: Path) -> None:
@@ -368,7 +377,7 @@ def test_erasure_also_clears_the_customers_labels(monitored: Monitored, traffic:
     labels_dir = tmp_path / "labels"
     labels_dir.mkdir()
     labels_file(labels_dir / "april.csv", OUTCOMES)
-    assert main(["--data-dir", str(tmp_path), "monitor", "erase", "--customer", "3"]) == 0
+    assert main(["--data-dir", str(tmp_path), "monitor", "erase", "--customer", "3", "--settle-s", "0"]) == 0
     assert 3 not in set(ParquetStore(tmp_path / "predictions").read_window(*EVER)["customer_id"])
     assert sorted(pd.read_csv(labels_dir / "april.csv")["customer_id"]) == [1, 2, 4]
     assert main(["--data-dir", str(tmp_path), "monitor", "erase", "--customer", "-5"]) == 2

@@ -10,7 +10,7 @@ import pytest
 from kfp import local
 
 from churnops.cli import main
-from churnops.monitoring.report import JSON_NAME, METRICS_NAME
+from churnops.reports.drift import JSON_NAME, METRICS_NAME
 from churnops_pipelines.monitoring import churn_drift_window, compile_pipeline
 from tests.monitoring.monitor_fixtures import (
     Monitored,

@@ -16,7 +16,7 @@ from churnops.errors import InvalidInputError
 from churnops.monitoring.drift import Layout, count_rows, evaluate
 from churnops.monitoring.live import DriftCollector, LiveDriftMonitor, LiveWindow
 from churnops.monitoring.profile import ReferenceProfile
-from churnops_contract import metrics as m
+from churnops_contract import metric_names as m
 from tests.monitoring.drift_data import SmallFrame
 
 ORDER = ["plan", "rating", "amount", "visits"]  # the predictor's column order differs from the profile's

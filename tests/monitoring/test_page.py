@@ -29,7 +29,7 @@ from selenium import webdriver
 from selenium.webdriver.common.by import By
 
 from churnops.monitoring.page import LOOKBACKS, recent
-from churnops.monitoring.predlog_parquet import ParquetStore
+from churnops.monitoring.predlog.parquet import ParquetStore
 from churnops.processes import free_port, wait_for_http
 from tests.monitoring.monitor_fixtures import (
     Monitored,

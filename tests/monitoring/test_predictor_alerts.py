@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from churnops_contract import metrics as c
+from churnops_contract import metric_names as c
 from tests.monitoring.alerting_fixtures import fast_rules, get_json, prometheus
 from tests.monitoring.monitor_fixtures import (
     Predictor,

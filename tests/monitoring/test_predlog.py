@@ -20,15 +20,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from churnops.errors import InvalidInputError, UnavailableError
-from churnops.monitoring.predlog import (
-    FIXED_COLUMNS,
-    FeatureLayout,
-    LogStore,
-    PredictionBatch,
-    PredictionLog,
-)
-from churnops.monitoring.predlog_parquet import ParquetStore
-from churnops.monitoring.predlog_postgres import PostgresStore
+from churnops.monitoring.predlog.parquet import ParquetStore
+from churnops.monitoring.predlog.postgres import PostgresStore
+from churnops.monitoring.predlog.records import FIXED_COLUMNS, FeatureLayout, LogStore, PredictionBatch
+from churnops.monitoring.predlog.writer import PredictionLog
 from tests.monitoring.predlog_fixtures import (
     LAYOUT,
     SINKS,

@@ -22,8 +22,8 @@ from churnops.monitoring.drift import BinnedStatistics, DriftPolicy, DriftResult
 from churnops.monitoring.fairness import FairnessConfig, fairness_report
 from churnops.monitoring.performance import join_labels, performance_report
 from churnops.monitoring.profile import CategoricalProfile, NumericProfile, ReferenceProfile, bin_counts
-from churnops.monitoring.report import WindowInfo, bin_labels, outcome_families, reference_sample, run_window_job
-from churnops_contract import metrics as m
+from churnops.reports.drift import WindowInfo, bin_labels, outcome_families, reference_sample, run_window_job
+from churnops_contract import metric_names as m
 from tests.monitoring.drift_data import CATEGORICAL, NUMERIC, Generated, SmallFrame, pseudo_scores
 
 

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from churnops_contract import metrics as m
+from churnops_contract import metric_names as m
 
 SCORE_LE = (*(f"{b:g}" for b in m.SCORE_BUCKETS), "+Inf")
 

@@ -1,7 +1,7 @@
 """The operator judging canaries from a real Prometheus that scrapes predictor metrics.
 
 Two exporters stand in for the stable and the canary predictor pods: each
-exports the predictor's own ``ServingMetrics`` (``churnops.serving.metrics``,
+exports the predictor's own ``ServingMetrics`` (``churnops.serving.instruments``,
 the same names, labels and buckets as the KServe predictor) and is fed by a
 traffic loop that routes requests as KServe's Serverless canary would from
 the InferenceService the operator writes (``canaryTrafficPercent`` to the
@@ -25,7 +25,7 @@ import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
 from churnops.processes import free_port
-from churnops.serving.metrics import ServingMetrics
+from churnops.serving.instruments import ServingMetrics
 from tests.monitoring.alerting_fixtures import prometheus
 from tests.operators.harness import Cluster, OperatorProcess, crd_defaults
 

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as hs
 
-from churnops_contract import metrics, policy, queries
+from churnops_contract import metric_names as metrics
+from churnops_contract import policy, queries
 from churnops_contract.rollout import analysis, core, observe, retraining
 from churnops_contract.rollout.core import Plan, RunReport, World
 from churnops_contract.rollout.machine import RolloutStatus

@@ -41,10 +41,11 @@ from churnops.data.config import with_drift
 from churnops.data.schema import ENTITY, TIMESTAMP
 from churnops.layout import Layout
 from churnops.monitoring.drift import detect_drift
-from churnops.monitoring.predlog import FeatureLayout, PredictionBatch, PredictionLog
-from churnops.monitoring.predlog_parquet import ParquetStore
+from churnops.monitoring.predlog.parquet import ParquetStore
+from churnops.monitoring.predlog.records import FeatureLayout, PredictionBatch
+from churnops.monitoring.predlog.writer import PredictionLog
 from churnops.monitoring.profile import ReferenceProfile, load_profile
-from churnops.rollout import metrics as rm
+from churnops.rollout import scraped as rm
 from churnops.rollout.outcomes import OutcomeSource, labels_reader
 from churnops.rollout.retraining import RESULT_FILE, Retrainer
 from churnops.rollout.runner import Runner, StepReport
@@ -52,8 +53,8 @@ from churnops.rollout.store import DeploymentStore
 from churnops.serving.audit import FileAuditSink, digest
 from churnops.serving.batch import score_file
 from churnops.serving.explain import CompiledModel
-from churnops.serving.metrics import ServingMetrics
-from churnops.serving.routing import read_table
+from churnops.serving.instruments import ServingMetrics
+from churnops.serving.routing_table import read_table
 from churnops.serving.scoring import risk_bands
 from churnops.training import registry
 from churnops.training.config import BusinessConfig, GateConfig
@@ -64,8 +65,9 @@ from churnops.training.gates import GateResult, check_gates
 from churnops.training.model_card import CardInputs, plot_evaluation, write_card
 from churnops.training.runs import frame_digest
 from churnops.training.train import holdout_evaluation, log_reference_profile
-from churnops_contract import metrics as cm
+from churnops_contract import metric_names as cm
 from tests.monitoring.monitor_fixtures import TRAFFIC, feature_table
+from tests.support.audit import file_sink
 from tests.support.serving import fit_ensemble
 
 MODEL = "churn-classifier"
@@ -355,7 +357,7 @@ def build_story(root: Path, churn_table: pd.DataFrame) -> Story:
     thresholds = {v: registry.version_info(cfg, v)["threshold"] for v in ("1", "2")} | {"3": 0.3}
     plog = PredictionLog(ParquetStore(layout.predictions), CollectorRegistry(), flush_interval_s=0.2)
     audit_log = layout.audit / "predictions.jsonl"
-    audit = FileAuditSink(audit_log, fsync="never")
+    audit = file_sink(audit_log, fsync="never")
     traffic = Traffic(plog, audit, predictor, models, thresholds)
     normal, drifted = pools()
     profiles = Profiles(cfg)
@@ -421,7 +423,7 @@ def write_batch_scores(layout: Layout, model: ChurnEnsemble, threshold: float, c
     customers.to_parquet(snapshot, index=False)
     report = score_file(CompiledModel(model), threshold, snapshot, layout.reports / "scores.parquet", top_k=5)
     path = layout.audit / "batch.jsonl"
-    sink = FileAuditSink(path, fsync="always")
+    sink = file_sink(path, fsync="always")
     try:
         sink.append(
             [

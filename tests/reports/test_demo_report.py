@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from churnops.layout import Layout
 from churnops.monitoring.drift import detect_drift
 from churnops.monitoring.performance import estimated_auc
-from churnops.monitoring.predlog_parquet import ParquetStore
+from churnops.monitoring.predlog.parquet import ParquetStore
 from churnops.monitoring.profile import load_profile
 from churnops.reports import attributions as attr
 from churnops.reports.demo import DemoSettings, build, write_demo_report

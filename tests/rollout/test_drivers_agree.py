@@ -51,8 +51,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
-from churnops.rollout import metrics as rm
-from churnops_contract import metrics as m
+from churnops.rollout import scraped as rm
+from churnops_contract import metric_names as m
 from churnops_contract import queries
 from churnops_contract.rollout import core, observe
 from churnops_contract.rollout.analysis import Observation

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from churnops.serving.routing import RoutingTable, read_table
+from churnops.serving.routing_table import RoutingTable, read_table
 from churnops.training import registry
 from churnops_contract import registry as names
 from tests.rollout.conftest import BAD, HEALTHY, OPTIONS, STABLE, Setup, Traffic, cli, start_runner, status, wait_for

@@ -15,7 +15,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from churnops.rollout.runner import Runner, StepReport
-from churnops.serving.routing import RoutingTable, read_table
+from churnops.serving.routing_table import RoutingTable, read_table
 from churnops.training import registry
 from churnops_contract import registry as names
 from tests.rollout.conftest import BAD, HEALTHY, STABLE, Setup, wait_for

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from churnops.serving.routing import RoutingTable, read_table
+from churnops.serving.routing_table import RoutingTable, read_table
 from churnops.training import registry
 from churnops_contract import registry as names
 from tests.monitoring.alerting_fixtures import prometheus

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnops.monitoring.predlog_parquet import ParquetStore
+from churnops.monitoring.predlog.parquet import ParquetStore
 from churnops.rollout.runner import Runner
-from churnops.serving.routing import read_table
+from churnops.serving.routing_table import read_table
 from churnops.training import registry
 from churnops_contract import registry as names
 from tests.rollout.conftest import STABLE, Setup

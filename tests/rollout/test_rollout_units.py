@@ -12,13 +12,13 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from churnops.errors import ConflictError, InvalidInputError, NotFoundError
-from churnops.rollout import metrics as rm
+from churnops.rollout import scraped as rm
 from churnops.rollout.outcomes import figures
 from churnops.rollout.retraining import Retrainer, RunInfo, typed_parameters
 from churnops.rollout.store import DeploymentStore, merge
-from churnops.serving.metrics import ServingMetrics
-from churnops.serving.routing import RoutingTable, TableWatcher, choose, read_table, write_table
-from churnops_contract.metrics import SCORE_BUCKETS
+from churnops.serving.instruments import ServingMetrics
+from churnops.serving.routing_table import RoutingTable, TableWatcher, choose, read_table, write_table
+from churnops_contract.metric_names import SCORE_BUCKETS
 from churnops_contract.queries import latency_le
 from churnops_contract.rollout import analysis, machine, manual, observe
 from churnops_contract.rollout.machine import RolloutStatus

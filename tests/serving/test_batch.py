@@ -17,6 +17,7 @@ from churnops.serving.batch import BatchInputError, score_file
 from churnops.serving.explain import CompiledModel, top_reasons
 from churnops.training.ensemble import ChurnEnsemble
 from churnops.training.registry import sha256_file
+from tests.support.audit import audit_keys
 from tests.support.serving import Registered
 
 
@@ -93,7 +94,7 @@ def test_cli_scores_a_registered_model(registered: Registered, table: pd.DataFra
     batch_log = tmp_path / "data" / "audit" / "batch.jsonl"  # the default under --data-dir
     record = json.loads(batch_log.read_text())
     assert record["kind"] == "batch" and record["rows"] == 500 and record["model_version"] == "3"
-    assert record["output_sha256"] == sha256_file(tmp_path / "scores.parquet") and verify_file(batch_log).ok
+    assert record["output_sha256"] == sha256_file(tmp_path / "scores.parquet") and verify_file(batch_log, audit_keys()).ok
     bad = subprocess.run([*cli, "--tracking-uri", registered.cfg.tracking_uri, "--model", "2"], capture_output=True, text=True, check=False)
     # the corrupted version is refused: an integrity check, exit code 4 (see churnops.errors)
     assert bad.returncode == IntegrityError.exit_code and "does not match the registered" in bad.stderr

@@ -1,7 +1,8 @@
-"""Redis (the cluster online store) hangs or stops while the predictor serves: it degrades or rejects, then recovers.
+"""The online store hangs, stops, locks or breaks while the predictor serves: it degrades or rejects, then recovers.
 
 Real processes: a private redis-server we can pause (SIGSTOP), stop and restart
-from its dump, a fresh PostgreSQL database for Feast, and `churnops serve --mode cluster`.
+from its dump, a fresh PostgreSQL database for Feast, and `churnops serve --mode cluster`;
+for the embedded SQLite store, a writer holding its lock and the file truncated or replaced.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sqlite3
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import redis
 from churnops.features import steps as foundation
 from churnops.layout import Layout
 from churnops.processes import free_port
+from churnops_feast import store as feast_store
 from tests.support.serving import Registered, Server, start_server
 
 
@@ -162,3 +166,125 @@ def test_degrades_when_redis_hangs_or_stops_and_recovers(
         redis_process.signal(signal.SIGCONT)
         degrade.stop()
         reject.stop()
+
+
+# --- the embedded SQLite online store: locked, broken, replaced --------------------------------------------
+
+STORE_BUDGET_MS = 400  # the servers' --store-timeout-ms below
+BEFORE_BUSY_TIMEOUT_S = 4.5  # SQLite's own busy timeout is 5 s: an answer within 4.5 s (>10x the budget) did not wait for it
+
+
+@dataclass
+class SqliteServers:
+    layout: Layout
+    store: Path
+    degrade: Server
+    reject: Server
+    cid: int
+
+
+@pytest.fixture(scope="module")
+def sqlite_servers(small_layout: Layout, registered: Registered, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqliteServers]:
+    """A private published copy of the data, served by a degrading and a rejecting predictor."""
+    root = tmp_path_factory.mktemp("sqlite-store")
+    layout = Layout(root / "data")
+    shutil.copytree(small_layout.data_dir, layout.data_dir)
+    foundation.publish(layout, "embedded", {})
+    store = Path(feast_store.open_store("embedded", {}, layout.data_dir).config.online_store.path)
+    common = ["--store-timeout-ms", str(STORE_BUDGET_MS)]
+    degrade = start_server(layout, registered.cfg.tracking_uri, ["champion"], root / "degrade", common)
+    reject = start_server(layout, registered.cfg.tracking_uri, ["champion"], root / "reject", [*common, "--on-store-failure", "reject"])
+    try:
+        yield SqliteServers(layout, store, degrade, reject, foundation.active_customers(layout, 1)[0])
+    finally:
+        degrade.stop()
+        reject.stop()
+
+
+def _predict(server: Server, cids: list[int]) -> httpx.Response:
+    with server.client() as c:
+        return c.post("/v1/models/champion:predict", json={"instances": [{"customer_id": i} for i in cids]}, timeout=BEFORE_BUSY_TIMEOUT_S)
+
+
+def _store_up(server: Server) -> float:
+    for line in httpx.get(server.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith('churnops_online_store_up{store="sqlite"}'):
+            return float(line.split()[-1])
+    raise AssertionError("churnops_online_store_up{store='sqlite'} is not exported")
+
+
+def _until(check: Callable[[], bool], within_s: float = 30) -> bool:
+    deadline = time.monotonic() + within_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return True
+
+
+def test_a_locked_sqlite_store_is_bounded_by_the_store_timeout_and_never_stalls_probes(sqlite_servers: SqliteServers) -> None:
+    s = sqlite_servers
+    healthy = _predict(s.degrade, [s.cid]).json()["predictions"][0]
+    assert healthy["degraded"] is False and _store_up(s.degrade) == 1.0
+    writer = sqlite3.connect(s.store, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")  # a writer holds the file: every read meets SQLITE_BUSY
+    try:
+        # a probe sent while a request waits on the store answers first: the store is read off the event loop
+        finished: list[str] = []
+        pending = threading.Thread(target=lambda: finished.append(f"predict {_predict(s.degrade, [s.cid]).status_code}"))
+        pending.start()
+        time.sleep(STORE_BUDGET_MS / 1000 / 4)
+        finished.append(f"ready {httpx.get(s.degrade.url + '/v2/health/ready', timeout=BEFORE_BUSY_TIMEOUT_S).status_code}")
+        pending.join()
+        assert finished == ["ready 200", "predict 200"]
+
+        one, many = _predict(s.degrade, [s.cid]), _predict(s.degrade, [s.cid] * 32)
+        assert one.status_code == 200 and many.status_code == 200
+        answers = one.json()["predictions"] + many.json()["predictions"]
+        assert all(p["degraded"] for p in answers)
+        assert {p["degraded_reason"] for p in answers} <= {"store_error", "store_circuit_open"}
+        assert _store_up(s.degrade) == 0.0  # the breaker opened
+        assert httpx.get(s.degrade.url + "/v2/health/ready").status_code == 200  # degrading: still answers, still ready
+
+        for cids in ([s.cid], [s.cid] * 32):
+            refused = _predict(s.reject, cids)
+            assert refused.status_code == 503 and "online feature store unavailable" in refused.text
+        assert httpx.get(s.reject.url + "/v2/health/ready", timeout=BEFORE_BUSY_TIMEOUT_S).status_code == 503
+        assert httpx.get(s.reject.url + "/v2/health/live").status_code == 200
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert _until(lambda: _predict(s.degrade, [s.cid]).json()["predictions"][0]["degraded"] is False)
+    assert _store_up(s.degrade) == 1.0
+    # no request reaches the rejecting server meanwhile: its readiness probes find the store back themselves
+    assert _until(lambda: httpx.get(s.reject.url + "/v2/health/ready").status_code == 200)
+    answered = _predict(s.reject, [s.cid]).json()["predictions"][0]
+    assert answered["degraded"] is False and answered["churn_probability"] == healthy["churn_probability"]
+
+
+def test_a_truncated_then_restored_or_replaced_sqlite_store_is_reconnected(sqlite_servers: SqliteServers) -> None:
+    s = sqlite_servers
+    healthy = _predict(s.degrade, [s.cid]).json()["predictions"][0]
+    saved = s.store.read_bytes()
+    with s.store.open("r+b") as f:
+        f.truncate(0)
+    broken = _predict(s.degrade, [s.cid]).json()["predictions"][0]
+    assert broken["degraded"] is True and _store_up(s.degrade) == 0.0
+    with s.store.open("r+b") as f:
+        f.write(saved)  # restored in place
+    back = _until(lambda: _predict(s.degrade, [s.cid]).json()["predictions"][0]["degraded"] is False)
+    assert back, f"still degraded after the store was restored:\n{s.degrade.log.read_text()[-2000:]}"
+    assert _predict(s.degrade, [s.cid]).json()["predictions"][0]["churn_probability"] == healthy["churn_probability"]
+    assert _store_up(s.degrade) == 1.0
+
+    # a new materialization renamed over the file (here: one without this customer) is read within seconds
+    replacement = s.store.with_suffix(".new")
+    shutil.copyfile(s.store, replacement)
+    with sqlite3.connect(replacement) as db:
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            db.execute(f'DELETE FROM "{table}"')
+    replacement.replace(s.store)
+    try:
+        assert _until(lambda: _predict(s.degrade, [s.cid]).status_code == 404)
+    finally:
+        s.store.write_bytes(saved)

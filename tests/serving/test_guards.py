@@ -11,7 +11,7 @@ import httpx
 import jwt
 import pytest
 
-from churnops.errors import ChurnOpsError, ConfigError, InvalidInputError
+from churnops.errors import BadRequestError, ChurnOpsError, ConfigError, InvalidInputError
 from churnops.serving.auth import AuthConfig, Role, authenticate, issue_token
 from churnops.serving.inputs import FeatureSchema, parse_v1, parse_v2
 from churnops.serving.scoring import Breaker, risk_band
@@ -22,6 +22,7 @@ from churnops.serving.security import (
     Receive,
     Scope,
     Send,
+    check_request_id,
     decode_subject,
     json_problem,
     required_role,
@@ -130,7 +131,7 @@ def test_authenticate_rejects(case: str, header: Callable[[], str | None], statu
 def test_weak_or_none_configuration_is_refused() -> None:
     with pytest.raises(ConfigError, match="none"):
         AuthConfig(key="k" * 40, algorithm="none")
-    with pytest.raises(ConfigError, match="32 characters"):
+    with pytest.raises(ConfigError, match="at least 32"):
         AuthConfig(key="short")
     with pytest.raises(InvalidInputError, match="unknown role"):
         issue_token(CFG, "x", ["root"])
@@ -168,14 +169,18 @@ def test_rate_limiter_forgets_idle_subjects() -> None:
 
 def test_breaker_opens_then_lets_a_probe_through() -> None:
     now = [10.0]
-    breaker = Breaker(cooldown_s=2.0, clock=lambda: now[0])
+    changes: list[bool] = []
+    breaker = Breaker(cooldown_s=2.0, clock=lambda: now[0], on_change=changes.append)
     assert breaker.allow()
     breaker.failure()
+    breaker.failure()
     assert not breaker.allow() and breaker.retry_after() == 2
+    assert changes == [False]  # one report per outage, not one per failed read
     now[0] = 12.0
     assert breaker.allow()
     breaker.success()
-    assert breaker.allow()
+    assert breaker.allow() and breaker.up
+    assert changes == [False, True]
 
 
 def test_risk_bands() -> None:
@@ -257,3 +262,22 @@ def test_subject_travels_as_utf8() -> None:
     bearer = {"Authorization": f"Bearer {issue_token(CFG, 'Zoë', ['predictor'])}", "Content-Type": "application/json"}
     r = _call(guard, "POST", "/v1/models/m:predict", content=b"{}", headers=bearer)
     assert decode_subject(r.headers["x-subject"]) == "Zoë"
+
+
+def test_request_ids_and_paths_with_a_trailing_newline_are_refused() -> None:
+    from churnops.serving.predictor import _client_id  # noqa: PLC0415 - imports KServe
+
+    assert check_request_id(b"ok") == "ok" and _client_id("ok") == "ok"
+    with pytest.raises(BadRequestError) as header:
+        check_request_id(b"ok\n")  # ``$`` matches before a final newline: it would reach the audit trail
+    with pytest.raises(BadRequestError) as body:
+        _client_id("ok\n")
+    assert (header.value.field, body.value.field) == ("X-Request-Id", "id")
+    assert required_role("GET", "/metrics\n") is not None  # an open route only by its exact path
+
+
+@pytest.mark.parametrize("big", [2**63, 2**64 - 1, -(2**63) - 1, 10**20])
+def test_integer_feature_values_become_floats_whatever_their_size(big: int) -> None:
+    req = parse_v1(SCHEMA, {"instances": [{"features": {"tenure_days": big, "plan": None}}]})
+    value = (req.instances[0].features or {})["tenure_days"]
+    assert isinstance(value, float) and value == float(big)  # an int past int64 would drop the prediction log's record

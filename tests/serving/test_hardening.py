@@ -10,7 +10,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import pytest
 
 from churnops.layout import Layout
 from churnops.serving.audit import read_records, verify_file
+from tests.support.audit import audit_keys
 from tests.support.serving import SECRET, Registered, Server, start_server, token
 
 V1 = "/v1/models/{}:predict"
@@ -155,7 +158,7 @@ def test_non_ascii_subjects_are_audited_as_utf8(server: Server, customers: list[
     rid = r.json()["predictions"][0]["request_id"]
     mine = [rec for rec in read_records(server.audit_log) if rec.get("request_id") == rid]
     assert [rec["caller"] for rec in mine] == ["Zoë Ødegård"]
-    assert verify_file(server.audit_log).ok
+    assert verify_file(server.audit_log, audit_keys()).ok
 
 
 def test_huge_integer_names_the_field(server: Server) -> None:
@@ -205,5 +208,64 @@ def test_a_restarted_server_continues_the_chain(
         finally:
             srv.stop()
         assert srv.audit_log == audit
-    check = verify_file(audit)
+    check = verify_file(audit, audit_keys())
     assert check.ok and check.records == 2
+
+
+def _answered(events: list[tuple[str, int]], name: str, send: Callable[[], httpx.Response]) -> threading.Thread:
+    """Sends a request on a thread; ``events`` gets (name, status) when its answer arrives."""
+    thread = threading.Thread(target=lambda: events.append((name, send().status_code)))
+    thread.start()
+    return thread
+
+
+def test_probes_answer_while_a_model_loads(server: Server, customers: list[int]) -> None:
+    """A load (download, verification, compilation) runs off the event loop: a probe sent during it answers first."""
+    deployer = {"Authorization": f"Bearer {token('ops', ('deployer',))}"}
+    repository = f"{server.url}/v2/repository/models/champion"
+    during = 0
+    try:
+        for _ in range(4):
+            assert httpx.post(f"{repository}/unload", headers=deployer, timeout=30).status_code == 200
+            events: list[tuple[str, int]] = []
+            loading = _answered(events, "load", lambda: httpx.post(f"{repository}/load", headers=deployer, timeout=120))
+            time.sleep(0.1)  # the load request is in (a load takes several times longer)
+            _answered(events, "probe", lambda: httpx.get(server.url + "/v2/health/live", timeout=60)).join()
+            loading.join()
+            assert sorted(events) == [("load", 200), ("probe", 200)], events
+            during += events[0][0] == "probe"  # answered while the load was still running
+    finally:
+        httpx.post(f"{repository}/load", headers=deployer, timeout=120)
+    # each load takes a few hundred milliseconds; on a blocked loop no probe could be answered before it ends
+    assert during >= 1
+    assert _post(server, V1.format("champion"), json.dumps({"instances": [{"customer_id": customers[0]}]}).encode()).status_code == 200
+
+
+def test_concurrent_loads_of_one_model_share_one_load_and_an_unload_meanwhile_is_409() -> None:
+    import asyncio  # noqa: PLC0415
+
+    from churnops.errors import ConflictError  # noqa: PLC0415
+    from churnops.serving.modelserver import ChurnRepository  # noqa: PLC0415
+    from churnops.serving.predictor import ChurnModel  # noqa: PLC0415
+
+    release = threading.Event()
+    loads: list[str] = []
+
+    def loader() -> Any:
+        loads.append("load")
+        release.wait(30)
+        return object()  # stands in for a Scorer: the repository only needs the load to succeed
+
+    async def scenario() -> list[bool]:
+        repository = ChurnRepository()
+        repository.update(ChurnModel("churn", loader))
+        first = asyncio.ensure_future(repository.load("churn"))
+        second = asyncio.ensure_future(repository.load("churn"))
+        await asyncio.sleep(0.05)  # the event loop runs on while the load waits on its thread
+        with pytest.raises(ConflictError, match="is loading"):
+            repository.unload("churn")
+        release.set()
+        return list(await asyncio.gather(first, second))
+
+    assert asyncio.run(scenario()) == [True, True]
+    assert loads == ["load"]

@@ -10,6 +10,8 @@ import base64
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from churnops.errors import UnauthorizedError, UnavailableError
+from churnops.errors import ConfigError, UnauthorizedError, UnavailableError
 from churnops.layout import Layout
 from churnops.serving.audit import read_records
 from churnops.serving.auth import AuthConfig, JwksKeys, KeyDirectory, Role, authenticate, issue_token
@@ -189,3 +191,159 @@ def test_a_server_verifies_tokens_from_a_jwks_endpoint(
     finally:
         srv.stop()
     assert [rec["caller"] for rec in read_records(srv.audit_log)] == ["Zoë"]
+
+
+# --- keys are checked when read: weak, empty, mistyped or binary files never verify a token -----------------
+
+GOOD_SECRET = "g" * 40
+
+
+def _signed(secret: str | Any, kid: str, algorithm: str = "HS256", **claims: Any) -> str:
+    return _bearer(jwt.encode(_claims(**claims), secret, algorithm=algorithm, headers={"kid": kid}))
+
+
+def _bad_hmac_files(keys_dir: Path) -> None:
+    (keys_dir / "short").write_text("x")  # one character: anyone could forge an admin token with it
+    (keys_dir / "empty").write_text("")
+    (keys_dir / "pem.pem").write_text(_pem_public(rsa.generate_private_key(65537, 2048)))
+    (keys_dir / "binary.key").write_bytes(bytes(range(128, 256)))
+
+
+def test_a_key_directory_skips_weak_and_broken_files_and_names_them(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    (keys_dir / "good").write_text(GOOD_SECRET)
+    _bad_hmac_files(keys_dir)
+    keys = KeyDirectory(keys_dir)
+    keys.check()  # one usable key is enough to start
+    cfg = AuthConfig(keys=keys)
+    assert authenticate(cfg, _signed(GOOD_SECRET, "good", roles=["admin"])).role is Role.admin  # the binary file breaks no one
+    forged = _hmac_token(_claims(roles=["admin"]), b"x")  # what an attacker signs with the 1-character key
+    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "short"}).encode())
+    with pytest.raises(UnauthorizedError, match="unknown key id 'short'"):
+        authenticate(cfg, _bearer(header + forged[forged.index(".") :]))
+    for kid in ("empty", "pem", "binary"):
+        with pytest.raises(UnauthorizedError, match=f"unknown key id '{kid}'"):
+            authenticate(cfg, _signed(GOOD_SECRET, kid))
+    assert keys.rejected == {
+        "binary.key": "not UTF-8 text (a binary file?)",
+        "empty": "empty",
+        "pem.pem": "a PEM key, not the shared secret that HS256 needs",
+        "short": "an HMAC secret of 1 bytes; HS256 needs at least 32",
+    }
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert all(name in warned for name in keys.rejected)
+
+
+def test_a_key_directory_without_a_usable_key_refuses_to_start_and_a_rotation_to_bad_keys_fails_closed(tmp_path: Path) -> None:
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    _bad_hmac_files(keys_dir)
+    with pytest.raises(ConfigError, match="holds no usable key") as refused:
+        KeyDirectory(keys_dir).check()
+    assert refused.value.field == "--jwt-keys-dir" and "short: an HMAC secret of 1 bytes" in str(refused.value)
+
+    (keys_dir / "good").write_text(GOOD_SECRET)
+    now = [0.0]
+    keys = KeyDirectory(keys_dir, check_every_s=5, clock=lambda: now[0])
+    cfg = AuthConfig(keys=keys)
+    token = _signed(GOOD_SECRET, "good")
+    assert authenticate(cfg, token).subject == "ann"
+    (keys_dir / "good").write_text("rotated-to-something-short")  # the only good key becomes a weak one
+    now[0] = 5.0
+    with pytest.raises(UnavailableError, match="holds no usable key"):  # 503: not the old key (removing a key revokes it)
+        authenticate(cfg, token)
+    (keys_dir / "good").write_text(GOOD_SECRET)
+    now[0] = 10.0
+    assert authenticate(cfg, token).subject == "ann"
+
+
+def test_a_public_key_directory_takes_only_public_keys_of_the_pinned_type(tmp_path: Path) -> None:
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    good, weak = rsa.generate_private_key(65537, 2048), rsa.generate_private_key(65537, 1024)
+    (keys_dir / "good.pem").write_text(_pem_public(good))
+    (keys_dir / "weak.pem").write_text(_pem_public(weak))
+    (keys_dir / "ec.pem").write_text(_pem_public(ec.generate_private_key(ec.SECP256R1())))
+    private_pem = good.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (keys_dir / "private.pem").write_bytes(private_pem)
+    (keys_dir / "secret").write_text(GOOD_SECRET)
+    keys = KeyDirectory(keys_dir, algorithm="RS256")
+    cfg = AuthConfig(keys=keys, algorithm="RS256")
+    assert authenticate(cfg, _signed(good, "good", "RS256")).subject == "ann"
+    assert keys.rejected == {
+        "ec.pem": "not a public key that RS256 verifies with",
+        "private.pem": "a private key: give the server the public key only",
+        "secret": "not a PEM public key, which RS256 needs",
+        "weak.pem": "an RSA key of 1024 bits; at least 2048 are needed",
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "algorithm", "reason"),
+    [
+        ("x", "HS256", "at least 32"),
+        ("s" * 40, "HS512", "HS512 needs at least 64"),
+        ("-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----", "HS256", "a PEM key"),
+        (GOOD_SECRET, "ES256", "not a PEM public key"),
+        (GOOD_SECRET, "XS999", "unknown algorithm"),
+    ],
+    ids=["short-secret", "short-for-hs512", "pem-as-secret", "secret-as-public-key", "unknown-algorithm"],
+)
+def test_a_static_key_that_cannot_verify_the_algorithm_is_a_config_error(key: str, algorithm: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=reason):
+        AuthConfig(key=key, algorithm=algorithm)
+
+
+def _serve_fails(served_layout: Layout, tmp_path: Path, extra: list[str]) -> str:
+    """`churnops serve` run to its exit: its output (it must refuse to start)."""
+    cmd = [str(Path(sys.executable).parent / "churnops"), "--data-dir", str(served_layout.data_dir), "serve", "--port", "0", *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path)
+    assert done.returncode != 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+@pytest.mark.timeout(600)
+def test_a_server_answers_401_for_broken_key_files_and_refuses_to_start_without_a_usable_key(
+    served_layout: Layout, registered: Registered, customers: list[int], tmp_path: Path
+) -> None:
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    (keys_dir / "good").write_text(GOOD_SECRET)
+    _bad_hmac_files(keys_dir)
+    srv = start_server(served_layout, registered.cfg.tracking_uri, ["champion"], tmp_path / "dir", ["--jwt-keys-dir", str(keys_dir)])
+    try:
+        body = {"instances": [{"customer_id": customers[0]}]}
+        answers = {
+            kid: httpx.post(srv.url + "/v1/models/champion:predict", json=body, headers={"Authorization": _signed(GOOD_SECRET, kid)})
+            for kid in ("good", "short", "empty", "pem", "binary")
+        }
+        assert {kid: r.status_code for kid, r in answers.items()} == {"good": 200, "short": 401, "empty": 401, "pem": 401, "binary": 401}
+        assert "churnops_auth_key_files_rejected 4.0" in httpx.get(srv.url + "/metrics").text
+    finally:
+        srv.stop()
+    assert "binary.key skipped for HS256 tokens: not UTF-8 text" in srv.log.read_text()
+
+    public = tmp_path / "idp.pem"
+    public.write_text(_pem_public(rsa.generate_private_key(65537, 2048)))
+    out = _serve_fails(served_layout, tmp_path, ["--jwt-public-key-file", str(public), "--jwt-algorithm", "HS256"])
+    assert "--jwt-public-key-file" in out and "a PEM key, not the shared secret that HS256 needs" in out
+    only_bad = tmp_path / "only-bad"
+    only_bad.mkdir()
+    _bad_hmac_files(only_bad)
+    out = _serve_fails(served_layout, tmp_path, ["--jwt-keys-dir", str(only_bad)])
+    assert "--jwt-keys-dir" in out and "holds no usable key" in out
+
+
+def test_a_dangling_symlink_in_a_key_directory_is_skipped_like_any_broken_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    (keys_dir / "good").write_text(GOOD_SECRET)
+    now = [0.0]
+    keys = KeyDirectory(keys_dir, check_every_s=5, clock=lambda: now[0])
+    keys.check()
+    (keys_dir / "retired.key").symlink_to(tmp_path / "gone")  # a Secret's key removed mid-swap: the link outlives its target
+    now[0] = 5.0
+    assert authenticate(AuthConfig(keys=keys), _signed(GOOD_SECRET, "good")).subject == "ann"
+    assert list(keys.rejected) == ["retired.key"]
+    assert "retired.key skipped" in " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")

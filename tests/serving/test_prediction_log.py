@@ -14,11 +14,12 @@ import pytest
 
 from churnops.cli import main
 from churnops.layout import Layout
-from churnops.monitoring.predlog_parquet import ParquetStore
+from churnops.monitoring.predlog.parquet import ParquetStore
 from churnops.serving.audit import verify_file
 from churnops_feast import store as feast_store
 from churnops_feast.definitions import TRAINING_SERVICE
 from churnops_feast.online import sqlite_reader
+from tests.support.audit import audit_keys
 from tests.support.serving import Registered, start_server
 
 EVER = (dt.datetime(2000, 1, 1, tzinfo=dt.UTC), dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
@@ -60,7 +61,7 @@ def test_online_predictions_are_logged_with_their_features_and_survive_a_clean_s
     erased = ParquetStore(log_dir).erase_customer(customers[0])
     assert erased == 1
     assert customers[0] not in set(ParquetStore(log_dir).read_window(*EVER)["customer_id"])
-    assert verify_file(srv.audit_log).ok  # the audit chain holds digests, not values: erasure leaves it intact
+    assert verify_file(srv.audit_log, audit_keys()).ok  # the audit chain holds digests, not values: erasure leaves it intact
 
 
 def test_batch_scores_are_logged_as_batch_rows(registered: Registered, churn_table: pd.DataFrame, tmp_path: Path) -> None:

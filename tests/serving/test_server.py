@@ -26,6 +26,7 @@ from churnops.serving.audit import verify_file
 from churnops_feast import store as feast_store
 from churnops_feast.definitions import TRAINING_SERVICE
 from churnops_feast.online import sqlite_reader
+from tests.support.audit import audit_keys
 from tests.support.serving import SECRET, Registered, Server, token
 
 V1 = "/v1/models/{}:predict"
@@ -266,7 +267,7 @@ def test_every_prediction_is_audited_and_tampering_is_detected(server: Server, c
     mine = [rec for rec in records if rec["request_id"] in ids]
     assert len(mine) == 3 and {rec["caller"] for rec in mine} == {"auditor"}
     assert all(rec["model_version"] == "3" and len(rec["features_sha256"]) == 64 for rec in mine)
-    assert verify_file(server.audit_log).ok
+    assert verify_file(server.audit_log, audit_keys()).ok
 
     copy = tmp_path / "predictions.jsonl"
     lines = server.audit_log.read_text().splitlines()

@@ -115,6 +115,9 @@ def start_server(
     if not {"--jwks-url", "--jwt-keys-dir", "--jwt-public-key-file", "--insecure-no-auth"} & set(extra):
         cmd += ["--jwt-secret-file", str(secret)]
     cmd += ["--audit-log", str(audit_log)]
+    # tests read counters right after their requests: a fresh /metrics rendering each time, no scrape limit
+    for flag, value in (("--metrics-max-age", "0"), ("--metrics-rate", "100000"), ("--metrics-burst", "100000")):
+        cmd += [] if flag in extra else [flag, value]
     for m in models:
         cmd += ["--model", m]
     log = tmp / "server.log"

@@ -25,7 +25,7 @@ def test_contract_installs_into_an_empty_environment(tmp_path: Path) -> None:
     listed = subprocess.run([uv, "pip", "freeze", "--python", python], check=True, capture_output=True, text=True).stdout.splitlines()
     assert [p.split("==")[0].split(" @ ")[0] for p in listed] == ["churnops-contract"]  # nothing else
     probe = (
-        "import sys, churnops_contract.metrics, churnops_contract.policy, churnops_contract.registry;"
+        "import sys, churnops_contract.metric_names, churnops_contract.policy, churnops_contract.registry;"
         "heavy = {'numpy', 'pandas', 'sklearn', 'mlflow', 'kserve', 'feast'} & set(sys.modules);"
         "print(churnops_contract.registry.CHAMPION, sorted(heavy))"
     )

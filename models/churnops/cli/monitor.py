@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from churnops.cli.common import add_economics_args, add_tracking_arg, registry_config
+from churnops.cli.privacy import ERASE_HELP, add_erase_args
 from churnops.errors import CheckFailedError, InvalidInputError, NotFoundError
 from churnops.training.config import GateConfig
 from churnops_contract.registry import CHAMPION
 
 if TYPE_CHECKING:
-    from churnops.monitoring.jobs import OutcomeSettings, Window
     from churnops.monitoring.page import VersionFacts
-    from churnops.monitoring.predlog import LogStore
+    from churnops.monitoring.predlog.records import LogStore
+    from churnops.monitoring.windows import OutcomeSettings, Window
     from churnops.training.registry import RegistryConfig
 
 DEFAULT_DRIFT_WINDOW = "24h"
@@ -68,11 +69,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_tracking_arg(perf)
     perf.set_defaults(func=run_performance)
 
-    erase = actions.add_parser("erase", help="privacy request: remove a customer's records from the prediction log (and labels)")
-    erase.add_argument("--customer", type=int, required=True, help="customer id")
-    erase.add_argument("--labels-dir", type=Path, default=None, help="labels to erase from as well (default <data-dir>/labels)")
-    add_log_args(erase)
-    erase.set_defaults(func=run_erase)
+    # the former name of `churnops privacy erase`, kept for existing runbooks: the same options and the same erasure
+    add_erase_args(actions.add_parser("erase", help=f"the same as `churnops privacy erase`: {ERASE_HELP}"))
 
     serve = actions.add_parser("serve", help="local monitoring page (embedded mode), refreshed every two seconds")
     serve.add_argument("--port", type=int, default=DEFAULT_PAGE_PORT, help=f"HTTP port (default {DEFAULT_PAGE_PORT})")
@@ -103,7 +101,7 @@ def add_log_args(p: argparse.ArgumentParser) -> None:
 
 
 def window_of(args: argparse.Namespace, now: dt.datetime) -> Window:
-    from churnops.monitoring.jobs import parse_duration, parse_time, window_bounds
+    from churnops.monitoring.windows import parse_duration, parse_time, window_bounds
 
     since = parse_time(args.since, "--since") if args.since else None
     until = parse_time(args.until, "--until") if args.until else None
@@ -113,7 +111,7 @@ def window_of(args: argparse.Namespace, now: dt.datetime) -> Window:
 
 
 def store_of(args: argparse.Namespace) -> LogStore:
-    from churnops.monitoring.jobs import open_store
+    from churnops.monitoring.windows import open_store
 
     return open_store(args.prediction_log, args.prediction_log_dsn, args.data_dir)
 
@@ -141,7 +139,7 @@ def threshold(reg: RegistryConfig, version: str) -> float:
 def outcome_settings(args: argparse.Namespace, period: str | None, fairness_gap: float) -> OutcomeSettings:
     from churnops.monitoring.business import CampaignConfig
     from churnops.monitoring.fairness import FairnessConfig
-    from churnops.monitoring.jobs import OutcomeSettings
+    from churnops.monitoring.windows import OutcomeSettings
 
     gates = GateConfig()
     campaign = CampaignConfig(args.contact_cost, args.save_rate, args.months_saved, args.max_contact_share)
@@ -154,9 +152,9 @@ def outcome_settings(args: argparse.Namespace, period: str | None, fairness_gap:
 
 def run_drift(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Exit 0 whether the window drifted or not (a finding, not an error)."""
-    from churnops.monitoring.jobs import drift_verdict
-    from churnops.monitoring.jobs import run_drift as drift_job
     from churnops.monitoring.profile import load_profile
+    from churnops.reports.window_jobs import drift_verdict
+    from churnops.reports.window_jobs import run_drift as drift_job
     from churnops.training import registry
 
     if args.max_plots is not None and args.max_plots < 0:
@@ -181,8 +179,9 @@ def run_drift(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def run_performance(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Exit 0 with the report; 4 (after writing it) when labels name customers no prediction mentions, unless allowed."""
-    from churnops.monitoring.jobs import performance_summary, read_labels
-    from churnops.monitoring.jobs import run_performance as performance_job
+    from churnops.monitoring.labels import read_labels
+    from churnops.reports.window_jobs import performance_summary
+    from churnops.reports.window_jobs import run_performance as performance_job
     from churnops.training import registry
 
     if args.threshold is not None and not 0 < args.threshold < 1:
@@ -224,21 +223,6 @@ def run_performance(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
-def run_erase(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from churnops.monitoring.jobs import erase_customer
-
-    store = store_of(args)
-    try:
-        done = erase_customer(store, args.customer, args.labels_dir or args.data_dir / "labels")
-    finally:
-        store.close()
-    print(f"customer {done.customer_id}: erased {done.log_records} prediction log record(s)")
-    if done.label_rows:
-        print(f"customer {done.customer_id}: erased {done.label_rows} label row(s) from {', '.join(str(p) for p in done.label_files)}")
-    print("the audit trail keeps digests only, so its hash chain is unchanged (churnops audit verify)")
-    return 0
-
-
 @dataclass
 class RegistryCatalog:
     """The page's view of the MLflow registry (``churnops.monitoring.page.Catalog``)."""
@@ -253,7 +237,7 @@ class RegistryCatalog:
     def facts(self, version: str) -> VersionFacts | None:
         from churnops.monitoring.page import VersionFacts
         from churnops.monitoring.profile import load_profile
-        from churnops.serving.metrics import REFERENCE_METRICS
+        from churnops.serving.instruments import REFERENCE_METRICS
         from churnops.training import registry
 
         if not version.isdigit() or not registry.version_exists(self.reg, version):

@@ -15,6 +15,7 @@ import argparse
 from collections.abc import Mapping
 from pathlib import Path
 
+from churnops.cli.audit import add_key_args
 from churnops.cli.common import add_tracking_arg, layout
 from churnops_contract.registry import CHAMPION
 
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--out", type=Path, default=None, help="directory (default <data-dir>/reports/compliance); writes compliance_<version>.html/.json"
     )
     add_tracking_arg(comp)
+    add_key_args(comp, signing=False)
     comp.set_defaults(func=run_compliance)
 
 
@@ -65,9 +67,11 @@ def run_demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def run_compliance(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from churnops.reports.compliance import ComplianceSettings, write_compliance_report
+    from churnops.serving.audit_keys import public_keys_for
 
     quiet_registry()
-    files = write_compliance_report(layout(args), args.model, args.out, ComplianceSettings(tracking_uri=args.tracking_uri))
+    settings = ComplianceSettings(tracking_uri=args.tracking_uri, audit_keys=public_keys_for(args.audit_public_keys, env))
+    files = write_compliance_report(layout(args), args.model, args.out, settings)
     doc = files.doc
     print(f"compliance report of {doc['model']} v{doc['model_version']}: {files.html} (JSON {files.json})")
     for name, ok in doc["sections"]["summary"]["checks"].items():

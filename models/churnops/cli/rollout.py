@@ -23,7 +23,7 @@ from typing import Any
 from churnops.cli.common import add_tracking_arg
 from churnops.errors import InvalidInputError
 
-DEFAULT_NAME = "churn"  # churnops.serving.routing.DEFAULT_ROUTE: `churnops serve --route churn` reads its table
+DEFAULT_NAME = "churn"  # churnops.serving.routing_table.DEFAULT_ROUTE: `churnops serve --route churn` reads its table
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from churnops.cli.audit import add_key_args
 from churnops.cli.common import add_tracking_arg, registry_config
 from churnops_contract.registry import CHAMPION
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from churnops.monitoring.predlog import PredictionLog
+    from churnops.monitoring.predlog.writer import PredictionLog
     from churnops.serving.explain import CompiledModel
 
 
@@ -33,30 +34,40 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     score.add_argument("--top-k", type=int, default=5, help="reasons per row (0: scores only)")
     score.add_argument("--chunk-rows", type=int, default=50_000)
     score.add_argument("--audit-log", type=Path, default=None, help="audit log for the batch record (default <data-dir>/audit/batch.jsonl)")
+    add_key_args(score, signing=True)
+    score.add_argument("--audit-anchor-dsn", default=None, help="PostgreSQL for checkpoints of the audit log (rollback detection)")
     score.add_argument("--prediction-log", type=Path, default=None, help="Parquet segments directory (default <data-dir>/predictions)")
     score.add_argument("--prediction-log-dsn", default=None, help="PostgreSQL prediction log instead (cluster)")
     score.add_argument("--no-prediction-log", action="store_true", help="do not record the scores for monitoring")
+    score.add_argument(
+        "--privacy-store", type=Path, default=None, help="erased customers, left out of the log (default <data-dir>/privacy/privacy.db)"
+    )
+    score.add_argument("--privacy-dsn", default=None, help="PostgreSQL privacy store instead (cluster)")
     score.set_defaults(func=run)
 
 
 def batch_log(args: argparse.Namespace) -> PredictionLog:
     from prometheus_client import CollectorRegistry
 
-    from churnops.monitoring.predlog import PredictionLog
-    from churnops.monitoring.predlog_parquet import ParquetStore
-    from churnops.monitoring.predlog_postgres import PostgresStore
+    from churnops.monitoring.predlog.parquet import ParquetStore
+    from churnops.monitoring.predlog.postgres import PostgresStore
+    from churnops.monitoring.predlog.writer import PredictionLog
+    from churnops.privacy.cached import Suppression
+    from churnops.privacy.store import open_store
 
     store = (
         PostgresStore(args.prediction_log_dsn)
         if args.prediction_log_dsn
         else ParquetStore(args.prediction_log or args.data_dir / "predictions")
     )
-    return PredictionLog(store, CollectorRegistry(), flush_interval_s=5.0)
+    # erased customers in the input are scored (the output is the caller's) but never logged for monitoring
+    suppression = Suppression(open_store(args.data_dir, args.privacy_dsn, args.privacy_store))
+    return PredictionLog(store, CollectorRegistry(), flush_interval_s=5.0, suppressor=suppression)
 
 
 def record_chunks(plog: PredictionLog, model_name: str, version: str, model: CompiledModel, job: str) -> Callable[..., None]:
     """The scorer's per-chunk hook: every scored row goes to the prediction log (request ids ``<job>/<row>``)."""
-    from churnops.monitoring.predlog import SOURCE_BATCH, FeatureLayout, PredictionBatch
+    from churnops.monitoring.predlog.records import SOURCE_BATCH, FeatureLayout, PredictionBatch
 
     layout = FeatureLayout(tuple(model.features), frozenset(model.categorical))
 
@@ -80,12 +91,20 @@ def record_chunks(plog: PredictionLog, model_name: str, version: str, model: Com
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from churnops.serving.audit import FileAuditSink
+    from churnops.serving.audit_keys import signer_for
+    from churnops.serving.audit_setup import AuditSettings, open_sink
     from churnops.serving.batch import score_file
     from churnops.serving.explain import CompiledModel
     from churnops.training import registry
     from churnops.training.registry import sha256_file
 
+    audit = AuditSettings(
+        args.audit_log or args.data_dir / "audit" / "batch.jsonl",
+        signing_key=args.audit_signing_key,
+        public_keys=args.audit_public_keys,
+        anchor_dsn=args.audit_anchor_dsn,
+    )
+    signer = signer_for(audit.signing_key, env, audit.log.parent)  # a key problem stops the run before it scores
     reg = registry_config(args)
     version = registry.resolve_version(reg, args.model)
     model = CompiledModel(registry.load_model(reg, version), threads=os.cpu_count() or 1)
@@ -105,7 +124,7 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if plog is not None:
             plog.close()
     # one chained record per batch: the digests bind every row of the output to this run
-    sink = FileAuditSink(args.audit_log or args.data_dir / "audit" / "batch.jsonl", fsync="always", lock_wait_s=30)
+    sink = open_sink(audit, env, fsync="always", lock_wait_s=30, signer=signer)
     try:
         head = sink.append(
             [

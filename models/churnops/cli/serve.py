@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from churnops.cli.audit import add_key_args
 from churnops.errors import ConfigError
-from churnops.serving.auth import AuthConfig, JwksKeys, KeyDirectory, issue_token, local_secret
-from churnops.serving.security import Limits
+from churnops.serving.auth import AuthConfig, JwksKeys, KeyDirectory, UnusableKeyError, issue_token, local_secret, usable_key
+from churnops.serving.security import HttpLimits, Limits
 
 SECRET_ENV = "CHURNOPS_JWT_SECRET"
 
@@ -66,9 +68,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_kser
     serve.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     serve.add_argument("--rate", type=float, default=d.rate_per_s, help="sustained requests/s per token subject")
     serve.add_argument("--burst", type=int, default=d.burst, help="burst size per token subject")
+    add_http_args(serve, d)
     serve.add_argument("--audit-log", type=Path, default=None, help="audit log file (default <data-dir>/audit/predictions.jsonl)")
     serve.add_argument("--audit-dsn", default=None, help="PostgreSQL DSN for the audit trail (cluster); overrides --audit-log")
     serve.add_argument("--fsync", choices=["always", "interval", "never"], default="interval", help="when audit records reach the disk")
+    serve.add_argument(
+        "--privacy-store", type=Path, default=None, help="subject keys and erased customers (default <data-dir>/privacy/privacy.db)"
+    )
+    serve.add_argument("--privacy-dsn", default=None, help="PostgreSQL privacy store instead (cluster); overrides --privacy-store")
+    add_key_args(serve, signing=True)
+    serve.add_argument(
+        "--audit-anchor-dsn", default=None, help="PostgreSQL for checkpoints of the audit log (a rollback to an earlier state shows)"
+    )
     log = serve.add_argument_group("prediction log (monitoring: every prediction with its feature values)")
     log.add_argument("--prediction-log", type=Path, default=None, help="Parquet segments directory (default <data-dir>/predictions)")
     log.add_argument("--prediction-log-dsn", default=None, help="PostgreSQL instead (cluster); overrides --prediction-log")
@@ -88,6 +99,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], with_kser
     token.set_defaults(func=run_token)
 
 
+def add_http_args(p: argparse.ArgumentParser, d: Limits) -> None:
+    """Bounds a client cannot push past (see churnops.serving.http and .security); defaults fit behind a proxy."""
+    h = HttpLimits()
+    g = p.add_argument_group("HTTP limits (against hostile or broken clients)")
+    g.add_argument("--max-header-bytes", type=int, default=h.max_header_bytes, help="request line + headers (431 beyond)")
+    g.add_argument("--max-headers", type=int, default=h.max_headers, help="header fields per request (431 beyond)")
+    g.add_argument("--header-timeout", type=float, default=h.header_timeout_s, help="seconds to send the headers (408, then close)")
+    g.add_argument("--body-timeout", type=float, default=h.body_timeout_s, help="seconds to send the body after the headers (408)")
+    g.add_argument("--auth-failures", type=int, default=d.auth_failures, help="failed authentications per address and window (429)")
+    g.add_argument("--auth-failure-window", type=float, default=d.auth_failure_window_s, help="window of --auth-failures, seconds")
+    g.add_argument("--max-token-lifetime", type=float, default=24 * 3600.0, help="refuse tokens expiring later than this from now (s)")
+    g.add_argument("--metrics-rate", type=float, default=d.metrics_rate_per_s, help="/metrics scrapes per second per address")
+    g.add_argument("--metrics-burst", type=int, default=d.metrics_burst, help="/metrics scrape burst per address")
+    g.add_argument("--metrics-max-age", type=float, default=1.0, help="seconds a /metrics rendering is reused (0: render each scrape)")
+
+
 def add_auth_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tokens (one key source; keys rotate without a restart with a key directory or JWKS)")
     g.add_argument(
@@ -104,6 +131,18 @@ def add_auth_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--audience", default=AuthConfig.__dataclass_fields__["audience"].default)
 
 
+def _key_file(path: Path, algorithm: str, flag: str) -> str:
+    """A key file's text once it is a key ``algorithm`` can verify with; ConfigError naming ``flag`` otherwise."""
+    try:
+        data = path.read_bytes()
+        usable_key(data, algorithm)
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}", field=flag) from None
+    except UnusableKeyError as e:
+        raise ConfigError(f"{path} cannot verify {algorithm} tokens: {e}", field=flag) from None
+    return data.decode("utf-8").strip()
+
+
 def auth_config(args: argparse.Namespace, env: Mapping[str, str]) -> AuthConfig:
     """Exactly one key source: a JWKS URL, a key directory, a public key, or an HMAC secret (the embedded default)."""
     given = [o for o in ("jwks_url", "jwt_keys_dir", "jwt_public_key_file", "jwt_secret_file") if getattr(args, o) is not None]
@@ -116,17 +155,23 @@ def auth_config(args: argparse.Namespace, env: Mapping[str, str]) -> AuthConfig:
     if args.jwt_keys_dir is not None:
         if not args.jwt_keys_dir.is_dir():
             raise ConfigError(f"{args.jwt_keys_dir} is not a directory", field="--jwt-keys-dir")
-        keys = KeyDirectory(args.jwt_keys_dir)
         algorithm = args.jwt_algorithm or "HS256"
+        keys = KeyDirectory(args.jwt_keys_dir, algorithm=algorithm)
+        keys.check()  # no usable key: refuse to start rather than answer every request 503
         # the key to sign with, for `churnops token` against a directory of HMAC secrets
         signing = keys.key_for(args.jwt_kid) if args.jwt_kid and algorithm.startswith("HS") else None
         return AuthConfig(key=signing, keys=keys, algorithm=algorithm, **common)
     if args.jwt_public_key_file is not None:
-        return AuthConfig(key=args.jwt_public_key_file.read_text(), algorithm=args.jwt_algorithm or "RS256", **common)
+        algorithm = args.jwt_algorithm or "RS256"
+        return AuthConfig(key=_key_file(args.jwt_public_key_file, algorithm, "--jwt-public-key-file"), algorithm=algorithm, **common)
     if args.jwt_secret_file is not None:
-        key = args.jwt_secret_file.read_text().strip()
+        key = _key_file(args.jwt_secret_file, args.jwt_algorithm or "HS256", "--jwt-secret-file")
     elif env.get(SECRET_ENV):
         key = env[SECRET_ENV]
+        try:
+            usable_key(key, args.jwt_algorithm or "HS256")
+        except UnusableKeyError as e:
+            raise ConfigError(f"cannot verify tokens: {e}", field=f"${SECRET_ENV}") from None
     else:
         key = local_secret(args.data_dir / "secrets" / "jwt.key")
     return AuthConfig(key=key, algorithm=args.jwt_algorithm or "HS256", **common)
@@ -142,13 +187,28 @@ def run_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         feature_mode=args.mode,
         http_port=args.http_port,
         host=args.host or ("0.0.0.0" if args.mode == "cluster" else "127.0.0.1"),  # in a pod: the pod network
-        auth=None if args.insecure_no_auth else auth_config(args, env),
-        limits=Limits(max_body_bytes=args.max_body_bytes, rate_per_s=args.rate, burst=args.burst),
+        auth=None if args.insecure_no_auth else replace(auth_config(args, env), max_lifetime_s=args.max_token_lifetime or None),
+        limits=Limits(
+            max_body_bytes=args.max_body_bytes,
+            rate_per_s=args.rate,
+            burst=args.burst,
+            auth_failures=args.auth_failures,
+            auth_failure_window_s=args.auth_failure_window,
+            metrics_rate_per_s=args.metrics_rate,
+            metrics_burst=args.metrics_burst,
+        ),
+        http_limits=HttpLimits(args.max_header_bytes, args.max_headers, args.header_timeout, args.body_timeout),
+        metrics_max_age_s=args.metrics_max_age,
         on_store_failure=args.on_store_failure,
         store_timeout_s=args.store_timeout_ms / 1000,
         audit_log=args.audit_log,
         audit_dsn=args.audit_dsn,
+        audit_signing_key=args.audit_signing_key,
+        audit_public_keys=args.audit_public_keys,
+        audit_anchor_dsn=args.audit_anchor_dsn,
         fsync=args.fsync,
+        privacy_store=args.privacy_store,
+        privacy_dsn=args.privacy_dsn,
         prediction_log_enabled=not args.no_prediction_log,
         prediction_log=args.prediction_log,
         prediction_log_dsn=args.prediction_log_dsn,

@@ -49,6 +49,7 @@ from churnops.reports.demo import write_demo_report
 from churnops.rollout.runner import Runner, RunnerConfig, StepReport
 from churnops.rollout.store import DeploymentStore
 from churnops.serving.audit import read_records, verify_file
+from churnops.serving.audit_keys import public_keys_for
 from churnops.serving.auth import AuthConfig, issue_token, local_secret
 from churnops.training import registry, runs
 from churnops.training.config import GateConfig, SearchBudget, TrainingConfig
@@ -417,8 +418,9 @@ class Story:
     def check_audit(self) -> int:
         """Every online prediction has an audit record with reasons, and every trail verifies."""
         total = 0
+        keys = public_keys_for(None, self.env)  # the servers and `churnops score` signed with the same default key
         for log in sorted(self.layout.audit.glob("*.jsonl")):
-            check = verify_file(log)
+            check = verify_file(log, keys)
             if not check.ok:
                 raise RuntimeError(f"audit trail {log} does not verify: {check.problems}")
             records = [r for r in read_records(log) if r.get("kind") != "batch"]

@@ -12,9 +12,10 @@ the embedded runner and the tests share one definition of each figure.
 - ``performance``: delayed-label join, measured performance and CBPE estimates;
 - ``business``: churn rate, revenue at risk, campaign value, satisfaction;
 - ``fairness``: positive-rate and recall gaps across segments;
-- ``report``: the window job's JSON and HTML reports and Evidently's report;
-- ``predlog`` (``predlog_parquet``, ``predlog_postgres``): the prediction log every figure starts from;
-- ``jobs``: the monitoring jobs' I/O edge (log windows, checks, reports, erasure);
+- ``predlog``: the prediction log every figure starts from (records, writer, Parquet and PostgreSQL stores);
+- ``labels``: delayed outcomes, read from CSV or Parquet files;
+- ``windows``: windows of the prediction log, checked before statistics see them (the jobs that write
+  reports are ``churnops.reports.window_jobs``, the drift report ``churnops.reports.drift``);
 - ``page``: the embedded monitoring page (``churnops monitor serve``);
 - ``dashboards``: Grafana dashboards as code, exported for the chart.
 """

@@ -32,7 +32,7 @@ import pandas as pd
 from churnops.errors import InvalidInputError
 from churnops.monitoring.performance import LABEL, Columns, groups, threshold_of
 from churnops.monitoring.profile import check_scores
-from churnops_contract.metrics import SOURCE_ESTIMATED, SOURCE_MEASURED
+from churnops_contract.metric_names import SOURCE_ESTIMATED, SOURCE_MEASURED
 
 BAND_ORDER = ("low", "medium", "high")
 ALL_BANDS = "all"

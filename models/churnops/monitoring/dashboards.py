@@ -2,7 +2,7 @@
 
 Built with grafana-foundation-sdk (Grafana's own typed builders) rather than
 hand-written JSON, so a panel is a few lines of Python, every query is built
-from the names in ``churnops_contract.metrics`` (or the recording rules in
+from the names in ``churnops_contract.metric_names`` (or the recording rules in
 ``manifests/monitoring/rules``), and the checked-in JSON under
 ``manifests/monitoring/dashboards/`` is regenerated, never edited:
 
@@ -44,7 +44,7 @@ from grafana_foundation_sdk.models.common import (
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from churnops_contract import metrics as c
+from churnops_contract import metric_names as c
 
 DATASOURCE = gd.DataSourceRef(type_val="prometheus", uid="${datasource}")
 MV = 'model=~"$model", version=~"$version"'  # the model/version selection of every panel

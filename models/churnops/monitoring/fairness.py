@@ -25,7 +25,7 @@ import pandas as pd
 from churnops.errors import InvalidInputError
 from churnops.monitoring.performance import LABEL, Columns, threshold_of
 from churnops.monitoring.profile import check_scores
-from churnops_contract.metrics import SOURCE_MEASURED
+from churnops_contract.metric_names import SOURCE_MEASURED
 
 GAP_METRICS = ("positive_rate_gap", "recall_gap")
 

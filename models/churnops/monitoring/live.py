@@ -41,7 +41,7 @@ from churnops.monitoring.drift import (
     evaluate,
 )
 from churnops.monitoring.profile import ReferenceProfile
-from churnops_contract import metrics as m
+from churnops_contract import metric_names as m
 
 
 @dataclass(frozen=True)

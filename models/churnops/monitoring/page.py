@@ -17,9 +17,12 @@ a day, a week, ...) that holds them, and is computed at most once per
 last document). Registry facts (threshold, aliases, reference profile) change
 rarely and are cached for ``facts_ttl_s``.
 
-The server is the standard library's threaded HTTP server bound to loopback
-by default: a local tool for one person, with a content security policy that
-lets the page load nothing but its own files.
+The server is the standard library's HTTP server bound to loopback by
+default: a local tool for one person, with a content security policy that
+lets the page load nothing but its own files. Connections are served by a
+fixed pool of threads (a thread per connection let 300 idle sockets make 300
+threads); a socket that sends nothing for ``IDLE_TIMEOUT_S`` is dropped, and
+connections beyond the pool and its short queue are closed at once.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,10 +49,11 @@ from churnops.errors import ChurnOpsError
 from churnops.monitoring.business import BAND_ORDER, business_report
 from churnops.monitoring.drift import DriftPolicy, detect_drift
 from churnops.monitoring.fairness import fairness_report
-from churnops.monitoring.jobs import OutcomeSettings, Window, check_profile, label_files, labels_for, log_features, prepare, read_labels
+from churnops.monitoring.labels import label_files, labels_for, read_labels
 from churnops.monitoring.performance import join_labels, performance_report
-from churnops.monitoring.predlog import LogStore
+from churnops.monitoring.predlog.records import LogStore
 from churnops.monitoring.profile import SCORE_EDGES, ReferenceProfile
+from churnops.monitoring.windows import OutcomeSettings, Window, check_profile, log_features, prepare
 
 log = logging.getLogger(__name__)
 
@@ -417,9 +422,13 @@ def static_file(name: str) -> bytes:
     return (resources.files("churnops.monitoring") / "page" / name).read_bytes()
 
 
+IDLE_TIMEOUT_S = 10.0  # a connection that sends nothing for this long is closed (its thread goes back to the pool)
+
+
 def make_handler(source: SummarySource) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "churnops-monitor"
+        timeout = IDLE_TIMEOUT_S
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -452,7 +461,35 @@ def make_handler(source: SummarySource) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def make_server(source: SummarySource, host: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(source))
-    server.daemon_threads = True
-    return server
+class PooledHTTPServer(HTTPServer):
+    """Connections served by ``workers`` threads; ones beyond the pool and ``queued`` waiting are closed at once."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], workers: int = 8, queued: int = 32) -> None:
+        super().__init__(address, handler)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="monitor-page")
+        self.slots = threading.BoundedSemaphore(workers + queued)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)  # full: the client retries (the page polls) rather than the server growing
+            return
+        self.pool.submit(self._serve, request, client_address)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self.slots.release()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_server(source: SummarySource, host: str, port: int, workers: int = 8, idle_timeout_s: float = IDLE_TIMEOUT_S) -> PooledHTTPServer:
+    handler = make_handler(source)
+    handler.timeout = idle_timeout_s
+    return PooledHTTPServer((host, port), handler, workers=workers)

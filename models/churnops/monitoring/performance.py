@@ -33,7 +33,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from churnops.errors import InvalidInputError
 from churnops.monitoring.profile import check_scores
-from churnops_contract.metrics import ALL_SEGMENTS, SOURCE_ESTIMATED, SOURCE_MEASURED
+from churnops_contract.metric_names import ALL_SEGMENTS, SOURCE_ESTIMATED, SOURCE_MEASURED
 
 LABEL = "label"  # column added by the join: 1.0 / 0.0, NaN while pending
 ECE_BINS = 10

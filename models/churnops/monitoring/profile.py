@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from churnops.errors import InvalidInputError, NotFoundError
-from churnops_contract.metrics import SCORE_BUCKETS, SCORE_FEATURE
+from churnops_contract.metric_names import SCORE_BUCKETS, SCORE_FEATURE
 
 FORMAT = "churnops.reference_profile"
 FORMAT_VERSION = 1

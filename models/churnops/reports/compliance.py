@@ -26,6 +26,7 @@ summary at the top says which checks passed, failed or could not be made.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,6 +42,7 @@ from churnops.reports import html as h
 from churnops.reports import rollouts
 from churnops.reports import sources as src
 from churnops.reports.output import ReportFiles, plain, write_report
+from churnops.serving.audit_keys import PublicKeys, public_keys_for
 from churnops.training import registry
 from churnops.training.config import GateConfig
 from churnops_contract import registry as names
@@ -64,6 +66,7 @@ class ComplianceSettings:
     model_name: str = names.DEFAULT_MODEL_NAME
     horizon_days: float = 30.0
     gates: GateConfig = field(default_factory=GateConfig)
+    audit_keys: PublicKeys | None = None  # default: the embedded key directory (or $CHURNOPS_AUDIT_PUBLIC_KEYS)
 
 
 @dataclass
@@ -284,8 +287,9 @@ def decisions_section(deployments: Sequence[src.Rollout], problems: Sequence[src
 
 def audit_section(checks: Sequence[src.AuditCheck], mv: src.ModelVersion, layout: Layout, findings: Findings) -> h.Section:
     what = (
-        "Every audit log under the data directory's audit/ verified now: the hash chain from the first record to the head kept "
-        "outside the log (edits, deletions, reordering and truncation break it), and how many of this version's predictions each holds."
+        "Every audit log under the data directory's audit/ verified now: the hash chain and each batch's Ed25519 signature from "
+        "the first record to the signed head kept outside the log (edits, deletions, reordering, forged appends and truncation "
+        "break it), and how many of this version's predictions each holds."
     )
     if not checks:
         findings.checks["audit chains verify"] = None
@@ -358,7 +362,7 @@ def build(
         gates_section(evaluation, why, mv, findings),
         fairness_section(layout, mv, evaluation, labels, settings, findings),
         decisions_section(deployments, problems, layout, version),
-        audit_section(src.audit_checks(layout), mv, layout, findings),
+        audit_section(src.audit_checks(layout, settings.audit_keys or public_keys_for(None, os.environ)), mv, layout, findings),
         card_section(cfg, mv),
     ]
     if labels_missing is not None:

@@ -33,14 +33,15 @@ from churnops.layout import Layout
 from churnops.monitoring.business import ALL_BANDS, BAND_ORDER, BusinessColumns, CampaignConfig, business_report, campaign_value
 from churnops.monitoring.drift import DriftPolicy
 from churnops.monitoring.fairness import FairnessConfig
-from churnops.monitoring.jobs import OutcomeSettings, Window, outcome_report, prepare
 from churnops.monitoring.performance import join_labels
-from churnops.monitoring.predlog import FIXED_COLUMNS
+from churnops.monitoring.predlog.records import FIXED_COLUMNS
+from churnops.monitoring.windows import OutcomeSettings, Window, prepare
 from churnops.reports import attributions as attr
 from churnops.reports import html as h
 from churnops.reports import overtime, plots, rollouts
 from churnops.reports import sources as src
 from churnops.reports.output import ReportFiles, plain, write_report
+from churnops.reports.window_jobs import outcome_report
 from churnops.serving.explain import ExplanationUnavailableError
 from churnops.training import registry
 from churnops.training.config import BusinessConfig, GateConfig

@@ -25,9 +25,9 @@ import pandas as pd
 
 from churnops.errors import ChurnOpsError
 from churnops.monitoring.drift import DriftPolicy, detect_drift
-from churnops.monitoring.jobs import Window, check_profile, check_scores, log_features
-from churnops.monitoring.predlog import LogStore
+from churnops.monitoring.predlog.records import LogStore
 from churnops.monitoring.profile import ReferenceProfile
+from churnops.monitoring.windows import Window, check_profile, check_scores, log_features
 
 ROUND_SECONDS = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800, 2592000)
 

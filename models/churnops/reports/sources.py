@@ -26,13 +26,15 @@ from typing import Any
 
 import pandas as pd
 
-from churnops.errors import ChurnOpsError, InvalidInputError
+from churnops.errors import ChurnOpsError, IntegrityError, InvalidInputError
 from churnops.layout import Layout
-from churnops.monitoring.jobs import Window, read_labels_dir
-from churnops.monitoring.predlog_parquet import ParquetStore
+from churnops.monitoring.labels import read_labels_dir
+from churnops.monitoring.predlog.parquet import ParquetStore
 from churnops.monitoring.profile import ReferenceProfile, load_profile
+from churnops.monitoring.windows import Window
 from churnops.rollout.store import DeploymentStore, deployments
 from churnops.serving.audit import Verification, head_path_for, read_head, read_records, verify
+from churnops.serving.audit_keys import PublicKeys
 from churnops.training import registry
 
 # Where a training run logs evaluation.json and the model card: ``train.train_and_register`` logs its output
@@ -43,7 +45,7 @@ EVALUATION_FILE = "evaluation.json"
 CARD_MARKDOWN = "model_card.md"
 CARD_HTML = "model_card.html"
 LABELS_DIR = "labels"
-DATE_PREFIX = "date="  # the prediction log's day partitions (``predlog_parquet``)
+DATE_PREFIX = "date="  # the prediction log's day partitions (``monitoring.predlog.parquet``)
 
 
 @dataclass(frozen=True)
@@ -351,21 +353,22 @@ def audit_log_paths(layout: Layout) -> list[Path]:
     return sorted(layout.audit.rglob("*.jsonl")) if layout.audit.is_dir() else []
 
 
-def audit_check(path: Path) -> AuditCheck:
+def audit_check(path: Path, keys: PublicKeys) -> AuditCheck:
     counts: dict[str, int] = {}
     unreadable: list[int] = []
     head_path = head_path_for(path)
     try:
         head = read_head(head_path)
-    except (OSError, ValueError, KeyError) as e:
+    except IntegrityError as e:
         return AuditCheck(str(path), 0, (f"the head file {head_path.name} cannot be read: {e}",), 0, True)
-    result: Verification = verify(_tally(read_records(path), counts, unreadable), head)
+    result: Verification = verify(_tally(read_records(path), counts, unreadable), head, keys)
     problems = [f"line {n} is not JSON" for n in unreadable] + list(result.problems)
     return AuditCheck(str(path), result.records, tuple(problems), result.unacknowledged, head_path.exists(), counts)
 
 
-def audit_checks(layout: Layout) -> list[AuditCheck]:
-    return [audit_check(p) for p in audit_log_paths(layout)]
+def audit_checks(layout: Layout, keys: PublicKeys) -> list[AuditCheck]:
+    """Every audit log verified with ``keys`` (the chain, each batch's signature, the signed head)."""
+    return [audit_check(p, keys) for p in audit_log_paths(layout)]
 
 
 def require_known_model(cfg: registry.RegistryConfig, ref: str) -> str:

@@ -3,7 +3,7 @@
 In a cluster the monitoring jobs export measured AUC and coverage as gauges
 for the operator to query; on one machine the runner reads the same sources
 itself: the predictor's prediction log (``<data-dir>/predictions``) and the
-labels under ``<data-dir>/labels/`` (the layout of ``churnops.monitoring.jobs``),
+labels under ``<data-dir>/labels/`` (the layout of ``churnops.monitoring.windows``),
 joined by ``churnops.monitoring.performance.join_labels``. A prediction whose
 outcome has not arrived is pending, never a negative.
 
@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 
 from churnops.errors import ChurnOpsError
-from churnops.monitoring.jobs import read_labels_dir
+from churnops.monitoring.labels import read_labels_dir
 from churnops.monitoring.performance import LABEL, calibration_check, estimated_auc, join_labels, measured_metrics
-from churnops.monitoring.predlog_parquet import ParquetStore
+from churnops.monitoring.predlog.parquet import ParquetStore
 
 log = logging.getLogger(__name__)
 

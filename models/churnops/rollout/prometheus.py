@@ -18,8 +18,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 
 from churnops.errors import UnavailableError
-from churnops.rollout import metrics as rm
-from churnops_contract import metrics as m
+from churnops.rollout import scraped as rm
+from churnops_contract import metric_names as m
 from churnops_contract.queries import by_version
 from churnops_contract.rollout.observe import Answer, failed, parse_answer
 

@@ -5,7 +5,7 @@ I/O edges of one machine (the operator's are in ``churnops_operator.reconcile``)
 
 1. read the deployment (``store``) and scrape the predictor's ``/metrics``;
 2. move the world to the *persisted* status: the routing table the predictor
-   follows (``churnops.serving.routing``), the MLflow ``champion`` alias and
+   follows (``churnops.serving.routing_table``), the MLflow ``champion`` alias and
    the tags of every history entry not yet applied, the retraining run the
    status names (started when it has no process yet);
 3. ask the core what to observe, fill the contract's named answers from the
@@ -35,14 +35,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from churnops.errors import ChurnOpsError, ConflictError, InvalidInputError, UnavailableError
-from churnops.rollout import metrics as rm
+from churnops.rollout import scraped as rm
 from churnops.rollout.outcomes import OutcomeSource, VersionOutcomes, labels_reader
 from churnops.rollout.prometheus import PrometheusMetrics
 from churnops.rollout.retraining import Retrainer
 from churnops.rollout.store import Deployment, DeploymentStore, checked_spec, deployments
-from churnops.serving.routing import DEFAULT_ROUTE, RoutingTable, Split, read_table, write_table
+from churnops.serving.routing_table import DEFAULT_ROUTE, RoutingTable, Split, read_table, write_table
 from churnops.training import registry
-from churnops_contract import metrics as cm
+from churnops_contract import metric_names as cm
 from churnops_contract import policy, queries
 from churnops_contract import registry as names
 from churnops_contract.rollout import core, machine, manual, observe, retraining

@@ -11,8 +11,8 @@ write it. Alongside it:
 - ``timeline.jsonl``: every decision with its figures, appended, never
   rewritten (the status keeps only the operator's bounded history);
 - ``routing.json``: the routing table the predictor follows
-  (``churnops.serving.routing``);
-- ``scrapes.json``: the runner's counter snapshots (``churnops.rollout.metrics``);
+  (``churnops.serving.routing_table``);
+- ``scrapes.json``: the runner's counter snapshots (``churnops.rollout.scraped``);
 - ``runs/``: retraining runs started for this deployment.
 
 Two locks, both ``flock`` on files here, so the kernel releases them when a
@@ -38,7 +38,7 @@ from typing import Any, TextIO
 
 from churnops.errors import ConflictError, InvalidInputError, NotFoundError
 from churnops.files import replace_text
-from churnops.serving.routing import default_path
+from churnops.serving.routing_table import default_path
 from churnops_contract.rollout.spec import API_VERSION, KIND, DeploymentSpec, SpecError, parse
 
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes object name: it is also a directory name

@@ -19,6 +19,7 @@ a 401; a valid token without a known role is a 403.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
@@ -31,10 +32,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from churnops.errors import ConfigError, ForbiddenError, InvalidInputError, UnauthorizedError, UnavailableError
 
+log = logging.getLogger(__name__)
+
 REQUIRED_CLAIMS = ("exp", "aud", "sub")
+MIN_HMAC_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}  # RFC 7518 3.2: at least as long as the hash output
+MIN_RSA_BITS = 2048
 MAX_SUBJECT_CHARS = 256
 MAX_KID_CHARS = 128
 
@@ -75,21 +81,75 @@ class StaticKeys:
         raise UnauthorizedError(f"unknown key id {kid!r}")
 
 
+class UnusableKeyError(ValueError):
+    """Why a key cannot verify tokens of the pinned algorithm."""
+
+
+def usable_key(data: bytes | str, algorithm: str) -> Any:
+    """The key ready for ``jwt.decode``, or ``UnusableKeyError`` saying why it cannot verify ``algorithm`` tokens.
+
+    A weak or mistyped key must never reach verification: a short HMAC secret can be guessed (anyone could
+    then forge an admin token), and a key of the wrong type makes PyJWT fail with an error that is no client's.
+    """
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnusableKeyError("not UTF-8 text (a binary file?)") from None
+    text = data.strip()
+    if not text:
+        raise UnusableKeyError("empty")
+    pem = text.startswith("-----BEGIN")
+    if algorithm.startswith("HS"):
+        if pem:
+            raise UnusableKeyError(f"a PEM key, not the shared secret that {algorithm} needs")
+        size, least = len(text.encode("utf-8")), MIN_HMAC_BYTES.get(algorithm, 64)
+        if size < least:
+            raise UnusableKeyError(f"an HMAC secret of {size} bytes; {algorithm} needs at least {least}")
+        return text
+    if not pem:
+        raise UnusableKeyError(f"not a PEM public key, which {algorithm} needs")
+    if "PRIVATE" in text.splitlines()[0]:
+        raise UnusableKeyError("a private key: give the server the public key only")
+    try:
+        key = jwt.get_algorithm_by_name(algorithm).prepare_key(text)
+    except (jwt.InvalidKeyError, ValueError, TypeError) as e:
+        detail = f" ({e})" if "curve" in str(e) else ""
+        raise UnusableKeyError(f"not a public key that {algorithm} verifies with{detail}") from None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        raise UnusableKeyError(f"an RSA key of {key.key_size} bits; at least {MIN_RSA_BITS} are needed")
+    return key
+
+
 @dataclass
 class KeyDirectory:
     """Keys as files named ``<kid>`` (or ``<kid>.pem``/``.key``) in ``path``, re-read when the directory changes.
 
     Kubernetes updates a mounted Secret by swapping a symlink, which changes the
     directory's modification time; it is checked at most every ``check_every_s``.
+
+    Every file is checked against ``algorithm`` (``usable_key``); a bad one is skipped with a warning naming
+    it and why (and counted in ``rejected``) while the others keep working. When a change leaves no usable
+    key, tokens are refused with 503 until one is mounted: the previous keys are not kept, since removing a
+    key must revoke it.
     """
 
     path: Path
     check_every_s: float = 5.0
     clock: Callable[[], float] = time.monotonic
-    _keys: dict[str, str] = field(default_factory=dict)
+    algorithm: str = "HS256"
+    rejected: dict[str, str] = field(default_factory=dict)  # file name -> why it was skipped, as of the last read
+    _keys: dict[str, Any] = field(default_factory=dict)
     _stamp: tuple[float, ...] = ()
     _checked: float = float("-inf")
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check(self) -> None:
+        """Read the directory now; ConfigError naming the flag when it holds no usable key (a server must not start)."""
+        try:
+            self._current(force=True)
+        except UnavailableError as e:
+            raise ConfigError(e.message, field="--jwt-keys-dir") from None
 
     def key_for(self, kid: str | None) -> Any:
         keys = self._current()
@@ -101,14 +161,17 @@ class KeyDirectory:
             raise UnauthorizedError(f"unknown key id {kid!r}")
         return keys[kid]
 
-    def _current(self) -> dict[str, str]:
+    def _current(self, force: bool = False) -> dict[str, Any]:
         with self._lock:
             now = self.clock()
-            if now - self._checked >= self.check_every_s:
+            if force or now - self._checked >= self.check_every_s:
                 self._checked = now
                 stamp = self._stamp_of()
                 if stamp != self._stamp:
                     self._keys, self._stamp = self._read(), stamp
+            if not self._keys:
+                bad = "; ".join(f"{name}: {why}" for name, why in sorted(self.rejected.items()))
+                raise UnavailableError(f"key directory {self.path} holds no usable key" + (f" ({bad})" if bad else ""), retry_after=5)
             return self._keys
 
     def _stamp_of(self) -> tuple[float, ...]:
@@ -116,18 +179,31 @@ class KeyDirectory:
             files = sorted(p for p in self.path.iterdir() if not p.name.startswith("."))
         except OSError as e:
             raise UnavailableError(f"key directory {self.path} cannot be read: {e}") from None
-        return (self.path.stat().st_mtime, *(p.stat().st_mtime for p in files))
+        return (self.path.stat().st_mtime, *(_mtime(p) for p in files))
 
-    def _read(self) -> dict[str, str]:
-        keys: dict[str, str] = {}
+    def _read(self) -> dict[str, Any]:
+        keys: dict[str, Any] = {}
+        rejected: dict[str, str] = {}
         for p in sorted(self.path.iterdir()):
-            if p.name.startswith(".") or not p.is_file():
-                continue  # Kubernetes' ..data links and hidden files
+            if p.name.startswith(".") or not (p.is_file() or p.is_symlink()):
+                continue  # Kubernetes' ..data links, hidden files, directories; a dangling link fails below and is named
             kid = p.name.removesuffix(".pem").removesuffix(".key")
-            keys[kid] = p.read_text().strip()
-        if not keys:
-            raise UnavailableError(f"key directory {self.path} holds no keys")
+            try:
+                keys[kid] = usable_key(p.read_bytes(), self.algorithm)
+            except (UnusableKeyError, OSError) as e:
+                rejected[p.name] = str(e)
+                if self.rejected.get(p.name) != str(e):  # once per file and reason, not at every re-read
+                    log.warning("key file %s skipped for %s tokens: %s", p, self.algorithm, e)
+        self.rejected = rejected
         return keys
+
+
+def _mtime(path: Path) -> float:
+    """When a key file last changed; -1 for one that cannot be read (a link whose target is gone): ``_read`` rejects it."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
 
 
 class JwksKeys:
@@ -161,6 +237,7 @@ class AuthConfig:
     algorithm: str = "HS256"
     issuer: str | None = None
     leeway_s: float = 5.0
+    max_lifetime_s: float | None = 24 * 3600.0  # tokens expiring further ahead are refused (None: no cap)
     keys: KeySource | None = None  # key directory or JWKS; wins over ``key``
     signing_kid: str | None = None  # the ``kid`` header written by issue_token
 
@@ -169,8 +246,15 @@ class AuthConfig:
             raise ConfigError("algorithm 'none' is never accepted")
         if self.key is None and self.keys is None:
             raise ConfigError("no verification key: give a secret, a public key, a key directory or a JWKS URL")
-        if self.key is not None and self.algorithm.startswith("HS") and len(self.key) < 32:
-            raise ConfigError("an HMAC secret must be at least 32 characters")
+        try:
+            jwt.get_algorithm_by_name(self.algorithm)
+        except NotImplementedError:
+            raise ConfigError(f"unknown algorithm {self.algorithm!r}", field="algorithm") from None
+        if self.key is not None:
+            try:
+                usable_key(self.key, self.algorithm)
+            except UnusableKeyError as e:
+                raise ConfigError(f"the key cannot verify {self.algorithm} tokens: {e}", field="key") from None
 
     def source(self) -> KeySource:
         return self.keys if self.keys is not None else StaticKeys(default=self.key)
@@ -207,15 +291,24 @@ def authenticate(cfg: AuthConfig, authorization: str | None) -> Principal:
         raise UnauthorizedError(f"token lacks the required claim '{e.claim}'") from None
     except jwt.InvalidAudienceError:
         raise UnauthorizedError(f"token audience is not '{cfg.audience}'") from None
+    except jwt.InvalidKeyError:  # e.g. a JWKS key of another type than the pinned algorithm's: not the client's fault, but no 500
+        raise UnauthorizedError(f"the key for this token's kid cannot verify {cfg.algorithm} tokens") from None
     except (jwt.InvalidTokenError, ValueError, TypeError) as e:  # PyJWT lets some malformed claims through as ValueError
         raise UnauthorizedError(f"invalid token: {e}") from None
-    return Principal(_subject(claims), _role(claims))
+    return Principal(_subject(claims, cfg.max_lifetime_s, time.time()), _role(claims))
 
 
-def _subject(claims: dict[str, Any]) -> str:
+def _subject(claims: dict[str, Any], max_lifetime_s: float | None, now: float) -> str:
+    """The token's subject, once its ``exp`` is a number no further than ``max_lifetime_s`` ahead of ``now``.
+
+    The cap bounds how long a leaked token works whoever issued it, so ``iat`` is not required (an identity
+    provider's clock may differ from ours; ``exp`` alone is what the cap is about).
+    """
     exp = claims["exp"]
     if isinstance(exp, bool) or not isinstance(exp, int | float):
         raise UnauthorizedError("token claim 'exp' must be a number (seconds since the epoch)")
+    if max_lifetime_s is not None and exp - now > max_lifetime_s:
+        raise UnauthorizedError(f"token expires more than {max_lifetime_s:g} s from now; ask for a shorter-lived token")
     sub = claims["sub"]
     if not isinstance(sub, str) or not 0 < len(sub) <= MAX_SUBJECT_CHARS:
         raise UnauthorizedError(f"token claim 'sub' must be text of 1-{MAX_SUBJECT_CHARS} characters")

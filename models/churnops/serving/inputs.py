@@ -65,7 +65,7 @@ def check_value(schema: FeatureSchema, name: str, value: Any, where: str) -> Any
         raise InvalidInputError("NaN and Infinity are not valid numbers; send null for a missing value", field=where)
     if abs(value) > MAX_ABS_VALUE:
         raise InvalidInputError(f"magnitude above {MAX_ABS_VALUE:g} is out of range for the model", field=where)
-    return value
+    return float(value)  # the model reads float32 anyway; an int past int64 would not fit the prediction log's columns
 
 
 def check_customer_id(value: Any, where: str) -> int:
@@ -144,9 +144,9 @@ def parse_v2(schema: FeatureSchema, inputs: Sequence[tuple[str, list[int], list[
     for i, (name, shape, data) in enumerate(inputs):
         where = f"inputs[{i}]"
         if name in by_name:
-            raise InvalidInputError(f"duplicate input {name!r}", field=f"{where}.name")
+            raise InvalidInputError("duplicate input (each name once)", field=f"{where}.name")
         if name != V2_ID_INPUT and name not in schema.features and name not in schema.known:
-            raise InvalidInputError(f"unknown input {name!r}", field=f"{where}.name")
+            raise InvalidInputError("unknown input; expected customer_id or the model's features", field=f"{where}.name")
         if len(shape) != 1 and not (len(shape) == 2 and shape[1] == 1):
             raise InvalidInputError("expected shape [n] or [n, 1]", field=f"{where}.shape")
         if shape[0] != len(data):

@@ -5,9 +5,10 @@
 goes through a loader callable, so a sha256 mismatch (or any load failure)
 leaves the model registered but not ready (503) instead of crashing the server.
 
-Requests with more than ``OFFLOAD_ROWS`` instances are parsed and scored on a
-worker thread: the event loop keeps answering health probes and small
-requests while a large one runs (the boosters release the GIL).
+Explain requests, and requests with more than ``OFFLOAD_ROWS`` instances, are
+parsed and scored on a worker thread: the event loop keeps answering health
+probes and small requests while a large one runs (the boosters release the GIL). Smaller
+requests read the online store on a thread too, and loads run on threads.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -48,13 +50,34 @@ class ChurnModel(Model):  # type: ignore[misc]  # kserve ships no type informati
         self.scorer: Scorer | None = None
         self.load_error: str | None = None
         self._last_attempt: float | None = None
+        self._load_lock = threading.Lock()
+        self._loads = 0  # loads finished: a caller that waited for another's load takes its result
 
     def load(self, force: bool = False) -> bool:
-        """Load (or reload) the model; without ``force`` a failed load is retried at most every RELOAD_BACKOFF_S."""
+        """Load (or reload) the model; without ``force`` a failed load is retried at most every RELOAD_BACKOFF_S.
+
+        One load at a time: a caller arriving while a load runs waits for it and gets its result. KServe retries
+        an unready model's load from the request path, on the event loop; that retry runs on a thread instead
+        (the request gets the 503 of a model not ready), so a load never stalls the loop's probes.
+        """
         now = self.clock()
         if not force and self.scorer is None and self._last_attempt is not None and now - self._last_attempt < RELOAD_BACKOFF_S:
             return False
-        self._last_attempt = now
+        if not force and _on_event_loop():
+            self._last_attempt = now
+            asyncio.get_running_loop().run_in_executor(None, self.load, True)
+            return False
+        seen = self._loads
+        with self._load_lock:
+            if self._loads != seen:
+                return bool(self.ready)
+            try:
+                return self._load_now()
+            finally:
+                self._loads += 1
+
+    def _load_now(self) -> bool:
+        self._last_attempt = self.clock()
         try:
             self.scorer = self.loader()
         except Exception as e:  # any failure keeps the model not ready; the reason is logged and kept
@@ -77,6 +100,10 @@ class ChurnModel(Model):  # type: ignore[misc]  # kserve ships no type informati
             raise UnavailableError(f"model {self.name} is not ready: {self.load_error or 'not loaded'}", retry_after=30)
         return self.scorer
 
+    def validate(self, payload: Any) -> Any:
+        """No shape checks here: the parser (``inputs``) answers 422 naming the field; KServe's answers 400."""
+        return payload
+
     @property
     def schema(self) -> FeatureSchema:
         return self._scorer().schema
@@ -91,13 +118,14 @@ class ChurnModel(Model):  # type: ignore[misc]  # kserve ships no type informati
         scorer = self._scorer()
         v2 = isinstance(payload, InferRequest)
         caller = decode_subject(headers.get(SUBJECT_HEADER.decode(), "anonymous"))
-        client_id = headers.get("x-request-id") or (_client_id(payload.id) if v2 else None)
+        body_id = _client_id(payload.id) if v2 else None  # checked even when the header wins: a bad id is refused, not ignored
+        client_id = headers.get("x-request-id") or body_id
         try:
-            if _size(payload) > OFFLOAD_ROWS:
+            if full or _size(payload) > OFFLOAD_ROWS:  # every contribution of every feature: too long for the event loop
                 loop = asyncio.get_running_loop()
                 outcome = await loop.run_in_executor(self.executor, self._score, scorer, payload, caller, client_id, full)
             else:
-                outcome = self._score(scorer, payload, caller, client_id, full)
+                outcome = await self._score_small(scorer, payload, caller, client_id, full)
         finally:
             # every request counts, answered or not: the canary's error rate is errors / requests
             scorer.metrics.requests.labels(*scorer.labels, "v2" if v2 else "v1").inc()
@@ -108,6 +136,14 @@ class ChurnModel(Model):  # type: ignore[misc]  # kserve ships no type informati
     @staticmethod
     def _score(scorer: Scorer, payload: Any, caller: str, client_id: str | None, full: bool) -> Outcome:
         return scorer.score(_parse(scorer.schema, payload), caller, client_id, full=full)
+
+    @staticmethod
+    async def _score_small(scorer: Scorer, payload: Any, caller: str, client_id: str | None, full: bool) -> Outcome:
+        """Scored on the event loop, but the online store is read on a thread: a locked or hung store never stalls
+        the loop (and its health probes); the hop costs about 0.2 ms against a ~5 ms request."""
+        request = _parse(scorer.schema, payload)
+        fetched = await asyncio.to_thread(scorer.fetch, request.instances) if scorer.reads_store(request.instances) else None
+        return scorer.score(request, caller, client_id, full=full, fetched=fetched)
 
     def _v2_response(self, scorer: Scorer, outcome: Outcome) -> InferResponse:
         preds = outcome.predictions
@@ -151,6 +187,14 @@ def _parse(schema: FeatureSchema, payload: Any) -> ParsedRequest:
     return parse_v1(schema, payload)
 
 
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _size(payload: Any) -> int:
     """Instances in a request, without parsing it (0 when its shape is unknown: the parser will say why)."""
     if isinstance(payload, InferRequest):
@@ -163,6 +207,6 @@ def _client_id(value: Any) -> str | None:
     """A V2 request's ``id``: kept like X-Request-Id, so it obeys the same bounds."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not REQUEST_ID.match(value.encode("utf-8", "replace")):
+    if not isinstance(value, str) or not REQUEST_ID.fullmatch(value.encode("utf-8", "replace")):
         raise BadRequestError("must be 1-128 characters of letters, digits and . _ : / -", field="id")
     return value

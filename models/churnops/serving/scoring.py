@@ -20,16 +20,22 @@ import numpy as np
 
 from churnops.errors import BadRequestError, InvalidInputError, NotFoundError, NotImplementedInModelError, UnavailableError
 from churnops.monitoring.live import LiveDriftMonitor
-from churnops.monitoring.predlog import FeatureLayout, PredictionBatch, PredictionLog
+from churnops.monitoring.predlog.records import FeatureLayout, PredictionBatch
+from churnops.monitoring.predlog.writer import PredictionLog
+from churnops.privacy.cached import Pseudonyms
+from churnops.privacy.keys import ErasedCustomerError
+from churnops.privacy.store import STORE_ERRORS as PRIVACY_ERRORS
 from churnops.serving.audit import AuditSink, digest
 from churnops.serving.explain import CompiledModel, Scored, known_categories, top_reasons
 from churnops.serving.inputs import FeatureSchema, Instance, ParsedRequest
-from churnops.serving.metrics import ServingMetrics
+from churnops.serving.instruments import ServingMetrics
 from churnops.training.ensemble import ChurnEnsemble
 
 log = logging.getLogger(__name__)
 
 OnFailure = Literal["degrade", "reject"]
+PROBE_CUSTOMER = -1  # a customer id no store holds: reading it exercises the store without touching real rows
+AUDIT_ERRORS: tuple[type[Exception], ...] = (OSError, *PRIVACY_ERRORS)  # the trail or the subject keys are unavailable
 
 
 class FeatureSource(Protocol):
@@ -38,12 +44,22 @@ class FeatureSource(Protocol):
 
 @dataclass
 class Breaker:
-    """Circuit breaker for the online store: after a failure, skip it for ``cooldown_s``, then try again."""
+    """Circuit breaker for the online store: after a failure, skip it for ``cooldown_s``, then try again.
+
+    It also knows whether the store is up (its last read succeeded); ``on_change(up)`` hears each change,
+    for the ``churnops_online_store_up`` gauge and one log line per outage rather than one per request.
+    """
 
     cooldown_s: float = 2.0
     clock: Callable[[], float] = time.monotonic
+    on_change: Callable[[bool], None] | None = None
     _open_until: float = 0.0
+    _up: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def up(self) -> bool:
+        return self._up
 
     def allow(self) -> bool:
         return self.clock() >= self._open_until
@@ -51,10 +67,18 @@ class Breaker:
     def failure(self) -> None:
         with self._lock:
             self._open_until = self.clock() + self.cooldown_s
+            self._set(up=False)
 
     def success(self) -> None:
         with self._lock:
             self._open_until = 0.0
+            self._set(up=True)
+
+    def _set(self, up: bool) -> None:
+        if up != self._up:
+            self._up = up
+            if self.on_change is not None:
+                self.on_change(up)
 
     def retry_after(self) -> int:
         return max(1, int(np.ceil(self._open_until - self.clock())))
@@ -75,6 +99,12 @@ class ServedModel:
 @dataclass(frozen=True)
 class ServingPolicy:
     on_store_failure: OnFailure = "degrade"
+
+
+def _erased_at(i: int, customer_id: int | None) -> ErasedCustomerError:
+    return ErasedCustomerError(
+        f"customer {customer_id} was erased (right to erasure) and is not scored again", field=f"instances[{i}].customer_id"
+    )
 
 
 def risk_bands(p: np.ndarray, threshold: float) -> np.ndarray:
@@ -105,12 +135,16 @@ class Scorer:
         breaker: Breaker | None = None,
         prediction_log: PredictionLog | None = None,
         drift: LiveDriftMonitor | None = None,
+        pseudonyms: Pseudonyms | None = None,
+        request_errors: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.served = served
+        self.pseudonyms = pseudonyms
         self.compiled = CompiledModel(served.model)
         self.schema = schema
         self.source = source
         self.store_errors = store_errors
+        self.request_errors = request_errors  # store errors of one request (too large for its budget), not of the store
         self.audit = audit
         self.metrics = metrics
         self.policy = policy
@@ -153,6 +187,9 @@ class Scorer:
         try:
             rows = self.source.read_many([cid for _, cid in wanted])
         except self.store_errors as e:
+            if isinstance(e, self.request_errors):  # the store is fine: opening the breaker would fail everyone else
+                log.info("online store read of %d ids failed for this request only (%s: %s)", len(wanted), type(e).__name__, e)
+                return self._store_down(records, wanted, "store_over_budget", "online feature store read over its budget")
             log.warning("online store failed (%s: %s); circuit open for %.1fs", type(e).__name__, e, self.breaker.cooldown_s)
             self.breaker.failure()
             return self._store_down(records, wanted, "store_error")
@@ -165,10 +202,14 @@ class Scorer:
         return records, None
 
     def _store_down(
-        self, records: list[dict[str, Any] | None], wanted: list[tuple[int, int]], reason: str
+        self,
+        records: list[dict[str, Any] | None],
+        wanted: list[tuple[int, int]],
+        reason: str,
+        why: str = "online feature store unavailable",
     ) -> tuple[list[dict[str, Any] | None], str]:
         if self.policy.on_store_failure == "reject":
-            raise UnavailableError("online feature store unavailable", retry_after=self.breaker.retry_after())
+            raise UnavailableError(why, retry_after=self.breaker.retry_after())
         for i, _ in wanted:
             records[i] = {}  # every feature missing: the model's answer for an unknown profile, flagged degraded
         return records, reason
@@ -190,14 +231,46 @@ class Scorer:
                     out[r].append(name)
         return out
 
-    def score(self, request: ParsedRequest, caller: str, client_request_id: str | None, full: bool = False) -> Outcome:
+    def reads_store(self, instances: list[Instance]) -> bool:
+        """Whether ``fetch`` would read the online store for these instances (the caller then reads off its event loop)."""
+        wanted = any(inst.features is None and inst.customer_id is not None for inst in instances)
+        return wanted and self.source is not None and self.breaker.allow()
+
+    def probe_store(self) -> bool:
+        """Whether the store answers: one read of a customer id no one has, tried once the breaker allows it.
+
+        A reject-mode server reports not ready while its store is down; the readiness probe calls this so that
+        the server comes back without needing traffic (which an unready pod does not get).
+        """
+        if self.source is None or self.breaker.up:
+            return True
+        if not self.breaker.allow():
+            return False
+        try:
+            self.source.read_many([PROBE_CUSTOMER])
+        except self.store_errors as e:
+            log.info("online store still down (%s: %s)", type(e).__name__, e)
+            self.breaker.failure()
+            return False
+        self.breaker.success()
+        return True
+
+    def score(
+        self,
+        request: ParsedRequest,
+        caller: str,
+        client_request_id: str | None,
+        full: bool = False,
+        fetched: tuple[list[dict[str, Any] | None], str | None] | None = None,
+    ) -> Outcome:
         """Score every instance; ``full`` adds the whole attribution (the explain verb).
 
         Every answer gets its own unique request id (the audit's key); a client's id is kept beside it.
         """
         t_start = time.perf_counter()
         rid = uuid.uuid4().hex
-        records, degraded_reason = self.fetch(request.instances)
+        self.refuse_erased(request.instances)
+        records, degraded_reason = fetched if fetched is not None else self.fetch(request.instances)
         rows = self.rows(records)
         t0 = time.perf_counter()
         want_reasons = self.compiled.explainable and (full or request.top_k > 0)
@@ -218,8 +291,8 @@ class Scorer:
         t0 = time.perf_counter()
         if self.audit is not None:
             try:
-                self.audit.append([self._audit_entry(p, records[i], caller, request.instances[i]) for i, p in enumerate(predictions)])
-            except OSError as e:
+                self.audit.append([self._audit_entry(p, records[i], caller, request.instances[i], i) for i, p in enumerate(predictions)])
+            except AUDIT_ERRORS as e:
                 log.error("audit append failed: %s", e)
                 raise UnavailableError("audit trail unavailable; no prediction is served unaudited", retry_after=5) from None
             self._stage("audit", time.perf_counter() - t0)
@@ -286,7 +359,29 @@ class Scorer:
             out["unseen_categories"] = unseen  # scored as missing: the model never saw these values
         return out
 
-    def _audit_entry(self, p: dict[str, Any], record: dict[str, Any] | None, caller: str, inst: Instance) -> dict[str, Any]:
+    def refuse_erased(self, instances: list[Instance]) -> None:
+        """An erased customer is not served again, even with features sent: a 404 naming the instance.
+
+        Scoring them would need a new audit key (linking them again) and would put them back in the prediction log.
+        """
+        if self.pseudonyms is None:
+            return
+        erased = self.pseudonyms.erased(inst.customer_id for inst in instances if inst.customer_id is not None)
+        for i, inst in enumerate(instances):
+            if inst.customer_id in erased:
+                raise _erased_at(i, inst.customer_id)
+
+    def _subject(self, inst: Instance, i: int) -> str | None:
+        if self.pseudonyms is None:
+            return None
+        try:
+            return self.pseudonyms.subject(inst.customer_id)
+        except ErasedCustomerError:  # erased after ``refuse_erased`` looked: the store refused the key
+            raise _erased_at(i, inst.customer_id) from None
+
+    def _audit_entry(self, p: dict[str, Any], record: dict[str, Any] | None, caller: str, inst: Instance, i: int) -> dict[str, Any]:
+        """The audit record names the customer by a pseudonym (``subject``), never by id: erasing the customer shreds the
+        key behind it and leaves the chain intact. Features sent without an id name no subject."""
         return {
             "request_id": p["request_id"],
             "client_request_id": p.get("client_request_id"),
@@ -294,7 +389,7 @@ class Scorer:
             "caller": caller,
             "model": p["model"],
             "model_version": p["model_version"],
-            "customer_id": inst.customer_id,
+            "subject": self._subject(inst, i),
             "feature_source": "request" if inst.features is not None else "online_store",
             "features_sha256": digest(record or {}),
             "score": p["churn_probability"],

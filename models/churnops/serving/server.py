@@ -7,12 +7,13 @@ in the cluster image behind an InferenceService (Redis, PostgreSQL audit).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import inspect
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,25 +27,30 @@ from redis.retry import Retry
 from churnops.errors import ChurnOpsError, ConfigError, NotFoundError
 from churnops.features.catalog import FEATURES
 from churnops.monitoring.live import DriftCollector, LiveDriftMonitor, LiveWindow
-from churnops.monitoring.predlog import LogStore, PredictionLog
-from churnops.monitoring.predlog_parquet import ParquetStore
-from churnops.monitoring.predlog_postgres import PostgresStore
+from churnops.monitoring.predlog.parquet import ParquetStore
+from churnops.monitoring.predlog.postgres import PostgresStore
+from churnops.monitoring.predlog.records import LogStore
+from churnops.monitoring.predlog.writer import PredictionLog
 from churnops.monitoring.profile import load_profile
-from churnops.serving.audit import AuditSink, FileAuditSink, FsyncPolicy, PostgresAuditSink
-from churnops.serving.auth import AuthConfig
+from churnops.privacy.cached import Pseudonyms, Suppression
+from churnops.privacy.store import PrivacyStore, open_store
+from churnops.serving.audit import AuditSink, FsyncPolicy
+from churnops.serving.audit_setup import AuditSettings, open_sink
+from churnops.serving.auth import AuthConfig, KeyDirectory
 from churnops.serving.inputs import FeatureSchema
-from churnops.serving.metrics import ServingMetrics
-from churnops.serving.routing import default_path
+from churnops.serving.instruments import ServingMetrics
+from churnops.serving.routing_table import default_path
 from churnops.serving.scoring import Breaker, OnFailure, Scorer, ServedModel, ServingPolicy
-from churnops.serving.security import Limits
+from churnops.serving.security import HttpLimits, Limits
 from churnops.training import registry
 from churnops_feast import store as feast_store
 from churnops_feast.definitions import TRAINING_SERVICE
-from churnops_feast.online import FeatureReader, redis_reader, sqlite_reader
+from churnops_feast.online import FeatureReader, ReadOverBudget, redis_reader, sqlite_reader
 
 log = logging.getLogger(__name__)
 
 STORE_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, sqlite3.Error, OSError)
+REQUEST_STORE_ERRORS: tuple[type[BaseException], ...] = (ReadOverBudget,)  # fail their request, never open the breaker
 
 
 @dataclass(frozen=True)
@@ -58,12 +64,19 @@ class ServeConfig:
     host: str = "127.0.0.1"  # loopback in embedded mode; a pod binds all addresses
     auth: AuthConfig | None = None  # None: no authentication (only with --insecure-no-auth)
     limits: Limits = field(default_factory=Limits)
+    http_limits: HttpLimits = field(default_factory=HttpLimits)  # header bounds and read timeouts of the HTTP layer
+    metrics_max_age_s: float = 1.0  # /metrics is rendered at most this often (concurrent scrapes share a rendering)
     on_store_failure: OnFailure = "degrade"
     store_timeout_s: float = 0.05
     breaker_cooldown_s: float = 2.0
     audit_log: Path | None = None  # default: data_dir/audit/predictions.jsonl
     audit_dsn: str | None = None  # PostgreSQL audit sink (cluster); wins over audit_log
+    audit_signing_key: Path | None = None  # default: $CHURNOPS_AUDIT_SIGNING_KEY, else the embedded key outside data_dir
+    audit_public_keys: Path | None = None  # default: $CHURNOPS_AUDIT_PUBLIC_KEYS, else the embedded key directory
+    audit_anchor_dsn: str | None = None  # checkpoints of the audit log in PostgreSQL (rollback detection)
     fsync: FsyncPolicy = "interval"
+    privacy_store: Path | None = None  # subject keys and erased customers; default: data_dir/privacy/privacy.db (never in the audit dir)
+    privacy_dsn: str | None = None  # PostgreSQL privacy store (cluster); wins over privacy_store
     prediction_log_enabled: bool = True
     prediction_log: Path | None = None  # default: data_dir/predictions (Parquet segments)
     prediction_log_dsn: str | None = None  # PostgreSQL prediction log (cluster); wins over prediction_log
@@ -128,16 +141,57 @@ def redis_client(env: Mapping[str, str], timeout_s: float) -> redis.Redis:
 ReaderFactory = Callable[[list[str]], FeatureReader]
 
 
+def store_name(cfg: ServeConfig) -> str:
+    return "redis" if cfg.feature_mode == "cluster" else "sqlite"
+
+
 def feature_readers(cfg: ServeConfig, env: Mapping[str, str]) -> ReaderFactory:
     """Opens the store once; each model gets a reader of just its own features (fewer bytes, fewer decodes)."""
     store = feast_store.open_store(cfg.feature_mode, env, cfg.data_dir)
     if cfg.feature_mode == "cluster":
         client = redis_client(env, cfg.store_timeout_s)
         return lambda only: redis_reader(store, cfg.feature_service, client, only)
-    return lambda only: sqlite_reader(store, cfg.feature_service, only)
+    return lambda only: sqlite_reader(store, cfg.feature_service, only, timeout_s=cfg.store_timeout_s)
 
 
-def prediction_log(cfg: ServeConfig, registry: Any) -> PredictionLog | None:
+def store_state(metrics: ServingMetrics, store: str, policy: OnFailure) -> Callable[[bool], None]:
+    """Reports the online store going down and coming back: ``churnops_online_store_up{store}`` and one log line each."""
+    gauge = metrics.store_up.labels(store)
+    gauge.set(1)
+
+    def on_change(up: bool) -> None:
+        gauge.set(1 if up else 0)
+        if up:
+            log.info("online store %s answers again", store)
+        elif policy == "reject":
+            log.warning("online store %s is down: requests that need it get 503 and the server reports not ready", store)
+        else:
+            log.warning("online store %s is down: predictions that need it are served degraded", store)
+
+    return on_change
+
+
+def store_readiness(cfg: ServeConfig, breaker: Breaker, scorers: Callable[[], list[Scorer]]) -> Callable[[], Awaitable[bool]] | None:
+    """Readiness's say on the store: none when failures degrade (the server still answers); with ``reject`` the
+    server is not ready while the store is down, and each probe past the breaker's cooldown tries the store (on a
+    thread), so the server comes back by itself without traffic."""
+    if cfg.on_store_failure != "reject":
+        return None
+
+    async def ready() -> bool:
+        if breaker.up:
+            return True
+        found = scorers()
+        return await asyncio.to_thread(found[0].probe_store) if found else False
+
+    return ready
+
+
+def privacy_store(cfg: ServeConfig) -> PrivacyStore:
+    return open_store(cfg.data_dir, cfg.privacy_dsn, cfg.privacy_store)
+
+
+def prediction_log(cfg: ServeConfig, registry: Any, privacy: PrivacyStore) -> PredictionLog | None:
     """The monitoring log of every prediction: PostgreSQL in the cluster, Parquet segments under the data dir otherwise."""
     if not cfg.prediction_log_enabled:
         return None
@@ -145,24 +199,30 @@ def prediction_log(cfg: ServeConfig, registry: Any) -> PredictionLog | None:
         store: LogStore = PostgresStore(cfg.prediction_log_dsn)
     else:
         store = ParquetStore(cfg.prediction_log or cfg.data_dir / "predictions")
-    return PredictionLog(store, registry, flush_interval_s=cfg.prediction_log_flush_s)
+    return PredictionLog(store, registry, flush_interval_s=cfg.prediction_log_flush_s, suppressor=Suppression(privacy))
 
 
-def audit_sink(cfg: ServeConfig) -> AuditSink:
-    if cfg.audit_dsn:
-        return PostgresAuditSink(cfg.audit_dsn)
-    return FileAuditSink(cfg.audit_log or cfg.data_dir / "audit" / "predictions.jsonl", fsync=cfg.fsync)
+def audit_sink(cfg: ServeConfig, env: Mapping[str, str]) -> AuditSink:
+    settings = AuditSettings(
+        cfg.audit_log or cfg.data_dir / "audit" / "predictions.jsonl",
+        cfg.audit_dsn,
+        cfg.audit_signing_key,
+        cfg.audit_public_keys,
+        cfg.audit_anchor_dsn,
+    )
+    return open_sink(settings, env, fsync=cfg.fsync)
 
 
 @dataclass(frozen=True)
 class Shared:
-    """What every served model of one process shares: store readers, audit trail, metrics, breaker, prediction log."""
+    """What every served model of one process shares: store readers, audit trail, metrics, breaker, prediction log, pseudonyms."""
 
     readers: ReaderFactory
     audit: AuditSink
     metrics: ServingMetrics
     breaker: Breaker
     prediction_log: PredictionLog | None
+    pseudonyms: Pseudonyms | None = None
 
 
 def drift_monitor(reg: registry.RegistryConfig, version: str, features: list[str], window: int) -> LiveDriftMonitor | None:
@@ -197,6 +257,8 @@ def load_scorer(cfg: ServeConfig, ref: str, shared: Shared) -> Scorer:
         shared.breaker,
         shared.prediction_log,
         drift_monitor(reg, version, model.feature_names, cfg.drift_window),
+        shared.pseudonyms,
+        REQUEST_STORE_ERRORS,
     )
     shared.metrics.info.labels(reg.model_name, version, alias or "").set(1)
     shared.metrics.reference(reg.model_name, version, info["metrics"])
@@ -209,18 +271,6 @@ def load_scorer(cfg: ServeConfig, ref: str, shared: Shared) -> Scorer:
         len(model.feature_names),
     )
     return scorer
-
-
-async def error_handler(_: Any, exc: ChurnOpsError) -> Any:
-    """The server's one handler: every ChurnOpsError becomes its status and a JSON body naming the problem."""
-    from starlette.responses import Response  # noqa: PLC0415 - comes with KServe, imported by serve() only
-
-    from churnops.serving.security import error_response  # noqa: PLC0415
-
-    if exc.status < 500:
-        log.info("%s %s", exc.status, exc.detail)  # a client's mistake: one line, no traceback
-    status, body, headers = error_response(exc)
-    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers if k != b"content-length"})
 
 
 def model_server_options(options: Mapping[str, Any], server_type: type) -> dict[str, Any]:
@@ -254,7 +304,7 @@ def served_labels(models: list[Any], registered_model: str, name: str, route: st
     such an error, e.g. a refused token, concerns no version).
     """
     if route is not None and name == route:
-        from churnops.serving.router import ROUTED  # noqa: PLC0415 - imports KServe, like serve() itself
+        from churnops.serving.routed_endpoint import ROUTED  # noqa: PLC0415 - imports KServe, like serve() itself
 
         return ROUTED.get()
     for m in models:
@@ -264,11 +314,20 @@ def served_labels(models: list[Any], registered_model: str, name: str, route: st
     return None
 
 
+def served_version(models: list[Any], name: str) -> str | None:
+    """The version loaded under ``name`` (None for an unknown name, the routed endpoint, or a model not loaded)."""
+    for m in models:
+        if m.name == name and m.scorer is not None:
+            version: str = m.scorer.served.version
+            return version
+    return None
+
+
 def routed_endpoint(cfg: ServeConfig, shared: Shared, workers: ThreadPoolExecutor) -> Any:
     """The endpoint split by the routing table: one ChurnModel per version it names, loaded when first named."""
     from churnops.serving.predictor import ChurnModel  # noqa: PLC0415 - imports KServe: only when serving
-    from churnops.serving.router import Router  # noqa: PLC0415
-    from churnops.serving.routing import TableWatcher  # noqa: PLC0415
+    from churnops.serving.routed_endpoint import Router  # noqa: PLC0415
+    from churnops.serving.routing_table import TableWatcher  # noqa: PLC0415
 
     assert cfg.route is not None
     route = cfg.route
@@ -283,11 +342,14 @@ def routed_endpoint(cfg: ServeConfig, shared: Shared, workers: ThreadPoolExecuto
 def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
     """Start the ModelServer and block."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # more threads than cores make tail latency erratic
+    from fastapi.exceptions import RequestValidationError  # noqa: PLC0415
     from kserve import ModelServer  # noqa: PLC0415 - imports FastAPI, uvicorn, gRPC: only when serving
     from kserve.logging import logger as kserve_logger  # noqa: PLC0415
     from kserve.model_server import app  # noqa: PLC0415
-    from prometheus_client import REGISTRY  # noqa: PLC0415
+    from prometheus_client import REGISTRY, generate_latest  # noqa: PLC0415
 
+    from churnops.serving.errors import error_handler, validation_error_handler  # noqa: PLC0415
+    from churnops.serving.exposition import CachedExposition, MetricsEndpoint  # noqa: PLC0415
     from churnops.serving.modelserver import ChurnModelServer, ChurnRepository, ClientErrorLogs  # noqa: PLC0415
     from churnops.serving.openapi import spec  # noqa: PLC0415
     from churnops.serving.predictor import ChurnModel  # noqa: PLC0415
@@ -296,8 +358,14 @@ def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
     options = model_server_options(cfg.kserve_options, ModelServer)
     metrics = ServingMetrics(REGISTRY)
     readers = feature_readers(cfg, env)
-    audit = audit_sink(cfg)
-    shared = Shared(readers, audit, metrics, Breaker(cfg.breaker_cooldown_s), prediction_log(cfg, REGISTRY))
+    audit = audit_sink(cfg, env)
+    privacy = privacy_store(cfg)
+    plog = prediction_log(cfg, REGISTRY, privacy)
+    breaker = Breaker(cfg.breaker_cooldown_s, on_change=store_state(metrics, store_name(cfg), cfg.on_store_failure))
+    if cfg.auth is not None and isinstance(cfg.auth.keys, KeyDirectory):
+        directory = cfg.auth.keys
+        metrics.key_files_rejected.set_function(lambda: len(directory.rejected))
+    shared = Shared(readers, audit, metrics, breaker, plog, Pseudonyms(privacy))
     # large requests score here, off the event loop; one thread per core (the boosters release the GIL)
     workers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="score")
     if cfg.model_name and len(cfg.models) != 1:
@@ -327,12 +395,16 @@ def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
         document = spec(loaded[0].schema, names, loaded[0].served.version)
         app.openapi = lambda: document
     app.add_exception_handler(ChurnOpsError, error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    # added first, so it runs inside the guard (which limits scrapes per address)
+    app.add_middleware(MetricsEndpoint, exposition=CachedExposition(partial(generate_latest, REGISTRY), cfg.metrics_max_age_s))
     app.add_middleware(
         GuardMiddleware,
         auth=cfg.auth,
         limits=cfg.limits,
         limiter=RateLimiter(cfg.limits.rate_per_s, cfg.limits.burst),
         on_error=count_errors(metrics, partial(served_labels, models, cfg.registry().model_name, route=cfg.route)),
+        served_version=partial(served_version, models),
     )
     kserve_logger.addFilter(ClientErrorLogs())
 
@@ -347,7 +419,8 @@ def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
     # drift gauges are computed when Prometheus scrapes, for whichever versions are loaded then
     REGISTRY.register(DriftCollector(drift_monitors))
     settings = {"enable_grpc": False, "enable_docs_url": False, **options}
-    server = ChurnModelServer(cfg.host, ChurnRepository(), **settings, http_port=cfg.http_port, workers=1)
+    server = ChurnModelServer(cfg.host, ChurnRepository(), cfg.http_limits, **settings, http_port=cfg.http_port, workers=1)
+    server.dataplane.store_ready = store_readiness(cfg, breaker, scorers)
     for m in [*models, *([router] if router is not None else [])]:
         server.register_model(m)  # unready ones too: they answer 503 and fail readiness instead of vanishing
     served = [f"{m.name} ({'ready' if m.ready else 'NOT READY'})" for m in models]
@@ -370,3 +443,4 @@ def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
         if shared.prediction_log is not None:
             shared.prediction_log.close()  # drains what is buffered: nothing is lost on a clean stop
         audit.close()
+        privacy.close()

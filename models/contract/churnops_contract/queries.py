@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from churnops_contract import metrics as m
+from churnops_contract import metric_names as m
 
 SERVER_ERRORS = f'{m.LABEL_CODE}=~"5.."'
 INF = "+Inf"

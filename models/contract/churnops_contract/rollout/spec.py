@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from churnops_contract import metrics as m
+from churnops_contract import metric_names as m
 from churnops_contract import registry as r
 
 GROUP = "churnops.io"

@@ -21,6 +21,8 @@ FEATURE_VALUES = "churnops_feature_values"  # counter {model, version}
 MISSING_FEATURE_VALUES = "churnops_missing_feature_values"  # counter {model, version}
 UNSEEN_CATEGORIES = "churnops_unseen_categories"  # counter {model, version, feature}
 MODEL_INFO = "churnops_model_info"  # gauge {model, version, alias}: 1 while loaded and ready
+ONLINE_STORE_UP = "churnops_online_store_up"  # gauge {store}: 0 while the online store's reads fail (sqlite, redis)
+KEY_FILES_REJECTED = "churnops_auth_key_files_rejected"  # gauge: files of the JWT key directory skipped as unusable
 
 # --- drift (live in the predictor, and from the window job) ------------------------------------
 DRIFT_SCORE = "churnops_drift_score"  # gauge {model, version, feature, method}
@@ -57,6 +59,7 @@ LABEL_VERSION = "version"
 LABEL_STAGE = "stage"
 LABEL_CODE = "code"
 LABEL_REASON = "reason"
+LABEL_STORE = "store"
 LABEL_FEATURE = "feature"
 LABEL_METHOD = "method"
 LABEL_SEGMENT = "segment"
@@ -74,7 +77,8 @@ SOURCE_REFERENCE = "reference"  # churnops_performance{source="reference"}: the 
 ALL_SEGMENTS = "all"  # the segment label's value for figures over every segment
 SCORE_FEATURE = "__score__"  # the feature label's value for prediction (score) drift
 
-PREDICTION_LOG_DROP_REASONS = ("queue_full", "closed", "invalid", "rejected", "unwritten_at_close")  # reason values of the drop counter
+# reason values of the drop counter (erased: rows of customers erased on request, dropped on purpose)
+PREDICTION_LOG_DROP_REASONS = ("queue_full", "closed", "invalid", "rejected", "unwritten_at_close", "erased")
 PREDICTOR_JOB = "churnops-predictor"  # Prometheus job of predictor targets (ChurnOpsPredictorDown selects job=~"churnops-predictor.*")
 
 STAGES = ("features", "predict", "explain", "audit", "total")

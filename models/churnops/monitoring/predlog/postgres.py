@@ -43,7 +43,7 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from churnops.errors import InvalidInputError
-from churnops.monitoring.predlog import FIXED_SCHEMA, TIME, FeatureLayout, SegmentKey, arrange, empty_frame, to_frame, window_us
+from churnops.monitoring.predlog.records import FIXED_SCHEMA, TIME, FeatureLayout, SegmentKey, arrange, empty_frame, to_frame, window_us
 
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 _PG_TYPES = {"float64": "double precision", "string": "text"}

@@ -48,7 +48,7 @@ from churnops.monitoring.fairness import FairnessResult
 from churnops.monitoring.live import result_families
 from churnops.monitoring.performance import PerformanceReport
 from churnops.monitoring.profile import CategoricalProfile, FeatureProfile, NumericProfile, ReferenceProfile
-from churnops_contract import metrics as m
+from churnops_contract import metric_names as m
 
 REPORT_FORMAT = "churnops.drift_report"
 REPORT_VERSION = 1

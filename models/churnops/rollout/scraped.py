@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from churnops_contract import metrics as m
+from churnops_contract import metric_names as m
 from churnops_contract.queries import latency_le
 from churnops_contract.rollout.observe import Answer, failed, value
 

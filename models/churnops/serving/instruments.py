@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from churnops_contract import metrics as c
+from churnops_contract import metric_names as c
 
-# holdout metrics logged at training -> their names in churnops_contract.metrics.PERFORMANCE_METRICS
+# holdout metrics logged at training -> their names in churnops_contract.metric_names.PERFORMANCE_METRICS
 REFERENCE_METRICS = {"roc_auc": "auc", "pr_auc": "pr_auc", "precision": "precision", "recall": "recall", "brier": "brier"}
 
 
@@ -46,6 +46,12 @@ class ServingMetrics:
             c.DRIFT_SKIPPED, "Predictions the live drift monitor could not count (see the log)", mv, registry=registry
         )
         self.info = Gauge(c.MODEL_INFO, "Served model versions (1 = loaded and ready)", [*mv, "alias"], registry=registry)
+        self.store_up = Gauge(
+            c.ONLINE_STORE_UP, "Whether the online store answers reads (0 while they fail)", [c.LABEL_STORE], registry=registry
+        )
+        self.key_files_rejected = Gauge(
+            c.KEY_FILES_REJECTED, "Files of the JWT key directory skipped as unusable (see the log)", registry=registry
+        )
 
     def reference(self, model: str, version: str, run_metrics: Mapping[str, float]) -> None:
         """The version's holdout figures: what measured and estimated performance are compared with."""

@@ -2,7 +2,7 @@
 
 The embedded mode's stand-in for KServe's canary traffic split: a
 ``kserve.Model`` that owns a ``ChurnModel`` per version named in the routing
-table (``churnops.serving.routing``) and hands each request to one of them.
+table (``churnops.serving.routing_table``) and hands each request to one of them.
 Every version keeps its own metrics labels (model, version), so the rollout
 runner reads the stable and the canary apart exactly as the operator does in
 a cluster; every answer names the version that scored it.
@@ -34,9 +34,9 @@ from typing import Any
 from kserve import InferRequest, InferResponse, Model
 
 from churnops.errors import UnavailableError
-from churnops.serving.metrics import ServingMetrics
+from churnops.serving.instruments import ServingMetrics
 from churnops.serving.predictor import ChurnModel
-from churnops.serving.routing import TableWatcher, choose
+from churnops.serving.routing_table import TableWatcher, choose
 from churnops.serving.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,10 @@ class Router(Model):  # type: ignore[misc]  # kserve ships no type information
             raise UnavailableError(f"route {self.name}: stable version {table.stable} is not ready ({why})", retry_after=5)
         ROUTED.set((self.registered_model, version))
         return ready[version]
+
+    def validate(self, payload: Any) -> Any:
+        """No shape checks here: the version's parser answers 422 naming the field (KServe's check answers 400)."""
+        return payload
 
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> dict[str, Any] | InferResponse:
         result: dict[str, Any] | InferResponse = await self.route(payload).predict(payload, headers)

@@ -39,7 +39,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from churnops.errors import InvalidInputError, UnavailableError
-from churnops.monitoring.predlog import FIXED_COLUMNS, TIME, US_PER_DAY, SegmentKey, arrange, concat, empty_frame, to_frame, window_us
+from churnops.monitoring.predlog.records import (
+    FIXED_COLUMNS,
+    TIME,
+    US_PER_DAY,
+    SegmentKey,
+    arrange,
+    concat,
+    empty_frame,
+    to_frame,
+    window_us,
+)
 
 SEGMENT_SUFFIX = ".parquet"
 REPLACES_KEY = b"churnops.replaces"  # file metadata of a compacted segment: the segments it replaces
