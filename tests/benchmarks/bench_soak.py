@@ -11,10 +11,13 @@ mode, a small model built here, loopback only):
   - ``--clients`` honest clients (default 4) sending explained V1 requests at
     ``--rate`` requests/s in total;
   - a prober on ``/v2/health/ready`` every 50 ms, on a thread of its own.
-Printed: probe p50/p99/max, honest count/errors/p99, the server's open file
-descriptors and RSS at start, middle and end, how many idle and slow sockets
-the server closed, and a verdict against probe p99 <= 100 ms and 0 honest
-errors. The soft ``ulimit -n`` is raised for this process and the server.
+Before the soak, the same server gets the same honest load and prober alone
+for ``--baseline-seconds`` (default 20): the baseline of the same run.
+Printed for both phases: probe p50/p99/max, honest count/errors/p99, the
+server's open file descriptors and RSS at start, middle and end, how many idle
+and slow sockets the server closed; then the soak's probe p99 against the
+baseline's, and a verdict against probe p99 <= 100 ms and 0 honest errors.
+The soft ``ulimit -n`` is raised for this process and the server.
 """
 
 from __future__ import annotations
@@ -223,16 +226,19 @@ async def sampler(pid: int, tally: Tally, started: float, seconds: float) -> Non
         tally.samples.append((name, fds, rss))
 
 
-async def soak(args: argparse.Namespace, port: int, pid: int, token: str, customers: list[int]) -> Tally:
+async def soak(args: argparse.Namespace, port: int, pid: int, token: str, customers: list[int], baseline: bool = False) -> Tally:
+    """One phase: the honest load and the prober, plus (unless ``baseline``) the idle and slowloris sockets."""
     tally = Tally()
+    seconds = args.baseline_seconds if baseline else args.seconds
+    n_idle, n_slow = (0, 0) if baseline else (args.idle, args.slowloris)
     started = time.monotonic()
-    until = started + args.seconds
-    spread = min(5.0, args.seconds / 4)  # connections open over the first seconds, as a pool warms up
+    until = started + seconds
+    spread = min(5.0, seconds / 4)  # connections open over the first seconds, as a pool warms up
     probing = asyncio.create_task(asyncio.to_thread(prober, port, tally, until))
-    tasks = [sampler(pid, tally, started, args.seconds)]
+    tasks = [sampler(pid, tally, started, seconds)]
     tasks += [honest(port, token, customers, args.clients / args.rate, tally, until, i * 97) for i in range(args.clients)]
-    tasks += [idle(port, args.idle_every, args.idle_silent, tally, until, spread * i / args.idle) for i in range(args.idle)]
-    tasks += [slowloris_loop(port, tally, until, spread * i / max(1, args.slowloris)) for i in range(args.slowloris)]
+    tasks += [idle(port, args.idle_every, args.idle_silent, tally, until, spread * i / n_idle) for i in range(n_idle)]
+    tasks += [slowloris_loop(port, tally, until, spread * i / max(1, n_slow)) for i in range(n_slow)]
     await asyncio.gather(*tasks)
     await probing
     return tally
@@ -242,7 +248,17 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000 if len(values) > 1 else float("nan")
 
 
-def report(args: argparse.Namespace, tally: Tally) -> bool:
+def report_baseline(tally: Tally) -> float:
+    """The honest load and the prober alone, on the same server, just before the soak; returns the probe p99 (ms)."""
+    p99 = percentile(tally.probes, 99)
+    print(f"baseline    honest load and prober only: probes p50 {percentile(tally.probes, 50):.1f} ms, p99 {p99:.1f} ms", end="")
+    print(f"; honest {len(tally.honest)}, {tally.honest_errors} errors, p99 {percentile(tally.honest, 99):.1f} ms")
+    for name, fds, rss in tally.samples:
+        print(f"server      {name:<6} {fds:>5} open fds, RSS {rss:.0f} MB")
+    return p99
+
+
+def report(args: argparse.Namespace, tally: Tally, baseline_p99: float) -> bool:
     probes, honest_ms = tally.probes, tally.honest
     p99 = percentile(probes, 99)
     print(
@@ -256,6 +272,7 @@ def report(args: argparse.Namespace, tally: Tally) -> bool:
     print(f"slowloris   {args.slowloris} sockets trickling headers: {tally.slow_closed} closed by the server (each reconnects)")
     for name, fds, rss in tally.samples:
         print(f"server      {name:<6} {fds:>5} open fds, RSS {rss:.0f} MB")
+    print(f"vs baseline probe p99 {p99:.1f} ms under the soak against {baseline_p99:.1f} ms without it (x{p99 / baseline_p99:.2f})")
     ok = p99 <= PROBE_P99_MS and tally.honest_errors == 0 and tally.probe_failures == 0
     print(f"verdict     {'PASS' if ok else 'FAIL'}: probe p99 {p99:.1f} ms (<= {PROBE_P99_MS:g}), honest errors {tally.honest_errors} (0)")
     return ok
@@ -271,6 +288,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="honest clients")
     parser.add_argument("--rate", type=float, default=20.0, help="honest explained requests/s in total")
     parser.add_argument("--header-timeout", type=float, default=10.0, help="the server's --header-timeout")
+    parser.add_argument("--baseline-seconds", type=float, default=20.0, help="the same honest load and prober alone, first")
     args = parser.parse_args()
     limit = raise_fd_limit(args.idle + args.slowloris + 1_000)
     print(f"ChurnOps soak: {os.cpu_count()} cores, {args.seconds:g} s, fd soft limit {limit}\n", flush=True)
@@ -292,6 +310,10 @@ def main() -> None:
         try:
             wait_for_http(f"http://127.0.0.1:{port}/v2/health/ready", proc, 180)
             token = issue_token(AuthConfig(key=SECRET), "soak", ["predictor"], 3600)
+            print(f"baseline: {args.baseline_seconds:g} s of honest load and probes alone", flush=True)
+            base = asyncio.run(soak(args, port, proc.pid, token, customers, baseline=True))
+            baseline_p99 = report_baseline(base)
+            print(f"\nsoak: {args.seconds:g} s with idle and slowloris sockets", flush=True)
             tally = asyncio.run(soak(args, port, proc.pid, token, customers))
         finally:
             proc.terminate()
@@ -299,7 +321,7 @@ def main() -> None:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        ok = report(args, tally)
+        ok = report(args, tally, baseline_p99)
         if not ok:
             shutil.copy(log, Path(tempfile.gettempdir()) / "churnops-soak-server.log")
             print(f"server log kept at {Path(tempfile.gettempdir()) / 'churnops-soak-server.log'}")
