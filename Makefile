@@ -1,5 +1,8 @@
 # ChurnOps — run `make` or `make help` for the list of targets.
-SHELL := /bin/bash
+# Every recipe line runs in bash with -e (stop at the first failing command), -u (an unset variable is an
+# error) and -o pipefail (a failing command inside a pipe fails the line, e.g. a download piped onwards).
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
 
 PYTHON     ?= python3
@@ -123,27 +126,64 @@ bench-predlog: install ## Prediction log events/min through the queue (Parquet, 
 bench-audit: install ## Audit trail: Ed25519 signing cost per append (p50/p99) vs unsigned chaining; verification records/s
 	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_audit.py
 
+.PHONY: bench-backup
+bench-backup: install ## Backup/restore of a demo data dir: backup and restore time, snapshot size, time to ready, vs cp -a and tar
+	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_backup.py
+
 .PHONY: bench-soak
 bench-soak: install ## 60 s of 1,000 idle keep-alive + 50 slowloris sockets + honest load: probe p99, errors, fds/RSS flat
 	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_soak.py
 
 ##@ Kubernetes: chart checks run anywhere; images and clusters need Docker (and kind)
 
+# Images: `make images` tags each image twice, for the registry that `make push` publishes to and under
+# kind.local, which Knative never resolves to a digest (its default registries-skipping-tag-resolving),
+# so kind-loaded images also run as Knative Revisions. charts/churnops/ci/kind-values.yaml uses kind.local.
 REGISTRY             ?= ghcr.io/churnops
+KIND_REGISTRY        := kind.local/churnops
 VERSION              ?= 0.1.0
+IMAGES               := operator predictor churnops
+# The image every step of pipelines/compiled/*.yaml names (churnops_pipelines.training.IMAGE): `make images`
+# tags the components image so too, and `make deploy` loads it, so KFP's pods find it on the kind nodes.
+PIPELINE_IMAGE       := ghcr.io/churnops/churnops:0.1.0
+KIND_IMAGES          := $(foreach image,$(IMAGES),$(KIND_REGISTRY)/$(image):$(VERSION)) $(PIPELINE_IMAGE)
+# Images go to the worker nodes only (kind names them <cluster>-worker, -worker2): the control plane keeps its
+# NoSchedule taint in a multi-node kind cluster, so a copy there would only take disk.
+KIND_WORKERS          = $(KIND_CLUSTER)-worker,$(KIND_CLUSTER)-worker2
 NAMESPACE            ?= churnops-system
+SERVING_NAMESPACES   ?= churn
+KFP_NAMESPACE        := kubeflow
 KIND_CLUSTER         ?= churnops
 TOOLS_BIN            := tests/tools/bin
 HELM                 := $(TOOLS_BIN)/helm
 KUBECTL              := $(TOOLS_BIN)/kubectl
-KIND_VERSION         := v0.30.0
-GATEWAY_API_VERSION  := v1.3.0
-CERT_MANAGER_VERSION := v1.18.2
-KSERVE_VERSION       := v0.21.0
-KFP_VERSION          := 2.5.0
-KPS_VERSION          := 77.0.0
+ADDONS               := manifests/addons
+# GatewayClass "eg" for Envoy Gateway: LoadBalancer proxies by default, NodePorts 30080/30443 on kind.
+GATEWAY_CLASS        ?= $(ADDONS)/envoy-gateway.yaml
+# KServe's data plane: Standard (plain Deployments behind the Envoy Gateway) or Knative (Serverless:
+# Knative Serving with Kourier as well).
+KSERVE_MODE          ?= Standard
+# Pinned add-on versions (each a chart version or a release tag).
+KIND_VERSION          := v0.30.0
+GATEWAY_API_VERSION   := v1.5.1
+CERT_MANAGER_VERSION  := v1.18.2
+ENVOY_GATEWAY_VERSION := v1.8.3
+KSERVE_VERSION        := v0.20.0
+KNATIVE_VERSION       := v1.21.1
+KOURIER_VERSION       := v1.21.0
+# 2.15.0 is the first whose driver keeps `optional` on secretAsEnv/configMapAsEnv (the pipelines use it).
+KFP_VERSION           := 2.17.0
+KPS_VERSION           := 77.0.0
 KIND_SECRETS         := $(DATA_DIR)/kind
-SECRET_NAMESPACES    ?= $(NAMESPACE) churn kubeflow
+# Every key of churnops-credentials that ci/kind-values.yaml or ci/knative-values.yaml reads (random values,
+# kept in data/kind), besides the audit signing key: Redis' password and MLflow's basic-auth users on Knative.
+KIND_RANDOM_KEYS     := postgres-password jwt-secret redis-password mlflow-admin-password mlflow-flask-secret-key \
+                        mlflow-operator-password mlflow-predictor-password mlflow-pipeline-password
+# The chart's values for the data plane that kind-up installed.
+CHART_VALUES         ?= charts/churnops/ci/$(if $(filter Knative,$(KSERVE_MODE)),knative,kind)-values.yaml
+# Every namespace whose pods mount the credentials Secret: the operator and bundled stores, the predictors,
+# and the Kubeflow Pipelines steps (bootstrap.pipelines.stepNamespace).
+SECRET_NAMESPACES    ?= $(NAMESPACE) $(SERVING_NAMESPACES) $(KFP_NAMESPACE)
 
 $(HELM): tests/tools/package.json tests/tools/package-lock.json | $(VENV)/.installed
 	cd tests/tools && npm ci --no-audit --no-fund
@@ -166,73 +206,123 @@ gitops: chart-sync tools ## Render the chart for GitOps into manifests/kustomize
 
 .PHONY: chart-check
 chart-check: install tools ## Offline: copies in sync, helm lint/template, schemas, policies, promtool, hadolint, actionlint, compose
-	$(BIN)/pytest tests/chart -q
+	$(BIN)/pytest tests/chart tests/e2e -q
 
+# BuildKit attaches provenance and SBOM attestations by default; `kind load docker-image` cannot load
+# such an image from the containerd image store, so local builds carry none (release.yml pushes them).
 .PHONY: images
-images: ## Build the operator, predictor and pipeline-components images (needs Docker)
-	docker build -f operators/Dockerfile --target operator -t $(REGISTRY)/operator:$(VERSION) .
-	docker build -f models/Dockerfile --target predictor -t $(REGISTRY)/predictor:$(VERSION) .
-	docker build -f models/Dockerfile --target components -t $(REGISTRY)/churnops:$(VERSION) .
+images: ## Build the operator, predictor and pipeline-components images (needs Docker with buildx)
+	docker buildx build --load --provenance=false --sbom=false -f operators/Dockerfile --target operator \
+		-t $(REGISTRY)/operator:$(VERSION) -t $(KIND_REGISTRY)/operator:$(VERSION) .
+	docker buildx build --load --provenance=false --sbom=false -f models/Dockerfile --target predictor \
+		-t $(REGISTRY)/predictor:$(VERSION) -t $(KIND_REGISTRY)/predictor:$(VERSION) .
+	docker buildx build --load --provenance=false --sbom=false -f models/Dockerfile --target components \
+		-t $(REGISTRY)/churnops:$(VERSION) -t $(KIND_REGISTRY)/churnops:$(VERSION) \
+		$(if $(filter $(PIPELINE_IMAGE),$(REGISTRY)/churnops:$(VERSION)),,-t $(PIPELINE_IMAGE)) .
 
 .PHONY: push
 push: ## Push the images to $(REGISTRY) (after make images and a docker login)
-	docker push $(REGISTRY)/operator:$(VERSION)
-	docker push $(REGISTRY)/predictor:$(VERSION)
-	docker push $(REGISTRY)/churnops:$(VERSION)
+	for image in $(IMAGES); do docker push $(REGISTRY)/$$image:$(VERSION); done
 
+# Charts from OCI registries or chart repositories at a pinned --version, release manifests at a pinned tag.
+# Gateway API's CRDs come from its release; Envoy Gateway's own CRDs from its CRD chart, applied (not from
+# the controller chart's crds/, which `helm upgrade` never updates). KServe's CRDs come first: the
+# kserve-resources chart creates webhooks and runtimes for them.
 .PHONY: cluster-addons
-cluster-addons: tools ## Gateway API, cert-manager, KServe (Knative + Istio), Kubeflow Pipelines, kube-prometheus-stack on the current context
+cluster-addons: tools ## Gateway API, cert-manager, Envoy Gateway, KServe, Kubeflow Pipelines, kube-prometheus-stack (pinned)
 	$(KUBECTL) apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/releases/download/$(GATEWAY_API_VERSION)/standard-install.yaml
 	$(KUBECTL) apply --server-side -f https://github.com/cert-manager/cert-manager/releases/download/$(CERT_MANAGER_VERSION)/cert-manager.yaml
 	$(KUBECTL) -n cert-manager wait --for=condition=Available deployment --all --timeout=300s
-	curl -fsSL https://raw.githubusercontent.com/kserve/kserve/$(KSERVE_VERSION)/hack/quick_install.sh | bash
+	$(HELM) template eg-crds oci://docker.io/envoyproxy/gateway-crds-helm --version $(ENVOY_GATEWAY_VERSION) \
+		--set crds.envoyGateway.enabled=true | $(KUBECTL) apply --server-side -f -
+	$(HELM) upgrade --install eg oci://docker.io/envoyproxy/gateway-helm --version $(ENVOY_GATEWAY_VERSION) --skip-crds \
+		--namespace envoy-gateway-system --create-namespace --wait --timeout 10m
+	$(KUBECTL) apply --server-side -f $(GATEWAY_CLASS)
+	$(KUBECTL) wait --for=condition=Accepted gatewayclass/eg --timeout=120s
+	if [ "$(KSERVE_MODE)" = Knative ]; then $(MAKE) knative; fi
+	$(HELM) upgrade --install kserve-crd oci://ghcr.io/kserve/charts/kserve-crd --version $(KSERVE_VERSION) \
+		--namespace kserve --create-namespace --wait
+	$(HELM) upgrade --install kserve-resources oci://ghcr.io/kserve/charts/kserve-resources --version $(KSERVE_VERSION) \
+		--namespace kserve --wait --timeout 10m --set kserve.version=$(KSERVE_VERSION) \
+		-f $(ADDONS)/$(if $(filter Knative,$(KSERVE_MODE)),kserve-knative-values.yaml,kserve-values.yaml)
 	$(KUBECTL) apply -k "github.com/kubeflow/pipelines/manifests/kustomize/cluster-scoped-resources?ref=$(KFP_VERSION)"
 	$(KUBECTL) wait --for=condition=established --timeout=120s crd/applications.app.k8s.io
 	$(KUBECTL) apply -k "github.com/kubeflow/pipelines/manifests/kustomize/env/platform-agnostic?ref=$(KFP_VERSION)"
 	$(HELM) upgrade --install kube-prometheus-stack kube-prometheus-stack --repo https://prometheus-community.github.io/helm-charts \
-		--version $(KPS_VERSION) --namespace monitoring --create-namespace --wait \
-		--set grafana.service.type=NodePort --set grafana.service.nodePort=30300
+		--version $(KPS_VERSION) --namespace monitoring --create-namespace --wait --timeout 10m \
+		-f $(ADDONS)/kube-prometheus-stack-values.yaml
+
+# Serverless only (KSERVE_MODE=Knative): Knative Serving and its Kourier networking layer, release manifests.
+.PHONY: knative
+knative: tools
+	$(KUBECTL) apply -f https://github.com/knative/serving/releases/download/knative-$(KNATIVE_VERSION)/serving-crds.yaml
+	$(KUBECTL) apply -f https://github.com/knative/serving/releases/download/knative-$(KNATIVE_VERSION)/serving-core.yaml
+	$(KUBECTL) apply -f https://github.com/knative-extensions/net-kourier/releases/download/knative-$(KOURIER_VERSION)/kourier.yaml
+	$(KUBECTL) -n knative-serving patch configmap/config-network --type merge \
+		-p '{"data":{"ingress-class":"kourier.ingress.networking.knative.dev"}}'
+	$(KUBECTL) -n knative-serving wait --for=condition=Available deployment --all --timeout=300s
+
+.PHONY: addons-table
+addons-table: ## What kind-up installed: add-on, version, namespace
+	@printf '%-24s %-10s %s\n' ADD-ON VERSION NAMESPACE \
+		"Gateway API CRDs" $(GATEWAY_API_VERSION) "(cluster)" \
+		cert-manager $(CERT_MANAGER_VERSION) cert-manager \
+		"Envoy Gateway" $(ENVOY_GATEWAY_VERSION) envoy-gateway-system \
+		"KServe ($(KSERVE_MODE))" $(KSERVE_VERSION) kserve \
+		$(if $(filter Knative,$(KSERVE_MODE)),"Knative Serving" $(KNATIVE_VERSION) knative-serving Kourier $(KOURIER_VERSION) kourier-system) \
+		"Kubeflow Pipelines" $(KFP_VERSION) $(KFP_NAMESPACE) \
+		kube-prometheus-stack $(KPS_VERSION) monitoring
 
 .PHONY: kind-up
-kind-up: tools ## Local cluster from kind-config.yaml with every add-on (needs Docker and kind $(KIND_VERSION))
+kind-up: tools ## Local cluster from kind-config.yaml with every add-on; KSERVE_MODE=Knative adds Knative (needs Docker, kind)
 	@command -v kind >/dev/null || { echo "kind is not installed: see https://kind.sigs.k8s.io (needs Docker)"; exit 1; }
-	@kind version | grep -q "$(KIND_VERSION)" || echo "warning: kind-config.yaml is tested with kind $(KIND_VERSION)"
+	@case "$$(kind version)" in *" $(KIND_VERSION) "*) ;; *) echo "warning: kind-config.yaml is tested with kind $(KIND_VERSION)";; esac
 	kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
-	$(MAKE) cluster-addons
+	$(MAKE) cluster-addons GATEWAY_CLASS=$(ADDONS)/envoy-gateway-kind.yaml
 	$(KUBECTL) apply -f manifests/kustomize/kind/selfsigned-issuer.yaml
+	@echo "kind cluster $(KIND_CLUSTER) is up with:"
+	@$(MAKE) --no-print-directory addons-table
 
 .PHONY: kind-down
 kind-down: ## Delete the kind cluster
 	kind delete cluster --name $(KIND_CLUSTER)
 
-$(KIND_SECRETS)/postgres-password $(KIND_SECRETS)/jwt-secret: | $(VENV)/.installed
+$(addprefix $(KIND_SECRETS)/,$(KIND_RANDOM_KEYS)): | $(VENV)/.installed
 	@mkdir -p $(KIND_SECRETS) && umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(32), end='')" > $@
 
 $(KIND_SECRETS)/audit-signing.key: | $(VENV)/.installed
 	@mkdir -p $(KIND_SECRETS) && $(BIN)/churnops audit keygen --out $(KIND_SECRETS)/audit-keys && cp -p $(KIND_SECRETS)/audit-keys/*.key $@
 
 .PHONY: kind-secrets
-kind-secrets: $(KIND_SECRETS)/postgres-password $(KIND_SECRETS)/jwt-secret $(KIND_SECRETS)/audit-signing.key ## The credentials Secret in SECRET_NAMESPACES (kind: random, kept in data/kind)
+kind-secrets: $(addprefix $(KIND_SECRETS)/,$(KIND_RANDOM_KEYS)) $(KIND_SECRETS)/audit-signing.key ## The credentials Secret in SECRET_NAMESPACES (kind: random, kept in data/kind)
 	for ns in $(SECRET_NAMESPACES); do \
-	  $(KUBECTL) -n $$ns create secret generic churnops-credentials --from-file=postgres-password=$(KIND_SECRETS)/postgres-password \
-	    --from-file=jwt-secret=$(KIND_SECRETS)/jwt-secret --from-file=audit-signing-key=$(KIND_SECRETS)/audit-signing.key \
+	  $(KUBECTL) -n $$ns create secret generic churnops-credentials $(foreach key,$(KIND_RANDOM_KEYS),--from-file=$(key)=$(KIND_SECRETS)/$(key)) \
+	    --from-file=audit-signing-key=$(KIND_SECRETS)/audit-signing.key \
 	    --dry-run=client -o yaml | $(KUBECTL) apply -f - ; \
 	done
 
+# The CRDs come first, in their own release: Helm maps every object of a release before it creates any, so
+# the chart's ModelDeployments and ClusterKopfPeering need their kinds to exist already. The serving
+# namespaces are the chart's (created by the install), so their Secret follows it.
 .PHONY: deploy
-deploy: tools ## Load the images into kind, install the chart (ci/kind-values.yaml): stores, MLflow, features, first model, pipelines
-	kind load docker-image --name $(KIND_CLUSTER) $(REGISTRY)/operator:$(VERSION) $(REGISTRY)/predictor:$(VERSION) $(REGISTRY)/churnops:$(VERSION)
+deploy: tools ## Load the images into kind, install the CRD chart then the chart (CHART_VALUES), credentials in SECRET_NAMESPACES
+	kind load docker-image --name $(KIND_CLUSTER) --nodes $(KIND_WORKERS) $(KIND_IMAGES)
 	$(KUBECTL) apply -f manifests/kustomize/kind/namespace.yaml
-	$(MAKE) kind-secrets SECRET_NAMESPACES=$(NAMESPACE)
-	$(HELM) upgrade --install churnops charts/churnops --namespace $(NAMESPACE) -f charts/churnops/ci/kind-values.yaml --wait --timeout 30m
-	$(MAKE) kind-secrets SECRET_NAMESPACES=churn
+	$(MAKE) kind-secrets SECRET_NAMESPACES="$(filter-out $(SERVING_NAMESPACES),$(SECRET_NAMESPACES))"
+	$(HELM) upgrade --install churnops-crds charts/churnops-crds --namespace $(NAMESPACE) --wait --timeout 5m
+	$(HELM) upgrade --install churnops charts/churnops --namespace $(NAMESPACE) -f $(CHART_VALUES) --wait --timeout 30m
+	$(MAKE) kind-secrets SECRET_NAMESPACES="$(filter $(SERVING_NAMESPACES),$(SECRET_NAMESPACES))"
+
+# The sample for the installed data plane: Standard (HTTPRoute on the chart's Gateway) or Serverless (Knative).
+DEMO_SAMPLE ?= manifests/samples/churnops.io_v1alpha1_modeldeployment$(if $(filter Standard,$(KSERVE_MODE)),_standard).yaml
 
 .PHONY: demo-cluster
-demo-cluster: ## Apply the sample ModelDeployment and follow its rollout until Ready (after make deploy)
-	$(KUBECTL) apply -f manifests/samples/churnops.io_v1alpha1_modeldeployment.yaml
-	$(KUBECTL) -n churn get modeldeployments
-	$(KUBECTL) -n churn wait --for=condition=Ready modeldeployment/churn --timeout=20m
-	$(KUBECTL) -n churn get modeldeployments,inferenceservices
+demo-cluster: tools ## Apply the sample ModelDeployment (DEMO_SAMPLE) and wait until Ready (after make deploy)
+	$(KUBECTL) apply -f $(DEMO_SAMPLE)
+	$(KUBECTL) get -f $(DEMO_SAMPLE)
+	$(KUBECTL) wait --for=condition=Ready -f $(DEMO_SAMPLE) --timeout=20m
+	$(KUBECTL) get -f $(DEMO_SAMPLE) -o wide
+	$(KUBECTL) -n "$$($(KUBECTL) get -f $(DEMO_SAMPLE) -o jsonpath='{.metadata.namespace}')" get inferenceservices
 
 .PHONY: clean
 clean: ## Remove generated data and caches (keeps .venv)

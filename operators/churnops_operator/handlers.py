@@ -59,6 +59,10 @@ class Config:
     peering: str = "churnops-operator"
     standalone: bool = False
     priority: int = 0
+    peering_lifetime_s: int = 6  # see main.py --peering-lifetime
+    identity: str = "churnops-operator"  # this replica, in the User-Agent of its Kubernetes calls
+    mlflow_username: str | None = field(default=None, repr=False)
+    mlflow_password: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -73,6 +77,7 @@ class State:
     failures: dict[str, int] = field(default_factory=dict)  # passes failed in a row, per resource uid
     rng: random.Random = field(default_factory=random.Random)
     relogin: Any = None  # logs in again after a 401 (a rotated token); set by the login handler
+    building: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def build(self) -> rec.Systems:
         if self.systems is None:
@@ -80,13 +85,24 @@ class State:
                 raise kopf.TemporaryError("not logged in to Kubernetes yet", delay=1)
             cfg = self.config
             self.systems = rec.Systems(
-                kube=Kube(self.credentials, timeout_s=cfg.kube_timeout_s, relogin=self.relogin),
+                kube=Kube(
+                    self.credentials, timeout_s=cfg.kube_timeout_s, relogin=self.relogin, user_agent=f"churnops-operator ({cfg.identity})"
+                ),
                 prom=Prometheus(cfg.prometheus_url, cfg.request_timeout_s),
-                mlflow=MLflow(cfg.mlflow_url, cfg.request_timeout_s),
+                mlflow=MLflow(cfg.mlflow_url, cfg.request_timeout_s, username=cfg.mlflow_username, password=cfg.mlflow_password),
                 kfp=KFP(cfg.kfp_url, cfg.request_timeout_s * 2) if cfg.kfp_url else None,
                 metrics=self.metrics,
             )
         return self.systems
+
+    async def ready(self) -> rec.Systems:
+        """The clients, built in a worker thread: building them loads CA bundles (a second or more on a busy node),
+        and a blocked event loop would hold back kopf's peering keep-alive until a standby takes over."""
+        if self.systems is None:
+            async with self.building:
+                if self.systems is None:
+                    await asyncio.to_thread(self.build)
+        return self.build()
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self.locks.setdefault(uid, asyncio.Lock())
@@ -105,6 +121,7 @@ def register(registry: kopf.OperatorRegistry, state: State) -> None:
         settings.peering.standalone = cfg.standalone
         settings.peering.mandatory = not cfg.standalone  # replicas must agree on a leader: wait for the peering object
         settings.peering.priority = cfg.priority
+        settings.peering.lifetime = cfg.peering_lifetime_s
         settings.posting.loggers = False  # Events come from the status history (write), not from every log line
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
@@ -157,7 +174,7 @@ def register(registry: kopf.OperatorRegistry, state: State) -> None:
         The status is written with the resourceVersion that was read: a pass that raced
         another writer (or a replica during a leader hand-over) gets 409 and is retried.
         """
-        systems = state.build()
+        systems = await state.ready()
         started = time.perf_counter()
         uid = str(body.meta.uid)
         async with state.lock(uid):
@@ -168,6 +185,10 @@ def register(registry: kopf.OperatorRegistry, state: State) -> None:
                 res = rec.Resource.from_object(fresh)
                 index: kopf.Index[str, rec.Claim] = kwargs["claims"]
                 result = await rec.reconcile(systems, res, [c for found in index.values() for c in found])
+                stopped: kopf.DaemonStopped = kwargs["stopped"]
+                if stopped:  # paused for a peer of higher priority (or deleted) mid-pass: the leader decides, not this pass
+                    logger.info("pass abandoned: %s", stopped.reason)
+                    return
                 written = await write(systems, body, res, result, logger)
             except ExternalError as e:
                 state.metrics.reconciles.labels("retry").inc()
@@ -213,7 +234,7 @@ def register(registry: kopf.OperatorRegistry, state: State) -> None:
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="cleanup", registry=registry)
     async def delete(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
-        systems = state.build()
+        systems = await state.ready()
         name, namespace, uid = str(body.meta.name), str(body.meta.namespace), str(body.meta.uid)
         async with state.lock(uid):
             try:

@@ -42,6 +42,7 @@ KINDS = {
     "ModelDeployment": Kind("churnops.io/v1alpha1", "modeldeployments"),
     "InferenceService": Kind("serving.kserve.io/v1beta1", "inferenceservices"),
     "HTTPRoute": Kind("gateway.networking.k8s.io/v1", "httproutes"),
+    "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
     "Event": Kind("v1", "events"),
 }
 
@@ -96,17 +97,26 @@ def credentials_from_kopf(info: Any) -> Credentials:
 class _Authenticated:
     """The HTTP client of the current credentials; rebuilt after a new login."""
 
-    def __init__(self, creds: Credentials, timeout_s: float) -> None:
+    def __init__(self, creds: Credentials, timeout_s: float, user_agent: str) -> None:
         headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
+        headers["User-Agent"] = user_agent
         self.http = JsonClient("kubernetes", creds.server, timeout_s, headers=headers, verify=_verify(creds))
 
 
 class Kube:
+    """``user_agent`` names the replica in the API server's audit log (which replica wrote what during a hand-over)."""
+
     def __init__(
-        self, creds: Credentials, timeout_s: float = 10.0, attempts: int = 5, relogin: Callable[[], Credentials | None] | None = None
+        self,
+        creds: Credentials,
+        timeout_s: float = 10.0,
+        attempts: int = 5,
+        relogin: Callable[[], Credentials | None] | None = None,
+        user_agent: str = "churnops-operator",
     ) -> None:
         self.timeout_s = timeout_s
-        self.auth = _Authenticated(creds, timeout_s)
+        self.user_agent = user_agent
+        self.auth = _Authenticated(creds, timeout_s, user_agent)
         self.attempts = attempts
         self.relogin = relogin
         self.logins = 0  # logins after the first (token rotations seen)
@@ -123,7 +133,7 @@ class Kube:
             creds = self.relogin() if e.status == 401 and self.relogin is not None else None
             if creds is None:
                 raise
-        old, self.auth = self.auth, _Authenticated(creds, self.timeout_s)
+        old, self.auth = self.auth, _Authenticated(creds, self.timeout_s, self.user_agent)
         self.logins += 1
         await old.http.aclose()
         return await self.auth.http.request(method, path, **kwargs)

@@ -10,7 +10,8 @@ import argparse
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+import socket
+from collections.abc import Mapping, Sequence
 
 import kopf
 from prometheus_client import CollectorRegistry, start_http_server
@@ -32,17 +33,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--health-port", type=int, default=int(env("CHURNOPS_OPERATOR_HEALTH_PORT", "8081")), help="0 disables")
     p.add_argument("--peering", default=env("CHURNOPS_OPERATOR_PEERING", "churnops-operator"), help="leader-election peering name")
     p.add_argument("--priority", type=int, default=int(env("CHURNOPS_OPERATOR_PRIORITY", "0")), help="higher wins the peering")
+    p.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=int(env("CHURNOPS_OPERATOR_PEERING_LIFETIME", "6")),
+        help="seconds a replica counts as alive after its last keep-alive: a standby takes over at most this long after the"
+        " leader died (kopf renews every lifetime - 5..10 s, at least every 1 s)",
+    )
     p.add_argument("--standalone", action="store_true", help="no peering (a single replica, or tests)")
     p.add_argument("--log-format", choices=("json", "full", "plain"), default=env("CHURNOPS_OPERATOR_LOG_FORMAT", "json"))
     p.add_argument("--verbose", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.peering_lifetime < 2:
+        p.error("--peering-lifetime must be at least 2 seconds (kopf renews the keep-alive every second at best)")
+    return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    config = Config(
+def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config:
+    return Config(
         prometheus_url=args.prometheus_url,
         mlflow_url=args.mlflow_url,
         kfp_url=args.kfp_url,
@@ -51,7 +59,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         peering=args.peering,
         standalone=args.standalone,
         priority=args.priority,
+        peering_lifetime_s=args.peering_lifetime,
+        identity=environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}",  # POD_ID: kopf's own peer identity
+        # MLflow's own variable names (its basic-auth app); environment only, never flags (visible in `ps`)
+        mlflow_username=environ.get("MLFLOW_TRACKING_USERNAME") or None,
+        mlflow_password=environ.get("MLFLOW_TRACKING_PASSWORD") or None,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    config = build_config(args, os.environ)
     metrics_registry = CollectorRegistry()
     state = State(config, OperatorMetrics(metrics_registry))
     if args.metrics_port:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from churnops_operator.http import ExternalError, JsonClient
 
 API = "/api/2.0/mlflow"
@@ -15,9 +17,16 @@ REFERENCE_AUC_METRIC = "roc_auc"  # the holdout AUC training logs on the run (tr
 
 
 class MLflow:
-    def __init__(self, base_url: str, timeout_s: float = 5.0, token: str | None = None) -> None:
+    """``username`` and ``password`` (MLflow's ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``) send HTTP Basic auth,
+    as MLflow's basic-auth app expects; ``token`` a bearer token. The credentials never reach a log: httpx
+    builds the header per request and errors carry only the method, the path and the answer."""
+
+    def __init__(
+        self, base_url: str, timeout_s: float = 5.0, token: str | None = None, username: str | None = None, password: str | None = None
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = JsonClient("mlflow", base_url, timeout_s, headers=headers)
+        auth = httpx.BasicAuth(username, password) if username and password else None
+        self.http = JsonClient("mlflow", base_url, timeout_s, headers=headers, auth=auth)
 
     async def version_by_alias(self, model: str, alias: str) -> str | None:
         try:

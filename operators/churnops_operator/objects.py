@@ -18,6 +18,10 @@ the canary run in two InferenceServices that alternate between the slots
 ``<name>`` weights their predictor Services. Promotion flips the stable slot
 (the canary's InferenceService already runs the new version at 100 %), so no
 object is rebuilt at the moment of promotion.
+
+With ``minReplicas`` of two or more, each InferenceService gets a
+PodDisruptionBudget over its predictor pods: a node drain evicts them one at a
+time, so the others keep serving while a replacement becomes ready.
 """
 
 from __future__ import annotations
@@ -34,10 +38,18 @@ ISVC_API = "serving.kserve.io/v1beta1"
 ISVC_KIND = "InferenceService"
 ROUTE_API = "gateway.networking.k8s.io/v1"
 ROUTE_KIND = "HTTPRoute"
+PDB_API = "policy/v1"
+PDB_KIND = "PodDisruptionBudget"
+# The label KServe puts on every predictor pod in both modes (kserve pkg/constants/constants.go
+# InferenceServicePodLabelKey, set by components/predictor.go buildObjectMeta).
+ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"
+MIN_REPLICAS_FOR_PDB = 2  # one replica cannot be disrupted safely anyway: a budget would only block node drains
 LABEL_DEPLOYMENT = "churnops.io/deployment"
 LABEL_VERSION = "churnops.io/model-version"
 LABEL_ROLE = "churnops.io/role"
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+# Where the version's artifact is, for people reading the object; KServe never reads it (see inference_service).
+ARTIFACT_ANNOTATION = "churnops.io/artifact-uri"
 # KServe >= 0.16 names the modes Knative and Standard, and its defaulting webhook rewrites the older names
 # (kserve pkg/apis/serving/v1beta1/inference_service_defaults.go, DefaultInferenceService; pkg/constants/constants.go).
 KSERVE_MODE = {"Serverless": "Knative", "Standard": "Standard"}
@@ -97,9 +109,15 @@ def _meta(owner: Owner, name: str, labels: Mapping[str, str], annotations: Mappi
 
 
 def inference_service(
-    owner: Owner, name: str, spec: DeploymentSpec, version: str, storage_uri: str, role: str, mode: str, canary_percent: int | None
+    owner: Owner, name: str, spec: DeploymentSpec, version: str, artifact_uri: str, role: str, mode: str, canary_percent: int | None
 ) -> dict[str, Any]:
-    """One InferenceService serving ``version``; ``canary_percent`` None leaves no split."""
+    """One InferenceService serving ``version``; ``canary_percent`` None leaves no split.
+
+    No ``storageUri``: any storage URI makes KServe inject its ``storage-initializer`` init container, which
+    carries no securityContext (refused where Pod Security ``restricted`` is enforced) and cannot download
+    ``models:/`` or ``mlflow-artifacts:/`` URIs anyway. The predictor loads ``CHURNOPS_MODEL_VERSION`` from
+    MLflow itself and checks its digest; the artifact's URI is kept as an annotation for people.
+    """
     env = [
         {"name": "CHURNOPS_REGISTERED_MODEL", "value": spec.model.registered_model},
         {"name": "CHURNOPS_MODEL_VERSION", "value": version},
@@ -116,16 +134,39 @@ def inference_service(
         "model": {
             "modelFormat": {"name": "churnops"},
             "runtime": spec.serving.runtime,
-            "storageUri": storage_uri,
+            "storageUri": None,  # removed from objects an older operator created (merge patch), never set
             "env": env,
         },
     }
+    if mode == KSERVE_MODE["Standard"]:
+        # Replicas on distinct nodes where there are several, so a node loss leaves one serving. Knative refuses
+        # the field unless its kubernetes.podspec-topologyspreadconstraints flag is on (knative/serving
+        # pkg/apis/config/features.go); there the scheduler's default soft spreading applies.
+        selector = {"matchLabels": {ISVC_POD_LABEL: name, "component": "predictor"}}
+        spread = {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": selector}
+        predictor["topologySpreadConstraints"] = [spread]
+    annotations = {MODE_ANNOTATION: mode, ARTIFACT_ANNOTATION: artifact_uri}
     return {
         "apiVersion": ISVC_API,
         "kind": ISVC_KIND,
-        "metadata": _meta(owner, name, {LABEL_VERSION: version, LABEL_ROLE: role}, {MODE_ANNOTATION: mode}),
+        "metadata": _meta(owner, name, {LABEL_VERSION: version, LABEL_ROLE: role}, annotations),
         "spec": {"predictor": predictor},
     }
+
+
+def pdb_name(isvc: str) -> str:
+    return f"{isvc}-predictor"
+
+
+def disruption_budget(owner: Owner, isvc: str) -> dict[str, Any]:
+    """At most one predictor pod of ``isvc`` evicted at a time (every revision of it in Knative mode)."""
+    spec = {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": {ISVC_POD_LABEL: isvc, "component": "predictor"}},
+        # a pod that is not ready serves nothing: evicting it never blocks a drain (policy/v1, Kubernetes >= 1.27)
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
+    return {"apiVersion": PDB_API, "kind": PDB_KIND, "metadata": _meta(owner, pdb_name(isvc), {}, {}), "spec": spec}
 
 
 def http_route(owner: Owner, spec: DeploymentSpec, backends: list[tuple[str, int]]) -> dict[str, Any]:
@@ -180,23 +221,39 @@ def desired(
             obj = inference_service(owner, name, spec, route.retired, uris[route.retired], "rejected", mode, 0)
         else:
             obj = inference_service(owner, name, spec, route.stable, uris[route.stable], "stable", mode, None)
-        return Desired((obj,), (*((ISVC_KIND, s) for s in slots), (ROUTE_KIND, name)))
+        return _with_budgets(owner, spec, [obj], [], [*((ISVC_KIND, s) for s in slots), (ROUTE_KIND, name)])
     mode = KSERVE_MODE["Standard"]
     stable_name, canary_name = f"{name}-{route.stable_slot}", f"{name}-{route.canary_slot}"
-    objects = [inference_service(owner, stable_name, spec, route.stable, uris[route.stable], "stable", mode, None)]
+    isvcs = [inference_service(owner, stable_name, spec, route.stable, uris[route.stable], "stable", mode, None)]
     absent: list[tuple[str, str]] = [(ISVC_KIND, name)]
     if route.canary is not None:
-        objects.append(inference_service(owner, canary_name, spec, route.canary, uris[route.canary], "canary", mode, None))
+        isvcs.append(inference_service(owner, canary_name, spec, route.canary, uris[route.canary], "canary", mode, None))
         backends = [(stable_name, 100 - route.weight), (canary_name, route.weight)]
     else:
         absent.append((ISVC_KIND, canary_name))
         backends = [(stable_name, 100)]
-    objects.append(http_route(owner, spec, backends))
-    return Desired(tuple(objects), tuple(absent))
+    return _with_budgets(owner, spec, isvcs, [http_route(owner, spec, backends)], absent)
+
+
+def _with_budgets(
+    owner: Owner, spec: DeploymentSpec, isvcs: list[dict[str, Any]], others: list[dict[str, Any]], absent: list[tuple[str, str]]
+) -> Desired:
+    """The InferenceServices, each followed by its PodDisruptionBudget when it runs enough replicas, then ``others``."""
+    objects: list[dict[str, Any]] = []
+    gone = list(absent)
+    for isvc in isvcs:
+        objects.append(isvc)
+        budget = disruption_budget(owner, isvc["metadata"]["name"])
+        if spec.serving.min_replicas >= MIN_REPLICAS_FOR_PDB:
+            objects.append(budget)
+        else:
+            gone.append((PDB_KIND, budget["metadata"]["name"]))
+    gone += [(PDB_KIND, pdb_name(isvc)) for kind, isvc in absent if kind == ISVC_KIND]
+    return Desired((*objects, *others), tuple(gone))
 
 
 def versions_needed(spec: DeploymentSpec, route: Routing) -> tuple[str, ...]:
-    """Model versions whose storage URIs ``desired`` may need."""
+    """Model versions whose artifact URIs ``desired`` may need (each checked to be registered in MLflow first)."""
     found = [v for v in (route.stable, route.canary) if v is not None]
     if spec.serving.mode == "Serverless" and route.canary is None and route.retired is not None:
         found.append(route.retired)

@@ -13,8 +13,11 @@ embedded runner; this module only talks to the outside systems:
 No outside failure aborts the pass: each becomes a ``Health`` problem (the
 ``Degraded`` condition, an event when it starts) and the decision goes on with
 what is known, so a registry or KFP outage never freezes a rollback, and the
-progress deadline bounds every state. Storage URIs, once resolved, are kept
-in ``status.modelSources`` (versions are immutable).
+progress deadline bounds every state. Every version served is first looked
+up in MLflow (an unregistered one is a ``serving`` problem, not a predictor
+that crash-loops); its artifact URI, kept in ``status.modelSources`` (versions
+are immutable), is only recorded on the InferenceService: the predictor loads
+the version from MLflow itself.
 """
 
 from __future__ import annotations
@@ -136,8 +139,13 @@ def owned(obj: Mapping[str, Any], uid: str) -> bool:
 
 def managed_names(name: str, mode: str | None = None) -> tuple[tuple[str, str], ...]:
     """The (kind, name) pairs the operator may create for ``name`` in ``mode`` (both modes when None)."""
-    serverless = ((ISVC, name),)
-    standard = (*((ISVC, f"{name}-{slot}") for slot in ("blue", "green")), (objects.ROUTE_KIND, name))
+    budget = objects.PDB_KIND
+    serverless = ((ISVC, name), (budget, objects.pdb_name(name)))
+    standard = (
+        *((ISVC, f"{name}-{slot}") for slot in ("blue", "green")),
+        *((budget, objects.pdb_name(f"{name}-{slot}")) for slot in ("blue", "green")),
+        (objects.ROUTE_KIND, name),
+    )
     return serverless if mode == "Serverless" else standard if mode == "Standard" else (*serverless, *standard)
 
 
@@ -157,7 +165,7 @@ class Pass:
 
 
 async def source(sys: Systems, model: str, version: str, p: Pass) -> str | None:
-    """A version's storage URI: from the status, else from MLflow (kept in the status); None when it is not registered."""
+    """A version's artifact URI: from the status, else from MLflow (kept in the status); None when it is not registered."""
     if version not in p.sources:
         found = await sys.mlflow.model_version(model, version)
         if found is None:
@@ -167,7 +175,7 @@ async def source(sys: Systems, model: str, version: str, p: Pass) -> str | None:
 
 
 async def sources(sys: Systems, spec: DeploymentSpec, versions: Sequence[str], p: Pass) -> dict[str, str] | None:
-    """Storage URIs of ``versions``; None (with the problem noted) when one cannot be had."""
+    """Artifact URIs of ``versions``; None (with the problem noted) when one is not registered or MLflow does not answer."""
     model = spec.model.registered_model
     for version in versions:
         try:

@@ -24,10 +24,21 @@ SETTINGS = (
     "MLFLOW_TRACKING_URI",
 )
 SECRET_KEYS = {"postgres-password": "CHURNOPS_PG_PASSWORD"}
+# Present only in some installs, so referenced as optional: TLS to PostgreSQL with a CA bundle (EKS and RDS), and
+# MLflow behind its basic-auth app (the chart's mlflow.bundled.auth), where steps sign in as the pipeline user.
+OPTIONAL_SETTINGS = ("PGSSLMODE", "PGSSLROOTCERT", "MLFLOW_TRACKING_USERNAME")
+OPTIONAL_SECRET_KEYS = {"mlflow-pipeline-password": "MLFLOW_TRACKING_PASSWORD"}
+POSTGRES_CA = "churnops-postgresql-ca"  # ConfigMap with the server's CA bundle (PGSSLROOTCERT points into it)
+POSTGRES_CA_DIR = "/etc/churnops/postgresql-ca"
 
 
 def with_store_access(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """``task`` with the stores' settings and credentials in its environment."""
     kubernetes.use_config_map_as_env(task, config_map_name=STORE_SETTINGS, config_map_key_to_env={k: k for k in SETTINGS})
     kubernetes.use_secret_as_env(task, secret_name=CREDENTIALS, secret_key_to_env=SECRET_KEYS)
+    kubernetes.use_config_map_as_env(
+        task, config_map_name=STORE_SETTINGS, config_map_key_to_env={k: k for k in OPTIONAL_SETTINGS}, optional=True
+    )
+    kubernetes.use_secret_as_env(task, secret_name=CREDENTIALS, secret_key_to_env=OPTIONAL_SECRET_KEYS, optional=True)
+    kubernetes.use_config_map_as_volume(task, config_map_name=POSTGRES_CA, mount_path=POSTGRES_CA_DIR, optional=True)
     return task

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chart.render import CHART, SCENARIOS, documents, helm, objects, rendered, template
+from tests.chart.render import CHART, CRD_CHART, SCENARIOS, documents, helm, objects, rendered, template
 
 
 def test_scenarios_exist() -> None:
@@ -16,6 +16,17 @@ def test_lint_strict_with_defaults() -> None:
     assert code == 0, out + err
 
 
+@pytest.mark.parametrize("values", [[], ["--set", "kopfPeering.install=false", "--set", "keep=false"]])
+def test_crd_chart_lints_strict(values: list[str]) -> None:
+    code, out, err = helm("lint", "--strict", CRD_CHART, *values)
+    assert code == 0, out + err
+
+
+def test_crd_chart_refuses_unknown_values() -> None:
+    code, _, err = helm("template", "x", CRD_CHART, "--set", "install=false")
+    assert code != 0 and "install" in err
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_lint_strict(scenario: str) -> None:
     code, out, err = helm("lint", "--strict", CHART, "-f", CHART / "ci" / f"{scenario}-values.yaml")
@@ -25,7 +36,8 @@ def test_lint_strict(scenario: str) -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_template_renders(scenario: str) -> None:
     kinds = {o["kind"] for o in rendered(scenario)}
-    assert {"CustomResourceDefinition", "StatefulSet", "ClusterRole", "ServiceAccount"} <= kinds, kinds
+    assert {"StatefulSet", "ClusterRole", "ServiceAccount"} <= kinds, kinds
+    assert "CustomResourceDefinition" not in kinds, "the CRDs are charts/churnops-crds' (installed first)"
 
 
 def test_defaults_need_the_endpoints() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from charts.sync import GITOPS_SCENARIOS, gitops_differences
 
-from tests.chart.render import documents, rendered
+from tests.chart.render import crd_chart, documents, rendered
 from tests.support.k8s_tools import ROOT, binary, run, validate_with_npm_schemas
 
 
@@ -30,3 +30,14 @@ def test_kind_issuer_is_a_valid_cert_manager_object() -> None:
     assert validate_with_npm_schemas(issuer) == ["ok"]
     kind_values = (ROOT / "charts" / "churnops" / "ci" / "kind-values.yaml").read_text()
     assert f"name: {issuer[0]['metadata']['name']}" in kind_values
+
+
+@pytest.mark.parametrize("scenario", GITOPS_SCENARIOS)
+def test_gitops_render_carries_the_crds_before_their_objects(scenario: str) -> None:
+    """GitOps applies one directory: the CRD chart's objects come with it, ahead of the chart's (Argo CD and Flux
+    also order CustomResourceDefinitions first)."""
+    docs = documents((ROOT / "manifests" / "kustomize" / scenario / "churnops.yaml").read_text())
+    crds = [i for i, d in enumerate(docs) if d["kind"] == "CustomResourceDefinition"]
+    assert [docs[i] for i in crds] == list(crd_chart())
+    users = [i for i, d in enumerate(docs) if d["kind"] in {"ModelDeployment", "ClusterKopfPeering"}]
+    assert users and max(crds) < min(users)

@@ -138,6 +138,6 @@ def test_a_valid_model_deployment_renders_and_matches_the_crd(tmp_path: Path) ->
             }
         )
     )
-    code, out, err = template("-f", CHART / "ci" / "kind-values.yaml", "-f", values, crds=False)
+    code, out, err = template("-f", CHART / "ci" / "kind-values.yaml", "-f", values)
     assert code == 0, err
     assert "kind: ModelDeployment" in out

@@ -372,7 +372,11 @@ def test_erasure_removes_a_customers_records_and_the_audit_trail_still_verifies(
     assert again["erased"]["prediction_log"] == 0 and again["suppressed"] == "already listed"
 
 
-def test_erasure_also_clears_the_customers_labels(monitored: Monitored, traffic: Traffic, tmp_path: Path) -> None:
+def test_erasure_also_clears_the_customers_labels(
+    monitored: Monitored, traffic: Traffic, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = tmp_path / "outside" / "erasure-journal.jsonl"  # where a restore finds the erasures to apply again
+    monkeypatch.setenv("CHURNOPS_ERASURE_JOURNAL", str(journal))
     labelled_log(monitored, traffic, tmp_path)
     labels_dir = tmp_path / "labels"
     labels_dir.mkdir()
@@ -380,4 +384,5 @@ def test_erasure_also_clears_the_customers_labels(monitored: Monitored, traffic:
     assert main(["--data-dir", str(tmp_path), "monitor", "erase", "--customer", "3", "--settle-s", "0"]) == 0
     assert 3 not in set(ParquetStore(tmp_path / "predictions").read_window(*EVER)["customer_id"])
     assert sorted(pd.read_csv(labels_dir / "april.csv")["customer_id"]) == [1, 2, 4]
+    assert len(journal.read_text().splitlines()) == 1 and '"3"' not in journal.read_text()  # a token, never the id
     assert main(["--data-dir", str(tmp_path), "monitor", "erase", "--customer", "-5"]) == 2

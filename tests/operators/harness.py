@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +55,33 @@ def _default(schema: dict[str, Any], value: Any) -> Any:
     return out
 
 
+@dataclass(frozen=True)
+class Peering:
+    """A replica under leader election, as the chart runs it: cluster-wide, its pod index as priority, POD_ID as identity."""
+
+    name: str
+    priority: int
+    identity: str
+    lifetime_s: int
+
+
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, prom: str, mlflow: str, kfp: str | None, log: Path, tick: float = 0.2) -> None:
+    def __init__(
+        self, kubeconfig: Path, prom: str, mlflow: str, kfp: str | None, log: Path, tick: float = 0.2, peering: Peering | None = None
+    ) -> None:
         self.log_path = log
         self.health_port = free_port()
-        self.args = [sys.executable, "-m", "churnops_operator", "--standalone", "--tick", str(tick), "--timeout", "2"]
+        self.args = [sys.executable, "-m", "churnops_operator", "--tick", str(tick), "--timeout", "2"]
         self.args += ["--prometheus-url", prom, "--mlflow-url", mlflow, "--metrics-port", "0", "--health-port", str(self.health_port)]
-        self.args += ["--log-format", "full", "--namespace", NS, *(["--verbose"] if os.environ.get("CHURNOPS_TEST_VERBOSE") else [])]
+        self.args += ["--log-format", "full", *(["--verbose"] if os.environ.get("CHURNOPS_TEST_VERBOSE") else [])]
+        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+        if peering is None:
+            self.args += ["--standalone", "--namespace", NS]
+        else:
+            self.args += ["--peering", peering.name, "--priority", str(peering.priority), "--peering-lifetime", str(peering.lifetime_s)]
+            self.env["POD_ID"] = peering.identity
         if kfp:
             self.args += ["--kfp-url", kfp]
-        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -15,7 +15,9 @@ subclass adds:
 - fault injection: ``inject(method, plural, status, times)`` answers the next
   matching requests with that status (409 conflicts, 500s);
 - token expiry: ``rotate(token)`` makes the operator's old token answer 401, as
-  a projected service-account token does once the kubelet has rotated it.
+  a projected service-account token does once the kubelet has rotated it;
+- an audit log of the operator's writes (``writes``: when, User-Agent, method, path), which
+  tells replicas apart during a leader hand-over.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import copy
 import datetime
 import itertools
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +48,9 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "churnops.io/v1alpha1/modeldeployments": {"kind": "ModelDeployment", "namespaced": True, "subresources": {"status"}},
     "serving.kserve.io/v1beta1/inferenceservices": {"kind": "InferenceService", "namespaced": True, "subresources": {"status"}},
     "gateway.networking.k8s.io/v1/httproutes": {"kind": "HTTPRoute", "namespaced": True, "subresources": {"status"}},
+    "policy/v1/poddisruptionbudgets": {"kind": "PodDisruptionBudget", "namespaced": True, "subresources": {"status"}},
+    # kopf's peering objects (kopf's peering.yaml): the replicas' keep-alives are written into .status
+    "kopf.dev/v1/clusterkopfpeerings": {"kind": "ClusterKopfPeering", "namespaced": False, "subresources": set()},
     "v1/events": {"kind": "Event", "namespaced": True, "subresources": set()},
     "events.k8s.io/v1/events": {"kind": "Event", "namespaced": True, "subresources": set()},
     "v1/namespaces": {"kind": "Namespace", "namespaced": False, "subresources": set()},
@@ -92,6 +98,16 @@ def verb_of(request: rendering.Request) -> str | None:
 
 
 @dataclass
+class Write:
+    at: float  # time.monotonic() when the API server received it
+    agent: str
+    method: str
+    path: str
+    precondition: str | None  # the metadata.resourceVersion the write was conditional on
+    status: int = 0  # the answer: 200/201, or the error's code
+
+
+@dataclass
 class Fault:
     method: str
     plural: str
@@ -107,6 +123,7 @@ class RealisticKubernetes(KubernetesEmulator):
     injected: list[str] = attrs.field(factory=list)
     operator_token: str = OPERATOR_TOKEN
     unauthorized: list[str] = attrs.field(factory=list)  # calls made with an expired token
+    writes: list[Write] = attrs.field(factory=list)
     _versions: Iterator[int] = attrs.field(factory=lambda: itertools.count(1000))
 
     def __attrs_post_init__(self) -> None:
@@ -198,14 +215,26 @@ class RealisticKubernetes(KubernetesEmulator):
         # kmock matches a request to a reaction by scanning every request it has recorded (quadratic over a
         # long run); the operator tests assert on objects, not on request logs, so keep only the recent ones.
         del self._requests[:-REQUEST_HISTORY]
+        write = None
+        if request.method != kmock.method.GET and request.headers.get("Authorization", "").startswith("Bearer operator-token"):
+            meta = request.data.get("metadata") if isinstance(request.data, dict) else None
+            precondition = meta.get("resourceVersion") if isinstance(meta, dict) else None
+            method = str(getattr(request.method, "value", request.method))
+            write = Write(time.monotonic(), request.headers.get("User-Agent", ""), method, request.url.path, precondition)
+            self.writes.append(write)
         try:
             self._check_rbac(request)
             self._inject_fault(request)
             async with self._lock:
                 request = self._realistic(request)
         except KubernetesError as e:
+            if write is not None:
+                write.status = e.status or 500
             return await self._render_error(e)
-        return await super()._handle(request)
+        answer = await super()._handle(request)
+        if write is not None:
+            write.status = int(getattr(answer, "status", 200))
+        return answer
 
 
 def _with_data(request: rendering.Request, data: dict[str, Any]) -> rendering.Request:

@@ -368,7 +368,8 @@ def test_serverless_canary_uses_kserve_traffic_split_only_on_an_existing_service
     assert fresh.objects[0]["spec"]["predictor"]["canaryTrafficPercent"] is None  # recreate the stable first
     existing = serving.desired(OWNER, s, core.routing(st.to_status()), URIS, {"churn": fresh.objects[0]})
     predictor = existing.objects[0]["spec"]["predictor"]
-    assert predictor["canaryTrafficPercent"] == 5 and predictor["model"]["storageUri"] == "s3://m/2"
+    assert predictor["canaryTrafficPercent"] == 5 and predictor["model"]["env"][1] == {"name": "CHURNOPS_MODEL_VERSION", "value": "2"}
+    assert existing.objects[0]["metadata"]["annotations"]["churnops.io/artifact-uri"] == "s3://m/2"
 
 
 def test_standard_mode_weights_sum_to_100_and_promotion_flips_the_slot() -> None:
@@ -378,7 +379,9 @@ def test_standard_mode_weights_sum_to_100_and_promotion_flips_the_slot() -> None
     route = want.objects[-1]
     assert serving.route_weights(route) == [95, 5] and [o["metadata"]["name"] for o in want.objects] == [
         "churn-blue",
+        "churn-blue-predictor",  # the PodDisruptionBudgets (two replicas by default)
         "churn-green",
+        "churn-green-predictor",
         "churn",
     ]
     promoted = replace(st, canary=None, stable="2", stable_slot="green", weight=0)

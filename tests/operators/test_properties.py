@@ -102,6 +102,6 @@ def test_rollout_invariants(steps: list[int], threshold: int, mode: str, seq: li
                 for obj in want.objects:
                     if obj["kind"] == serving.ROUTE_KIND:
                         assert sum(serving.route_weights(obj)) == 100
-                    else:
+                    elif obj["kind"] == serving.ISVC_KIND:
                         percent = obj["spec"]["predictor"]["canaryTrafficPercent"]
                         assert percent is None or 0 <= percent <= 100

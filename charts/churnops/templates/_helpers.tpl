@@ -48,6 +48,11 @@ app.kubernetes.io/part-of: churnops
 {{- if .digest }}{{ .repository }}@{{ .digest }}{{ else }}{{ .repository }}:{{ .tag }}{{ end }}
 {{- end }}
 
+{{/* An image's pull policy: its own pullPolicy, else imagePullPolicy. Call with (dict "ctx" $ "image" <images.x>). */}}
+{{- define "churnops.pullPolicy" -}}
+{{- .image.pullPolicy | default .ctx.Values.imagePullPolicy }}
+{{- end }}
+
 {{- define "churnops.imagePullSecrets" -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
@@ -102,10 +107,66 @@ seccompProfile:
 {{- end }}
 {{- end }}
 
+{{/*
+PostgreSQL's CA bundle (featureStore.postgresql.caBundle): its path in every client pod, empty when none is
+given. sslmode verify-ca / verify-full without one fails here: libpq would look for ~/.postgresql/root.crt,
+which no pod has, and refuse every connection.
+*/}}
+{{- define "churnops.postgresCaDir" -}}/etc/churnops/postgresql-ca{{- end }}
+{{- define "churnops.postgresCaPath" -}}
+{{- $pg := .Values.featureStore.postgresql -}}
+{{- $ca := $pg.caBundle -}}
+{{- if or $ca.configMap $ca.secret }}{{ include "churnops.postgresCaDir" . }}/{{ $ca.key }}
+{{- else if has $pg.sslmode (list "verify-ca" "verify-full") }}
+{{- fail (printf "featureStore.postgresql.sslmode %s needs featureStore.postgresql.caBundle (configMap or secret, and key) holding the server's CA bundle" $pg.sslmode) }}
+{{- end }}
+{{- end }}
+
+{{/* The CA bundle's volume and mount (nothing without a bundle); call with the root context. */}}
+{{- define "churnops.postgresCaVolume" -}}
+{{- $ca := .Values.featureStore.postgresql.caBundle -}}
+{{- if $ca.configMap }}
+- name: postgresql-ca
+  configMap:
+    name: {{ $ca.configMap }}
+    items: [{key: {{ $ca.key | quote }}, path: {{ $ca.key | quote }}}]
+{{- else if $ca.secret }}
+- name: postgresql-ca
+  secret:
+    secretName: {{ $ca.secret }}
+    items: [{key: {{ $ca.key | quote }}, path: {{ $ca.key | quote }}}]
+{{- end }}
+{{- end }}
+{{- define "churnops.postgresCaMount" -}}
+{{- if include "churnops.postgresCaPath" . }}
+- name: postgresql-ca
+  mountPath: {{ include "churnops.postgresCaDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
 {{/* libpq connection string without the password (libpq reads PGPASSWORD from the environment). */}}
 {{- define "churnops.postgresDsn" -}}
 {{- $pg := .Values.featureStore.postgresql -}}
-host={{ include "churnops.postgresHost" . }} port={{ $pg.port }} dbname={{ $pg.database }} user={{ $pg.user }} sslmode={{ $pg.sslmode }} connect_timeout=10
+host={{ include "churnops.postgresHost" . }} port={{ $pg.port }} dbname={{ $pg.database }} user={{ $pg.user }} sslmode={{ $pg.sslmode }}{{ with include "churnops.postgresCaPath" . }} sslrootcert={{ . }}{{ end }} connect_timeout=10
+{{- end }}
+
+{{/*
+MLflow credentials of one client (operator, predictor or pipeline) when the bundled MLflow authenticates:
+the MLflow client and the operator read MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
+Call with (dict "ctx" $ "who" "operator").
+*/}}
+{{- define "churnops.mlflowAuthEnv" -}}
+{{- $auth := .ctx.Values.mlflow.bundled.auth -}}
+{{- if and .ctx.Values.mlflow.bundled.enabled $auth.enabled (not .ctx.Values.endpoints.mlflow) }}
+- name: MLFLOW_TRACKING_USERNAME
+  value: {{ index $auth.users .who | quote }}
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .ctx.Values.credentials.existingSecret }}
+      key: {{ index $auth.passwordKeys .who }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -129,6 +190,12 @@ CHURNOPS_* variables, PGPASSWORD for libpq, MLflow's tracking URI. Passwords com
   value: {{ $pg.schema | quote }}
 - name: CHURNOPS_PG_SSLMODE
   value: {{ $pg.sslmode | quote }}
+- name: PGSSLMODE  # libpq's default for connections that name no sslmode (Feast's SQL registry)
+  value: {{ $pg.sslmode | quote }}
+{{- with include "churnops.postgresCaPath" . }}
+- name: PGSSLROOTCERT
+  value: {{ . | quote }}
+{{- end }}
 - name: CHURNOPS_PG_PASSWORD
   valueFrom:
     secretKeyRef:
@@ -157,6 +224,23 @@ CHURNOPS_* variables, PGPASSWORD for libpq, MLflow's tracking URI. Passwords com
 {{- $all := list .Release.Namespace }}
 {{- range .Values.serving.namespaces }}{{ if not (has . $all) }}{{ $all = append $all . }}{{ end }}{{ end }}
 {{- join "," $all }}
+{{- end }}
+
+{{- /* HTTPS egress outside the cluster (networkPolicy.httpsEgress): S3, STS, a JWKS endpoint. Nothing when no CIDR is given. */}}
+{{- define "churnops.httpsEgress" -}}
+{{- $h := .Values.networkPolicy.httpsEgress }}
+{{- if $h.cidrs }}
+- to:
+    {{- range $h.cidrs }}
+    - ipBlock:
+        cidr: {{ . }}
+        {{- with $h.except }}
+        except: {{ toJson . }}
+        {{- end }}
+    {{- end }}
+  ports:
+    - {protocol: TCP, port: 443}
+{{- end }}
 {{- end }}
 
 {{- /* Egress to the managed services outside the cluster (RDS, ElastiCache, an external MLflow, S3 endpoints). */}}

@@ -17,11 +17,11 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from churnops.cli import audit, data, demo, features, model, monitor, privacy, report, rollout, score, serve, train
+from churnops.cli import audit, backup, data, demo, features, model, monitor, privacy, report, rollout, score, serve, train
 from churnops.errors import ChurnOpsError
 from churnops.processes import single_process_metrics
 
-GROUPS = (demo, data, features, train, model, score, audit, monitor, privacy, rollout, report)
+GROUPS = (demo, data, features, train, model, score, audit, monitor, privacy, rollout, report, backup)
 
 
 def command_of(argv: Sequence[str]) -> str | None:

@@ -94,12 +94,17 @@ def targets(args: argparse.Namespace, env: Mapping[str, str]) -> Iterator[Erasur
 
 def run_erase(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from churnops.monitoring.erasure import RECEIPTS_FILE, SETTLE_S, ErasureSettings, erase_customer
+    from churnops.privacy.journal import default_journal
     from churnops.privacy.keys import customer_id_of
+    from churnops.serving.audit_keys import default_key_dir
     from churnops.serving.audit_setup import AuditSettings, open_sink
 
     customer = customer_id_of(args.customer)
     audit_dir = args.audit_dir or args.data_dir / "audit"
-    settings = ErasureSettings(args.data_dir, audit_dir, args.labels_dir, SETTLE_S if args.settle_s is None else args.settle_s)
+    settle_s = SETTLE_S if args.settle_s is None else args.settle_s
+    # The journal outlives the data directory: a restore of an older snapshot applies its erasures again.
+    journal = default_journal(env, default_key_dir(env))
+    settings = ErasureSettings(args.data_dir, audit_dir, args.labels_dir, settle_s, journal=journal)
     receipts = AuditSettings(audit_dir / RECEIPTS_FILE, signing_key=args.audit_signing_key, public_keys=args.audit_public_keys)
     sink = open_sink(receipts, env, fsync="always", lock_wait_s=30)  # opened first: a trail that cannot take the receipt stops the run
     try:

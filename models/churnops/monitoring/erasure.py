@@ -17,6 +17,13 @@ The order matters, and each step is idempotent, so the whole pass runs twice:
    same pass runs again, removing what such an in-flight write or a request
    scored in between left behind.
 
+The whole erasure, from the suppression through the receipt, holds the data
+directory's erasure lock (``churnops.privacy.journal``), which a backup holds
+for its capture: a snapshot is entirely before or after an erasure. Right
+after the suppression, the erasure token is appended to the erasure journal
+kept outside the data directory (``ErasureSettings.journal``), which a
+restore of an older snapshot re-applies.
+
 The receipt (``receipt``) is appended to its own hash chain. It names the
 erasure by a random receipt id only, never by the id nor the erasure token
 (the token and the store key together let anyone test guessed ids, so a
@@ -28,6 +35,7 @@ order and what the receipt says.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -38,6 +46,7 @@ from typing import Any, Protocol
 
 from churnops.errors import InvalidInputError
 from churnops.monitoring.predlog.records import LogStore
+from churnops.privacy import journal as erasure_journal
 from churnops.privacy.files import FileChange, mentions, scrub_tree
 from churnops.privacy.keys import customer_id_of, erasure_token
 from churnops.privacy.store import PrivacyStore
@@ -63,6 +72,7 @@ class ErasureSettings:
     labels_dir: Path | None = None  # labels kept outside the data directory
     settle_s: float = SETTLE_S  # 0: one pass (only when no server or batch job is running)
     skip: frozenset[str] = NOT_SCRUBBED
+    journal: Path | None = None  # the erasure journal outside the data directory (None: not kept)
 
 
 @dataclass(frozen=True)
@@ -157,14 +167,17 @@ def erase_customer(
     if settings.settle_s < 0:
         raise InvalidInputError(f"must not be negative, got {settings.settle_s}", field="--settle-s")
     token = erasure_token(targets.privacy.store_key(), cid)
-    newly = targets.privacy.suppress(token)
-    tally = Tally()
-    erase_pass(cid, settings, targets, tally)
-    passes = 1
-    if settings.settle_s > 0:
-        sleep(settings.settle_s)
+    with erasure_journal.erasure_lock(settings.data_dir) if settings.data_dir.is_dir() else contextlib.nullcontext():
+        newly = targets.privacy.suppress(token)
+        if settings.journal is not None:
+            erasure_journal.record(settings.journal, token, clock())
+        tally = Tally()
         erase_pass(cid, settings, targets, tally)
-        passes = 2
-    record = receipt(uuid.uuid4().hex, tally, passes, newly, legacy_audit_records(settings.audit_dir, cid), operator, clock(), cid)
-    receipts.append([record])
+        passes = 1
+        if settings.settle_s > 0:
+            sleep(settings.settle_s)
+            erase_pass(cid, settings, targets, tally)
+            passes = 2
+        record = receipt(uuid.uuid4().hex, tally, passes, newly, legacy_audit_records(settings.audit_dir, cid), operator, clock(), cid)
+        receipts.append([record])
     return record

@@ -62,7 +62,7 @@ class Gateway:
 class Serving:
     mode: ServingMode = "Serverless"
     runtime: str = "churnops"
-    min_replicas: int = 1
+    min_replicas: int = 2  # two replicas and a PodDisruptionBudget: a node loss or drain leaves one serving
     max_replicas: int = 4
     explain: bool = True
     gateway: Gateway | None = None  # Standard mode: the Gateway the HTTPRoute attaches to
@@ -186,7 +186,7 @@ def _serving(raw: Mapping[str, Any]) -> Serving:
     mode = raw.get("mode", "Serverless")
     if mode not in ("Serverless", "Standard"):
         raise SpecError(f"{path}.mode: must be Serverless or Standard, got {mode!r}")
-    low = _integer(raw, "minReplicas", 1, path, 0)
+    low = _integer(raw, "minReplicas", 2, path, 0)
     high = _integer(raw, "maxReplicas", 4, path, 1)
     if low > high:
         raise SpecError(f"{path}: minReplicas {low} exceeds maxReplicas {high}")
