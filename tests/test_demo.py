@@ -176,7 +176,8 @@ def test_the_timeline_shows_promotion_drift_retraining_and_automatic_rollback(ru
     assert len(promoted) >= 2, "the challenger and the retrained model are promoted"
     assert done.events("DriftDetected"), "the shifted population raises a drift alert"
     (triggered,) = done.events("RetrainingTriggered")
-    assert "drift" in triggered["message"]
+    # the shift triggers it: through the live drift verdict or the estimated AUC it pulls down, whichever comes first
+    assert "drift" in triggered["message"] or "estimated AUC" in triggered["message"], triggered["message"]
     (finished,) = done.events("RetrainingFinished")
     (rolled_back,) = done.events("RolledBack")
     checks = [e for e in done.timeline() if e.get("kind") == "check"]
