@@ -42,8 +42,9 @@ def test_the_policy_passes_envoy_gateways_schema_and_the_schema_catches_a_typo()
     btp = policy("kind")
     broken = copy.deepcopy(btp)
     broken["spec"]["retry"]["retryOn"]["triggers"] = ["connect-failures"]
-    assert validate_with_npm_schemas([btp, broken])[0] == "ok"
-    assert validate_with_npm_schemas([btp, broken])[1] != "ok"
+    good, bad = validate_with_npm_schemas([btp, broken])
+    assert good == "ok"
+    assert bad != "ok"
 
 
 def test_no_policy_without_the_gateway_or_when_switched_off() -> None:
