@@ -8,7 +8,7 @@ SHELL := bash
 PYTHON     ?= python3
 DATA_DIR   ?= data
 UV_VERSION := 0.13.8
-TEST_WORKERS ?= 2  # pytest-xdist workers; each test folder runs whole on one of them
+TEST_WORKERS ?= 2  # pytest-xdist workers; tests sharing an expensive fixture run on one of them (tests/support/groups.py)
 TOOLS      := .tools
 UV         := $(TOOLS)/bin/uv
 VENV       := .venv
@@ -85,10 +85,16 @@ lint: install ## ruff (lint, format), mypy --strict, feature catalog up to date
 	$(BIN)/lint-imports
 	$(BIN)/churnops features catalog --check
 
-# Groups run in the order tests/conftest.py gives them (the longest first), not sorted by test count.
+# Work units run in the order tests/conftest.py gives them (longest first by tests/durations.json), not by test count.
 .PHONY: test
 test: lint tools ## The whole suite: lint + unit + integration (needs redis-server, prometheus, PostgreSQL on 127.0.0.1)
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+
+.PHONY: test-durations
+test-durations: lint tools ## Run the suite and record each module's time in tests/durations.json (the order of the parallel units)
+	@mkdir -p $(DATA_DIR)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -q --junitxml=$(DATA_DIR)/test-report.xml
+	$(BIN)/python -m tests.support.groups $(DATA_DIR)/test-report.xml
 
 .PHONY: format
 format: install ## Apply ruff fixes and formatting
@@ -131,7 +137,7 @@ bench-backup: install ## Backup/restore of a demo data dir: backup and restore t
 	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_backup.py
 
 .PHONY: bench-soak
-bench-soak: install ## 60 s of 1,000 idle keep-alive + 50 slowloris sockets + honest load: probe p99, errors, fds/RSS flat
+bench-soak: install ## 1 vs 2 workers req/s (wrk); 10,000 idle keep-alive + 50 slowloris sockets + honest load: p99 vs without, memory per connection
 	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_soak.py
 
 ##@ Kubernetes: chart checks run anywhere; images and clusters need Docker (and kind)
@@ -206,7 +212,7 @@ gitops: chart-sync tools ## Render the chart for GitOps into manifests/kustomize
 
 .PHONY: chart-check
 chart-check: install tools ## Offline: copies in sync, helm lint/template, schemas, policies, promtool, hadolint, actionlint, compose
-	$(BIN)/pytest tests/chart tests/e2e -q
+	$(BIN)/pytest tests/charts tests/e2e -q
 
 # BuildKit attaches provenance and SBOM attestations by default; `kind load docker-image` cannot load
 # such an image from the containerd image store, so local builds carry none (release.yml pushes them).

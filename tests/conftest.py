@@ -20,6 +20,7 @@ from churnops.features.catalog import DOMAINS
 from churnops.features.engine import build_features, compute_block_features
 from churnops.layout import Layout
 from churnops.processes import free_port, single_process_metrics, wait_for_http
+from tests.support import groups
 from tests.support.services import DEFAULT_ADMIN_DSN, private_redis, temporary_database
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,20 +81,21 @@ def audit_key_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["CHURNOPS_AUDIT_KEY_DIR"] = before
 
 
-LONGEST_GROUP = "test_demo.py"  # two runs of the fast demo, about 6 minutes
-
-
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With pytest-xdist (``make test`` runs ``--dist loadgroup``), each folder of tests runs on one worker:
-    its session fixtures (trained models, servers) are built once, and the folders run side by side.
-    The longest group is handed out first, so no worker is left running it alone at the end."""
-    tests = Path(__file__).parent
-    groups: dict[pytest.Item, str] = {}
-    for item in items:
-        groups[item] = item.path.relative_to(tests).parts[0] if item.path.is_relative_to(tests) else "other"
-        item.add_marker(pytest.mark.xdist_group(groups[item]))
-    items.sort(key=lambda item: groups[item] != LONGEST_GROUP)  # stable: the order within a group stays
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (``make test`` runs ``--dist loadgroup``): a module that shares an expensive fixture
+    carries its group's mark (tests/support/groups.py); every other module is a unit of its own. Units are
+    handed out longest first by their measured time, so the workers finish together."""
+    root = config.rootpath
+    modules = [groups.module_of(item, root) for item in items]
+    marked = [groups.group_of(item) for item in items]
+    for item, module, group in zip(items, modules, marked, strict=True):
+        if group is None:
+            item.add_marker(pytest.mark.xdist_group(module))
+    units = groups.units(modules, marked)
+    rank = groups.unit_order(units, modules, groups.load_durations())
+    order = {id(item): (rank[unit], i) for i, (item, unit) in enumerate(zip(items, units, strict=True))}
+    items.sort(key=lambda item: order[id(item)])  # a unit's tests stay together and in their order
 
 
 @pytest.fixture(scope="session")

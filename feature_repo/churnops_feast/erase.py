@@ -4,7 +4,8 @@ Feast has no API to delete an entity's online rows: materialization only
 writes. The online stores are therefore changed directly, with Feast's own
 key encoding (as ``online`` reads them): on SQLite one DELETE per feature
 view table (with ``secure_delete``, so the freed pages are overwritten, not
-left readable in the file); on Redis the entity's one hash. The cluster's
+left readable in the file); on Redis the entity's hash and the hash of
+reasons precomputed from it. The cluster's
 offline store (PostgreSQL feature tables) loses the customer's rows; the
 embedded offline store is Parquet under the data directory and is rewritten
 with the other data files (``churnops.privacy.files``).
@@ -23,7 +24,7 @@ from feast.infra.online_stores.helpers import _redis_key, compute_table_id
 from churnops.data.schema import ENTITY
 from churnops.features.catalog import DOMAINS
 from churnops_feast.definitions import table_name
-from churnops_feast.online import _entity_key
+from churnops_feast.online import _entity_key, derived_key
 
 
 def erase_online_sqlite(store: FeatureStore, customer_id: int) -> int:
@@ -47,12 +48,16 @@ def erase_online_sqlite(store: FeatureStore, customer_id: int) -> int:
 
 
 def erase_online_redis(store: FeatureStore, client: redis.Redis, customer_id: int) -> int:
-    """Delete the customer's hash (every feature view's fields) from the Redis online store; returns keys deleted."""
+    """Delete the customer's hash (every feature view's fields) and what was derived from it (precomputed reasons) from the
+    Redis online store; returns feature hashes deleted."""
     key = _redis_key(
         store.project, _entity_key(customer_id), entity_key_serialization_version=store.config.entity_key_serialization_version
     )
-    deleted: int = client.delete(key)  # type: ignore[assignment]  # a synchronous client
-    return deleted
+    pipe = client.pipeline(transaction=True)  # both at once: a reasons write guarded by the features' key cannot land between
+    pipe.delete(key)
+    pipe.delete(derived_key(key))  # reasons precomputed from the customer's features
+    deleted, _ = pipe.execute()
+    return int(deleted)
 
 
 def erase_offline_postgres(dsn: str, customer_id: int) -> int:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import redis
 from feast import FeatureStore
-from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.key_encoding_utils import deserialize_entity_key, serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3, _redis_key, compute_table_id
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
@@ -40,6 +40,7 @@ PROGRESS_STEPS = 1000  # SQLite VM steps between deadline checks (microseconds a
 # running a test suite (load 6), reading all 116 features takes 0.4-1.3 ms per id (decoding dominates); 3 ms keeps a
 # 1,000-id request (the most one request may hold, about 3 s) within its budget, while a one-id read keeps timeout_s.
 PER_ID_S = 0.003
+DERIVED_PREFIX = b"churnops:derived:"  # keys ChurnOps writes next to Feast's (Feast's own keys never start with it)
 
 
 class ReadOverBudget(sqlite3.OperationalError):
@@ -130,6 +131,30 @@ class RedisFeatureReader:
         if all(r is None for r in raw):
             return None
         return {name: _decode(r) for name, r in zip(self.layout.names, raw, strict=True)}
+
+    # For data kept next to the features (precomputed reasons): the same key, fields and decoding as ``read``.
+    key = _key
+    row = _row
+
+    @property
+    def fields(self) -> list[bytes]:
+        return self._fields
+
+    def customers(self, batch: int = 1000) -> list[int]:
+        """Every customer with features in the store (one SCAN over the project's keys)."""
+        suffix = self.layout.project.encode()
+        ids = []
+        for key in self.client.scan_iter(match=b"*" + suffix, count=batch):
+            if not key.startswith(DERIVED_PREFIX):
+                entity = deserialize_entity_key(key[: -len(suffix)], entity_key_serialization_version=self.layout.key_version)
+                ids.append(int(entity.entity_values[0].int64_val))
+        return ids
+
+
+def derived_key(feature_key: bytes) -> bytes:
+    """The hash of data derived from one customer's online features (precomputed reasons), next to Feast's own hash;
+    erasing the customer deletes both."""
+    return DERIVED_PREFIX + feature_key
 
 
 class SqliteFeatureReader:

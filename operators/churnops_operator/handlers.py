@@ -149,13 +149,20 @@ def register(registry: kopf.OperatorRegistry, state: State) -> None:
         return info
 
     @kopf.index(GROUP, VERSION, PLURAL, id="claims", registry=registry)
-    def claims(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, rec.Claim]:
-        """Which registered model each ModelDeployment deploys: the oldest claim owns the model."""
+    async def claims(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, rec.Claim]:
+        """Which registered model each ModelDeployment deploys: the oldest claim owns the model.
+
+        Async although it awaits nothing: kopf runs a sync handler in a worker thread, one hop per watch event."""
         model = (spec.get("model") or {}).get("registeredModel") or DEFAULT_MODEL_NAME
         meta = body.get("metadata") or {}
+        serving = (body.get("status") or {}).get("stableVersion") is not None
         return {
             str(meta.get("uid")): rec.Claim(
-                str(model), str(meta.get("creationTimestamp") or ""), str(meta.get("uid")), f"{meta.get('namespace')}/{meta.get('name')}"
+                str(model),
+                str(meta.get("creationTimestamp") or ""),
+                str(meta.get("uid")),
+                f"{meta.get('namespace')}/{meta.get('name')}",
+                serving,
             )
         }
 

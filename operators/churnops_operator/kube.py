@@ -61,7 +61,7 @@ class Credentials:
 def _verify(c: Credentials) -> ssl.SSLContext | bool:
     if c.insecure:
         return False
-    if c.ca_data or c.ca_path:
+    if c.ca_data or c.ca_path or c.cert_path:
         ctx = ssl.create_default_context(cafile=c.ca_path)
         if c.ca_data:
             ctx.load_verify_locations(cadata=c.ca_data.decode())
@@ -95,7 +95,7 @@ def credentials_from_kopf(info: Any) -> Credentials:
 
 
 class _Authenticated:
-    """The HTTP client of the current credentials; rebuilt after a new login."""
+    """The HTTP client of the current credentials; rebuilt after a new login (in a worker thread: it reads CA files)."""
 
     def __init__(self, creds: Credentials, timeout_s: float, user_agent: str) -> None:
         headers = {"Authorization": f"Bearer {creds.token}"} if creds.token else {}
@@ -120,22 +120,31 @@ class Kube:
         self.attempts = attempts
         self.relogin = relogin
         self.logins = 0  # logins after the first (token rotations seen)
+        self.relogging = asyncio.Lock()  # the passes that meet the same expired token log in once
 
     @property
     def http(self) -> JsonClient:
         return self.auth.http
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One API call; a 401 logs in again (a rotated token) and repeats it once."""
+        """One API call; a 401 logs in again (a rotated token) and repeats it once.
+
+        Logging in reads the token and CA files: it runs in a worker thread, never on the event loop.
+        """
+        used = self.auth
         try:
-            return await self.auth.http.request(method, path, **kwargs)
+            return await used.http.request(method, path, **kwargs)
         except ExternalError as e:
-            creds = self.relogin() if e.status == 401 and self.relogin is not None else None
-            if creds is None:
+            if e.status != 401 or self.relogin is None:
                 raise
-        old, self.auth = self.auth, _Authenticated(creds, self.timeout_s, self.user_agent)
-        self.logins += 1
-        await old.http.aclose()
+            async with self.relogging:
+                if self.auth is used:  # no other pass has logged in again since this call was sent
+                    creds = await asyncio.to_thread(self.relogin)
+                    if creds is None:
+                        raise
+                    self.auth = await asyncio.to_thread(_Authenticated, creds, self.timeout_s, self.user_agent)
+                    self.logins += 1
+                    await used.http.aclose()
         return await self.auth.http.request(method, path, **kwargs)
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -70,7 +69,6 @@ def build_config(args: argparse.Namespace, environ: Mapping[str, str]) -> Config
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat[args.log_format.upper()])
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     config = build_config(args, os.environ)
     metrics_registry = CollectorRegistry()
     state = State(config, OperatorMetrics(metrics_registry))

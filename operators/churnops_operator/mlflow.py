@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
+import aiohttp
 
 from churnops_operator.http import ExternalError, JsonClient
 
@@ -18,15 +18,16 @@ REFERENCE_AUC_METRIC = "roc_auc"  # the holdout AUC training logs on the run (tr
 
 class MLflow:
     """``username`` and ``password`` (MLflow's ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD``) send HTTP Basic auth,
-    as MLflow's basic-auth app expects; ``token`` a bearer token. The credentials never reach a log: httpx
-    builds the header per request and errors carry only the method, the path and the answer."""
+    as MLflow's basic-auth app expects (they win over ``token``, a bearer token). The credentials never reach a
+    log: errors carry only the method, the path and the answer."""
 
     def __init__(
         self, base_url: str, timeout_s: float = 5.0, token: str | None = None, username: str | None = None, password: str | None = None
     ) -> None:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        auth = httpx.BasicAuth(username, password) if username and password else None
-        self.http = JsonClient("mlflow", base_url, timeout_s, headers=headers, auth=auth)
+        basic = aiohttp.encode_basic_auth(username, password) if username and password else None
+        bearer = f"Bearer {token}" if token else None
+        authorization = basic or bearer
+        self.http = JsonClient("mlflow", base_url, timeout_s, headers={"Authorization": authorization} if authorization else {})
 
     async def version_by_alias(self, model: str, alias: str) -> str | None:
         try:

@@ -16,9 +16,14 @@ from churnops_operator.http import ExternalError, JsonClient
 
 
 class Prometheus:
-    def __init__(self, base_url: str, timeout_s: float = 5.0, concurrency: int = 8) -> None:
-        self.http = JsonClient("prometheus", base_url, timeout_s)
-        self.slots = asyncio.Semaphore(concurrency)  # many resources checking at once must not flood Prometheus
+    """``concurrency`` bounds the queries in flight for the whole process (many resources checking at once must not
+    flood Prometheus); ``per_call`` those of one ``answers`` call, so that one resource whose queries hang holds at
+    most that many slots until its timeout and the other resources' checks go on."""
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0, concurrency: int = 32, per_call: int = 8) -> None:
+        self.http = JsonClient("prometheus", base_url, timeout_s, connections=concurrency)
+        self.slots = asyncio.Semaphore(concurrency)
+        self.per_call = per_call
 
     async def answer(self, expr: str, at: float, keys: Sequence[str] = ("le",)) -> Answer:
         async with self.slots:
@@ -29,9 +34,16 @@ class Prometheus:
         return parse_answer(body, keys)
 
     async def answers(self, queries: Mapping[str, str], at: float) -> dict[str, Answer]:
-        """Every named query at once (a hanging Prometheus costs one timeout, not one per query)."""
+        """Every named query at once, ``per_call`` at a time (a hanging Prometheus costs one timeout per
+        ``per_call`` queries, not one per query)."""
+        mine = asyncio.Semaphore(self.per_call)
+
+        async def one(expr: str) -> Answer:
+            async with mine:
+                return await self.answer(expr, at)
+
         names = list(queries)
-        found = await asyncio.gather(*(self.answer(queries[n], at) for n in names))
+        found = await asyncio.gather(*(one(queries[n]) for n in names))
         return dict(zip(names, found, strict=True))
 
     async def aclose(self) -> None:

@@ -10,6 +10,11 @@ embedded runner; this module only talks to the outside systems:
    figures and the retraining signals in Prometheus;
 3. return the core's next status for the handler to write.
 
+The calls within each step that do not depend on one another (Kubernetes,
+MLflow and KFP in the first; the canary's and the retraining figures in the
+second) are sent together: a pass lasts as long as its slowest call, not as
+long as all of them one after the other.
+
 No outside failure aborts the pass: each becomes a ``Health`` problem (the
 ``Degraded`` condition, an event when it starts) and the decision goes on with
 what is known, so a registry or KFP outage never freezes a rollback, and the
@@ -22,6 +27,7 @@ the version from MLflow itself.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -102,11 +108,17 @@ class Claim:
     created: str
     uid: str
     name: str  # namespace/name
+    serving: bool = False  # the status has a stable version: this deployment already serves the model
 
 
 def owner_of(model: str, claims: Sequence[Claim]) -> Claim | None:
-    """The deployment that owns a registered model: the oldest claim (then the smallest uid), so every pass agrees."""
-    mine = sorted((c for c in claims if c.model == model), key=lambda c: (c.created, c.uid))
+    """The deployment that owns a registered model, the same answer on every pass.
+
+    One already serving wins, then the oldest claim, then the smallest uid. creationTimestamp has a
+    resolution of one second, so a newcomer created in the serving deployment's second must not take
+    the model over by the luck of its uid.
+    """
+    mine = sorted((c for c in claims if c.model == model), key=lambda c: (not c.serving, c.created, c.uid))
     return mine[0] if mine else None
 
 
@@ -156,6 +168,7 @@ class Pass:
     problems: dict[str, str] = field(default_factory=dict)
     notices: list[tuple[str, str, str]] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)  # version -> the quality gates it failed
     stable_ready: bool | None = None
     canary_ready: bool = False
     synced: int = 0
@@ -165,13 +178,23 @@ class Pass:
 
 
 async def source(sys: Systems, model: str, version: str, p: Pass) -> str | None:
-    """A version's artifact URI: from the status, else from MLflow (kept in the status); None when it is not registered."""
+    """A version's artifact URI: from the status, else from MLflow (kept in the status); None when it is not registered
+    or is a rejected candidate (noted in ``p.rejected``: registered for inspection, never served)."""
     if version not in p.sources:
         found = await sys.mlflow.model_version(model, version)
         if found is None:
             return None
+        gates = reg.rejected_gates({str(t.get("key")): str(t.get("value")) for t in found.get("tags") or []})
+        if gates is not None:
+            p.rejected[version] = gates
+            return None
         p.sources[version] = str(found.get("source") or f"models:/{model}/{version}")
     return p.sources[version]
+
+
+def unusable(model: str, version: str, p: Pass) -> str:
+    gates = p.rejected.get(version)
+    return reg.rejected_reason(model, version, gates) if gates is not None else f"version {version} of {model} is not registered"
 
 
 async def sources(sys: Systems, spec: DeploymentSpec, versions: Sequence[str], p: Pass) -> dict[str, str] | None:
@@ -184,7 +207,7 @@ async def sources(sys: Systems, spec: DeploymentSpec, versions: Sequence[str], p
             p.problem("registry", e)
             return None
         if found is None:
-            p.problems.setdefault("serving", f"version {version} of {model} is not registered in MLflow")
+            p.problems.setdefault("serving", unusable(model, version, p))
             return None
     return {v: p.sources[v] for v in versions}
 
@@ -194,13 +217,17 @@ async def converge_serving(sys: Systems, res: Resource, spec: DeploymentSpec, ro
     kube, ns = sys.kube, res.namespace
     observed: dict[tuple[str, str], dict[str, Any]] = {}
     switched = res.status.get("servingMode") != spec.serving.mode
-    for kind, name in managed_names(res.name, None if switched else spec.serving.mode):
-        obj = await kube.get(kind, ns, name)
+    names = managed_names(res.name, None if switched else spec.serving.mode)
+    # Independent reads, sent together: a pass waits for the slowest, not for their sum.
+    found, uris = await asyncio.gather(
+        asyncio.gather(*(kube.get(kind, ns, name) for kind, name in names)),
+        sources(sys, spec, objects.versions_needed(spec, route), p),
+    )
+    for (kind, name), obj in zip(names, found, strict=True):
         if obj is not None:
             if not owned(obj, res.uid):
                 raise ServingConflictError(f"{kind} {ns}/{name} exists and is not owned by this ModelDeployment")
             observed[kind, name] = obj
-    uris = await sources(sys, spec, objects.versions_needed(spec, route), p)
     if uris is None:
         return
     isvcs = {name: obj for (kind, name), obj in observed.items() if kind == ISVC}
@@ -267,7 +294,7 @@ async def track_run(sys: Systems, spec: DeploymentSpec, raw: Mapping[str, Any], 
     r = spec.monitoring.retraining
     try:
         if action[0] == "start":
-            run = await sys.kfp.ensure_run(action[1], r.pipeline, r.experiment, dict(r.parameters))
+            run = await sys.kfp.ensure_run(action[1], r.pipeline, r.experiment, core.run_parameters(spec, raw))
             sys.metrics.retraining_runs.inc()
         else:
             run = await sys.kfp.run(action[1])
@@ -311,7 +338,7 @@ async def resolve_target(sys: Systems, spec: DeploymentSpec, p: Pass) -> tuple[s
             if version is None:
                 return None, f"registered model {model} has no alias {spec.model.alias!r}"
         if await source(sys, model, version, p) is None:
-            return None, f"version {version} of {model} is not registered"
+            return None, unusable(model, version, p)
     except ExternalError as e:
         p.problem("registry", e)
         return None, None
@@ -344,6 +371,10 @@ async def observe_signals(sys: Systems, spec: DeploymentSpec, version: str, now:
     return observe.retraining_observation(answers, drift.threshold, await reference_auc(sys, model, version), now)
 
 
+async def nothing() -> None:
+    return None
+
+
 async def reconcile(sys: Systems, res: Resource, claims: Sequence[Claim] = ()) -> Result:
     now = sys.clock()
     raw = dict(res.status)
@@ -358,17 +389,25 @@ async def reconcile(sys: Systems, res: Resource, claims: Sequence[Claim] = ()) -
     saved = raw.get("modelSources")
     p = Pass(sources={str(k): str(v) for k, v in saved.items()} if isinstance(saved, Mapping) else {})
     route = core.routing(raw)
-    if route.stable is not None:
-        try:
-            await converge_serving(sys, res, spec, route, p)
-        except (ExternalError, ServingConflictError) as e:
-            p.problem("serving", e)
-    await converge_registry(sys, spec, raw, p)
-    run = await track_run(sys, spec, raw, p)
-    target, problem = await resolve_target(sys, spec, p)
+
+    async def serve() -> None:
+        if route.stable is not None:
+            try:
+                await converge_serving(sys, res, spec, route, p)
+            except (ExternalError, ServingConflictError) as e:
+                p.problem("serving", e)
+
+    async def registry_then_target() -> tuple[str | None, str | None]:
+        await converge_registry(sys, spec, raw, p)  # first: the target may follow an alias this moves
+        return await resolve_target(sys, spec, p)
+
+    # The serving objects (Kubernetes), the registry (MLflow) and the training run (KFP) are independent: one wait.
+    _, run, (target, problem) = await asyncio.gather(serve(), track_run(sys, spec, raw, p), registry_then_target())
     due = core.due(spec, raw, now, p.canary_ready)
-    observation = await observe_canary(sys, spec, due, now, p) if due.check else None
-    signals = await observe_signals(sys, spec, due.stable, now) if due.evaluation and due.stable else None
+    observation, signals = await asyncio.gather(
+        observe_canary(sys, spec, due, now, p) if due.check else nothing(),
+        observe_signals(sys, spec, due.stable, now) if due.evaluation and due.stable else nothing(),
+    )
     retry = res.annotations.get(RETRY_ANNOTATION) or None
     world = core.World(
         target=target,

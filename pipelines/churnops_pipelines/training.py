@@ -10,12 +10,13 @@ from kfp import compiler, dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from churnops.training.config import BusinessConfig, GateConfig, SearchBudget, TrainingConfig
+from churnops_contract.policy import TrainingWindow
 from churnops_pipelines.cluster import with_store_access
 
 IMAGE = "ghcr.io/churnops/churnops:0.1.0"
 PIPELINE_NAME = "churn-training"
 # Parameter defaults come from where each setting is defined.
-_TRAIN, _BUDGET, _GATES, _BUSINESS = TrainingConfig(), SearchBudget(), GateConfig(), BusinessConfig()
+_TRAIN, _BUDGET, _GATES, _BUSINESS, _WINDOW = TrainingConfig(), SearchBudget(), GateConfig(), BusinessConfig(), TrainingWindow()
 
 
 def _component(func):  # type: ignore[no-untyped-def]
@@ -61,19 +62,47 @@ def validate_training_data(dataset: Input[Dataset], report: Output[Metrics]) -> 
 
 
 @_component
-def split_data(dataset: Input[Dataset], holdout_fraction: float, train: Output[Dataset], holdout: Output[Dataset]) -> None:
-    """Time-based holdout with a label-horizon gap."""
+def split_data(
+    dataset: Input[Dataset],
+    holdout_fraction: float,
+    recency_half_life_days: float,
+    window_days: float,
+    calibration_days: float,
+    window_reason: str,
+    train: Output[Dataset],
+    holdout: Output[Dataset],
+    window: Output[Artifact],
+) -> None:
+    """Time-based holdout with a label-horizon gap; then the training window (0 days: that part of it is off)."""
+    import json
 
     from churnops.data.parquet import read_parquet
-    from churnops.training.dataset import churn_spec, time_holdout
+    from churnops.training.dataset import churn_spec, time_holdout, training_window
+    from churnops_contract.policy import TrainingWindow
 
-    split = time_holdout(read_parquet(dataset.path), churn_spec(), holdout_fraction)
-    split.train.to_parquet(train.path, index=False)
+    spec = churn_spec()
+    split = time_holdout(read_parquet(dataset.path), spec, holdout_fraction)
+    chosen = TrainingWindow(recency_half_life_days or None, window_days or None, calibration_days or None, window_reason)
+    windowed = training_window(split.train, spec, chosen)
+    windowed.train.to_parquet(train.path, index=False)
     split.holdout.to_parquet(holdout.path, index=False)
+    summary = windowed.describe(spec)
+    with open(window.path, "w") as f:  # per training row, in the order of ``train``
+        weights, calibration = windowed.weights, windowed.calibration
+        json.dump(
+            {
+                "summary": summary,
+                "weights": None if weights is None else weights.tolist(),
+                "calibration": None if calibration is None else calibration.tolist(),
+            },
+            f,
+        )
     train.metadata.update(
-        {"rows": len(split.train), "until": str(split.cutoff), "dropped_for_gap": split.dropped_for_gap, "source": dataset.uri}
+        {"rows": len(windowed.train), "until": str(split.cutoff), "dropped_for_gap": split.dropped_for_gap, "source": dataset.uri}
     )
     holdout.metadata.update({"rows": len(split.holdout), "from": str(split.cutoff), "source": dataset.uri})
+    window.metadata.update({k: v for k, v in summary.items() if v is not None})
+    print(f"training window: {json.dumps(summary)}")
 
 
 @_component
@@ -138,6 +167,7 @@ def build_ensemble(
     train: Input[Dataset],
     selection: Input[Artifact],
     candidates: Input[Artifact],
+    window: Input[Artifact],
     seed: int,
     top_k: int,
     contact_cost: float,
@@ -146,26 +176,32 @@ def build_ensemble(
     max_contact_share: float,
     model: Output[Model],
 ) -> str:
-    """Stacking vs blending vs best single model on OOF predictions, calibrated, refit on all rows."""
+    """Stacking vs blending vs best single model on OOF predictions, calibrated (on the window's latest rows), refit on all rows."""
     import json
 
     import joblib
+    import numpy as np
 
     from churnops.data.parquet import read_parquet
     from churnops.training.config import BusinessConfig
     from churnops.training.dataset import churn_spec, xy
-    from churnops.training.ensemble import choose, fit_final
-    from churnops.training.train import decision_threshold
+    from churnops.training.ensemble import fit_final
+    from churnops.training.train import decision_threshold, windowed_choice
 
     frame = read_parquet(train.path)
     with open(selection.path) as f:
         spec = churn_spec().with_features(json.load(f)["selected"])
+    with open(window.path) as f:
+        chosen = json.load(f)
+    weights = None if chosen["weights"] is None else np.asarray(chosen["weights"], dtype=float)
+    recent = None if chosen["calibration"] is None else np.asarray(chosen["calibration"], dtype=bool)
     found = joblib.load(candidates.path)
     x, y = xy(frame, spec)
-    choice = choose(found["result"].ranked(), y, found["folds"], top_k)
-    fitted = fit_final(choice, x, y, spec, seed, found["plan"].threads)
+    threads = found["plan"].threads
+    choice = windowed_choice(found["result"].ranked(), x, y, found["folds"], spec, seed, threads, top_k, weights, recent)
+    fitted = fit_final(choice, x, y, spec, seed, threads, weights)
     business = BusinessConfig(contact_cost, save_rate, months_saved, max_contact_share)
-    decision = decision_threshold(choice, frame, spec, business)
+    decision = decision_threshold(choice, frame, spec, business, recent)
     print(f"decision threshold: {decision.note}")
     joblib.dump({"model": fitted, "threshold": decision.threshold, "decision": decision, "oof_scores": choice.oof_scores}, model.path)
     model.metadata.update(
@@ -175,6 +211,7 @@ def build_ensemble(
             "threshold": decision.threshold,
             "threshold_rule": decision.rule,
             "train": train.uri,
+            "calibration_rows": choice.calibration_rows or len(frame),
         }
     )
     return choice.combiner.kind
@@ -232,9 +269,14 @@ def quality_gates(
     max_brier: float,
     max_fairness_gap: float,
     max_auc_regression: float,
+    max_calibration_drift: float,
+    max_calibration_slope_drift: float,
     gate_report: Output[Artifact],
 ) -> str:
-    """Fail the run, with the reasons, when any gate fails; the results go to ``gate_report`` for the model card."""
+    """Fail the run, with the reasons, when any gate fails; the results go to ``gate_report`` for the model card.
+
+    A calibration limit of 0 leaves that gate off (a band of 0 would refuse every model).
+    """
     import json
     from dataclasses import asdict
 
@@ -246,7 +288,14 @@ def quality_gates(
         doc = json.load(f)
     ev = Evaluation(**doc["evaluation"])
     comparison = Comparison(**doc["comparison"]) if doc["comparison"] else None
-    gate_cfg = GateConfig(min_auc=min_auc, max_brier=max_brier, max_fairness_gap=max_fairness_gap, max_auc_regression=max_auc_regression)
+    gate_cfg = GateConfig(
+        min_auc=min_auc,
+        max_brier=max_brier,
+        max_fairness_gap=max_fairness_gap,
+        max_auc_regression=max_auc_regression,
+        max_calibration_drift=max_calibration_drift or None,
+        max_calibration_slope_drift=max_calibration_slope_drift or None,
+    )
     results = check_gates(ev, gate_cfg, comparison)
     for r in results:
         print(("PASS " if r.passed else "FAIL ") + f"{r.name}: {r.reason}")
@@ -318,6 +367,7 @@ def write_model_card(
     gate_report: Input[Artifact],
     selection: Input[Artifact],
     dataset: Input[Dataset],
+    window: Input[Artifact],
     version: str,
     tracking_uri: str,
     artifact_location: str,
@@ -340,6 +390,8 @@ def write_model_card(
         chosen = json.load(f)
     with open(gate_report.path) as f:
         gates = [GateResult(**g) for g in json.load(f)]  # as applied, with the run's thresholds
+    with open(window.path) as f:
+        training_window = json.load(f)["summary"]
     ev = Evaluation(**doc["evaluation"])
     comparison = Comparison(**doc["comparison"]) if doc["comparison"] else None
     plots = plot_evaluation(ev, chosen["importance"], Path(tempfile.mkdtemp()))
@@ -355,7 +407,7 @@ def write_model_card(
         gates,
         comparison,
         lineage,
-        {"features_selected": len(chosen["selected"])},
+        {"features_selected": len(chosen["selected"]), "training_window": training_window, "holdout_calibration": ev.calibration_fit},
         plots,
     )
     text = render_markdown(inputs)
@@ -391,6 +443,14 @@ def churn_training(
     max_brier: float = _GATES.max_brier,
     max_fairness_gap: float = _GATES.max_fairness_gap,
     max_auc_regression: float = _GATES.max_auc_regression,
+    max_calibration_drift: float = _GATES.max_calibration_drift or 0.0,  # 0: not gated
+    max_calibration_slope_drift: float = _GATES.max_calibration_slope_drift or 0.0,  # 0: not gated
+    # The training window (churnops_contract.policy.TrainingWindow); 0 leaves a part off. A retraining run
+    # started by the policy after a calibration or drift breach sets them and says why in window_reason.
+    recency_half_life_days: float = _WINDOW.recency_half_life_days or 0.0,
+    window_days: float = _WINDOW.window_days or 0.0,
+    calibration_days: float = _WINDOW.calibration_days or 0.0,
+    window_reason: str = _WINDOW.reason,
     contact_cost: float = _BUSINESS.contact_cost,
     save_rate: float = _BUSINESS.save_rate,
     months_saved: float = _BUSINESS.months_saved,
@@ -398,7 +458,14 @@ def churn_training(
 ) -> None:
     data = with_store_access(load_training_data(data_dir=data_dir, store_mode=store_mode))
     checked = validate_training_data(dataset=data.outputs["dataset"])
-    split = split_data(dataset=data.outputs["dataset"], holdout_fraction=holdout_fraction).after(checked)
+    split = split_data(
+        dataset=data.outputs["dataset"],
+        holdout_fraction=holdout_fraction,
+        recency_half_life_days=recency_half_life_days,
+        window_days=window_days,
+        calibration_days=calibration_days,
+        window_reason=window_reason,
+    ).after(checked)
     chosen = select_features(train=split.outputs["train"], seed=seed, max_features=max_features)
     searched = automl_search(
         train=split.outputs["train"],
@@ -412,6 +479,7 @@ def churn_training(
         train=split.outputs["train"],
         selection=chosen.outputs["selection"],
         candidates=searched.outputs["candidates"],
+        window=split.outputs["window"],
         seed=seed,
         top_k=top_k,
         contact_cost=contact_cost,
@@ -437,6 +505,8 @@ def churn_training(
         max_brier=max_brier,
         max_fairness_gap=max_fairness_gap,
         max_auc_regression=max_auc_regression,
+        max_calibration_drift=max_calibration_drift,
+        max_calibration_slope_drift=max_calibration_slope_drift,
     )
     registered = register_model(
         model=built.outputs["model"],
@@ -454,6 +524,7 @@ def churn_training(
         gate_report=gated.outputs["gate_report"],
         selection=chosen.outputs["selection"],
         dataset=data.outputs["dataset"],
+        window=split.outputs["window"],
         version=registered.output,
         tracking_uri=tracking_uri,
         artifact_location=artifact_location,

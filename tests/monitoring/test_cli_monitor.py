@@ -38,7 +38,10 @@ from tests.monitoring.monitor_fixtures import (
     traffic_fixture,  # noqa: F401
     write_predictions,
 )
+from tests.support import groups
 from tests.support.waiting import poll
+
+pytestmark = groups.MONITORED
 
 T = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)
 AROUND_T = ["--since", "2026-05-01T11:00:00Z", "--until", "2026-05-01T13:00:00Z"]

@@ -136,7 +136,7 @@ def test_ks_pvalue_matches_scipys_distribution() -> None:
 
 # --- the two counting paths ---------------------------------------------------------------------------
 
-cells = st.one_of(st.none(), st.just(float("nan")), st.floats(-10, 200), st.integers(0, 20))
+cells = st.one_of(st.none(), st.just(float("nan")), st.floats(-10, 200), st.integers(0, 20), st.sampled_from([math.inf, -math.inf]))
 categories = st.one_of(st.none(), st.sampled_from(["basic", "pro", "team", "enterprise", "legacy"]))
 
 

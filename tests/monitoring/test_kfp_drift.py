@@ -19,6 +19,9 @@ from tests.monitoring.monitor_fixtures import (
     traffic_fixture,  # noqa: F401
     write_predictions,
 )
+from tests.support import groups
+
+pytestmark = groups.MONITORED
 
 GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "churn_drift_window.yaml"
 T = dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC)

@@ -38,8 +38,11 @@ from tests.monitoring.monitor_fixtures import (
     traffic_fixture,  # noqa: F401
     write_predictions,
 )
+from tests.support import groups
 from tests.support.browser import chromium
 from tests.support.waiting import poll
+
+pytestmark = groups.MONITORED
 
 CHAMPION_ROWS, CHALLENGER_ROWS, MORE_ROWS = 400, 300, 250
 

@@ -71,13 +71,36 @@ def obs(t: float = 0.0, **signals: object) -> Observation:
             id="calibration-exactly-at-limit",
         ),
         pytest.param(obs(calibration_ratio=0.875, labelled=500), (), True, id="calibration-within-limit"),
+        pytest.param(
+            obs(calibration_ratio=0.5, calibration_z=-4.2, labelled=500),
+            ("calibration: observed/expected churners 0.50 (z -4.2), off by 25% or more",),
+            True,
+            id="calibration-broken-past-chance",
+        ),
+        # 0.66 on 250 labels: 11 churners where 17 were expected, a count chance gives (the demo measured such a case)
+        pytest.param(obs(calibration_ratio=0.66, calibration_z=-1.6, labelled=250), (), True, id="calibration-gap-within-chance"),
+        pytest.param(obs(calibration_ratio=1.02, calibration_z=9.0, labelled=50_000), (), True, id="calibration-significant-but-small"),
+        pytest.param(
+            obs(calibration_ratio=0.6, calibration_z=NAN, labelled=500),
+            ("calibration: observed/expected churners 0.60, off by 25% or more",),
+            True,
+            id="calibration-without-z-size-decides",
+        ),
         pytest.param(obs(calibration_ratio=0.5, labelled=199), (), False, id="calibration-too-few-labels"),
         pytest.param(obs(calibration_ratio=NAN, labelled=500), (), False, id="calibration-nan"),
         pytest.param(
             obs(drift_detected=True, measured_auc=0.75, labelled=500, estimated_auc=0.7, reference_auc=REF),
-            ("drift", "measured AUC 0.750 < reference 0.875 - 0.0625", "estimated AUC 0.700 < reference 0.875 - 0.0625"),
+            ("drift", "measured AUC 0.750 < reference 0.875 - 0.0625"),
             True,
-            id="all-three",
+            id="the-measurement-supersedes-the-estimate",
+        ),
+        # a retrained model whose labels show a healthy AUC: the estimate (biased by a calibration gap) no longer counts
+        pytest.param(obs(measured_auc=0.89, labelled=500, estimated_auc=0.7, reference_auc=REF), (), True, id="estimate-set-aside"),
+        pytest.param(
+            obs(drift_detected=True, measured_auc=0.75, labelled=199, estimated_auc=0.7, reference_auc=REF),
+            ("drift", "estimated AUC 0.700 < reference 0.875 - 0.0625"),
+            True,
+            id="estimate-until-labels-back-the-measurement",
         ),
         pytest.param(obs(drift_detected=None, measured_auc=None, estimated_auc=None), (), False, id="nothing"),
     ],
@@ -97,6 +120,10 @@ def test_breaches(observation: Observation, breached: tuple[str, ...], observed:
         # the label floor is the policy's
         (RetrainingPolicy(min_labelled=10), obs(measured_auc=0.5, labelled=10, reference_auc=0.88), True),
         (RetrainingPolicy(min_labelled=1000), obs(measured_auc=0.5, labelled=999, reference_auc=0.88), False),
+        # so is the significance level of a calibration gap (two-sided: z 2.58 at 0.01, 1.64 at 0.1)
+        (RetrainingPolicy(), obs(calibration_ratio=0.7, calibration_z=-2.0, labelled=500), False),
+        (RetrainingPolicy(calibration_alpha=0.1), obs(calibration_ratio=0.7, calibration_z=-2.0, labelled=500), True),
+        (RetrainingPolicy(), obs(calibration_ratio=0.7, calibration_z=-2.6, labelled=500), True),
     ],
 )
 def test_limits_come_from_the_policy(policy: RetrainingPolicy, observation: Observation, breached: bool) -> None:
@@ -237,6 +264,8 @@ def test_a_missing_observation_returns_the_state_unchanged() -> None:
         (lambda: RetrainingPolicy(cooldown_s=NAN), "cooldown_s must be a number not below 0"),
         (lambda: RetrainingPolicy(max_auc_drop=NAN), "max_auc_drop must be a number not below 0"),
         (lambda: RetrainingPolicy(min_labelled=-1), "min_labelled must be a number not below 0"),
+        (lambda: RetrainingPolicy(calibration_alpha=0), "calibration_alpha must lie strictly between 0 and 1"),
+        (lambda: RetrainingPolicy(calibration_alpha=NAN), "calibration_alpha must lie strictly between 0 and 1"),
         (lambda: Observation(time=NAN, drift_detected=True), "time must be a finite number"),
         (lambda: Observation(time=math.inf, drift_detected=True), "time must be a finite number"),
         (lambda: Observation(time=0, labelled=-1), "labelled must not be negative"),
@@ -302,7 +331,80 @@ def test_a_start_needs_enough_breaches_in_a_row_and_an_enabled_policy(policy: Re
         found, observed = breaches(policy, o)
         if d.retrain:
             assert policy.enabled and found and state.breaches + 1 >= policy.consecutive
-            assert d.state == PolicyState(0, o.time)
+            assert d.state == PolicyState(0, o.time, attempts=state.attempts + 1)  # one more run in this episode
+            assert d.window is not None and d.window.parameters()["window_reason"]  # the run says which window and why
         elif not observed:
             assert d.state == state  # a missing signal changes nothing
+        state = d.state
+
+
+# --- the training window and the escalation ladder (a breach that retraining does not clear) ---------------------
+
+
+def calibration_off(time: float) -> Observation:
+    """Observed/expected churners 0.47 on enough labels: a calibration breach."""
+    return Observation(time=time, calibration_ratio=0.47, labelled=500)
+
+
+def test_a_triggered_run_carries_the_recency_window_and_why() -> None:
+    policy = RetrainingPolicy(consecutive=1)
+    d = decide(policy, PolicyState(), calibration_off(0.0))
+    assert d.retrain and d.window is not None
+    params = d.window.parameters()
+    assert params["recency_half_life_days"] == "30" and params["calibration_days"] == "30" and "window_days" not in params
+    assert "calibration: observed/expected churners 0.47" in params["window_reason"]
+    assert "weights halving every 30 days, calibrated on the latest 30 days" in d.reason
+
+
+def test_a_breach_that_persists_against_the_retrained_version_escalates_then_pages() -> None:
+    """Retrain (recency window); while the cooldown holds, say what comes next; retrain with a shorter window; then page."""
+    policy = RetrainingPolicy(consecutive=2, cooldown_s=300.0, max_attempts=2)
+    state = PolicyState()
+    steps = []
+    for t in range(0, 20 * 60, 60):  # every minute, the retrained version serving from the first start on
+        d = decide(policy, state, calibration_off(float(t)), retrained_serving=state.attempts > 0)
+        steps.append((t, d))
+        state = d.state
+    starts = [(t, d.window.window_days if d.window else None) for t, d in steps if d.retrain]
+    assert starts == [(60, None), (360, 30.0)]  # a cooldown apart; the second keeps only the latest 30 days
+    waiting = [d.reason for t, d in steps if 60 < t < 360 and d.state.breaches >= 2]
+    assert waiting and all(
+        "persists against the retrained version" in r and "then: retrain with rows of the last 30 days" in r for r in waiting
+    )
+    pages = [t for t, d in steps if d.escalation == "page"]
+    assert pages == [480]  # at once (within the cooldown) once the second retrained version breaches too, and once only
+    assert state.escalated and state.attempts == 2
+    quiet = decide(policy, state, calibration_off(1300.0), retrained_serving=True)
+    assert not quiet.retrain and quiet.escalation == "" and "a person was paged" in quiet.reason
+    cleared = decide(policy, state, Observation(time=1360.0, calibration_ratio=0.98, labelled=500))
+    assert cleared.state == PolicyState(breaches=0, last_retraining=state.last_retraining)
+    assert "cleared after 2 retraining run(s)" in cleared.reason
+
+
+def test_a_retrained_version_not_serving_waits_for_the_cooldown_and_says_what_comes_next() -> None:
+    policy = RetrainingPolicy(consecutive=1, cooldown_s=3600.0)
+    first = decide(policy, PolicyState(), calibration_off(0.0))
+    later = decide(policy, first.state, calibration_off(60.0), retrained_serving=False)
+    assert not later.retrain and later.reason.startswith("in cooldown for 3540 s more")
+    assert "then: retrain with rows of the last 30 days" in later.reason
+
+
+@settings(max_examples=300, deadline=None, database=None)  # no example database in the work tree
+@given(policies, st.lists(st.tuples(observations, st.booleans()), max_size=40), st.integers(1, 3))
+def test_an_episode_starts_at_most_max_attempts_runs_and_pages_once(
+    policy: RetrainingPolicy, seq: list[tuple[Observation, bool]], max_attempts: int
+) -> None:
+    """However the retrained versions fare, an episode (until the signals recover) is bounded: the ladder, then one page."""
+    policy = RetrainingPolicy(**{**policy.__dict__, "max_attempts": max_attempts})
+    state, starts, pages = PolicyState(), 0, 0
+    for o, serving in seq:
+        d = decide(policy, state, o, retrained_serving=serving)
+        found, observed = breaches(policy, o)
+        if observed and not found:
+            starts, pages = 0, 0  # the episode ended
+        if d.retrain:  # the ladder keeps the cooldown
+            assert state.last_retraining is None or o.time - state.last_retraining >= policy.cooldown_s
+        starts += d.retrain
+        pages += d.escalation == "page"
+        assert starts <= max_attempts and pages <= 1
         state = d.state

@@ -31,7 +31,10 @@ from tests.monitoring.monitor_fixtures import (
     served_data_fixture,  # noqa: F401
     traffic_fixture,  # noqa: F401
 )
+from tests.support import groups
 from tests.support.waiting import poll
+
+pytestmark = groups.MONITORED
 
 ALERT = "ChurnOpsDriftDetected"
 NORMAL_ROWS = 600  # above the drift policy's 200-prediction minimum for a verdict

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,10 +21,13 @@ from churnops.monitoring.profile import (
     ReferenceProfile,
     bin_counts,
     build_profile,
+    categorical_profile,
+    distinct_sorted,
     load_profile,
     log_profile,
     numeric_profile,
     quantile_edges,
+    sorted_quantiles,
 )
 from tests.monitoring.drift_data import SmallFrame
 
@@ -59,6 +63,33 @@ def test_every_value_falls_in_exactly_one_bin(values: list[float], bins: int) ->
     assert (p.minimum, p.maximum) == (x.min(), x.max())
     assert p.cdf[-1] == 1.0 and p.grid[-1] == x.max()
     assert p.proportions.sum() == pytest.approx(1.0)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3) | st.integers(-3, 3), min_size=1, max_size=300), st.integers(1, 600))
+def test_quantiles_and_distinct_values_of_sorted_values_are_numpys(values: list[float], points: int) -> None:
+    x = np.sort(np.array(values, dtype=float))
+    levels = np.arange(1, points + 1) / points
+    np.testing.assert_array_equal(sorted_quantiles(x, levels), np.quantile(x, levels, method="inverted_cdf"))
+    np.testing.assert_array_equal(distinct_sorted(x), np.unique(x))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pd.Series(["pro", None, "basic", "pro", np.nan, "team"]),
+        pd.Series(["pro", "basic", "pro", None], dtype="category").cat.add_categories(["unused"]),
+        pd.Series([1, 1.0, "1", True, 2.5, None], dtype=object),  # 1, 1.0 and True are equal keys but read differently
+        pd.Series(["pro", "basic", None, "pro"], dtype="string"),
+    ],
+    ids=["object", "category", "mixed", "string"],
+)
+def test_categories_are_counted_by_their_strings(values: pd.Series) -> None:
+    p = categorical_profile("c", values)
+    expected = values.dropna().astype(str).value_counts().sort_index()
+    assert p.categories == tuple(str(c) for c in expected.index)
+    assert p.counts == tuple(int(c) for c in expected) and all(type(c) is int for c in p.counts)  # JSON-ready
+    assert p.missing == int(values.isna().sum())
 
 
 def test_profile_of_a_frame(small_profile: ReferenceProfile, make_small: SmallFrame) -> None:

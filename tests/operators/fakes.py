@@ -54,6 +54,9 @@ class _Server:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the real servers: a connection per call would be the fake's cost, not the client's
+    disable_nagle_algorithm = True  # as Go's servers: the body written after the headers must not wait for the client's delayed ACK
+
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
@@ -100,6 +103,10 @@ class PromState:
     unattributed_errors: float = 0.0  # errors exported without a version label
     delay_s: float = 5.0  # how long a "timeout" answer takes (the tests give the operator 2 s)
     queries: list[str] = field(default_factory=list)
+    hold_model: str | None = None  # queries about this model wait for ``release`` (a Prometheus stuck on one resource's queries)
+    release: threading.Event = field(default_factory=threading.Event)
+    held: int = 0  # queries waiting for ``release`` now
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _answer(state: PromState, query: str) -> tuple[int, Any, float]:
@@ -165,6 +172,12 @@ class _PromHandler(_Handler):
         query = parse_qs(url.query).get("query", [""])[0]
         state: PromState = self.owner.state
         state.queries.append(query)
+        if state.hold_model is not None and f'{m.LABEL_MODEL}="{state.hold_model}"' in query:
+            with state.lock:
+                state.held += 1
+            state.release.wait()
+            with state.lock:
+                state.held -= 1
         status, body, delay = _answer(state, query)
         if delay:
             time.sleep(delay)

@@ -120,14 +120,15 @@ class FakeKServe:
     (a predictor that never becomes ready).
     """
 
-    def __init__(self, api: httpx.Client) -> None:
+    def __init__(self, api: httpx.Client, period_s: float = 0.05) -> None:
         self.api = api
         self.ready = True
+        self.period_s = period_s  # between two lists of every InferenceService (each costs the emulator a full listing)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
-        while not self.stop.wait(0.05):
+        while not self.stop.wait(self.period_s):
             if not self.ready:
                 continue
             try:

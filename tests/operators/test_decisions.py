@@ -17,7 +17,7 @@ from churnops_contract.rollout.machine import RolloutStatus
 from churnops_contract.rollout.observe import bucket_counts, drifted, parse_answer
 from churnops_contract.rollout.spec import Analysis, SpecError, parse, parse_duration
 from churnops_operator import objects as serving
-from churnops_operator.reconcile import status_patch
+from churnops_operator.reconcile import Claim, owner_of, status_patch
 
 BASE: dict[str, Any] = {"model": {"version": "1"}, "featureService": "churn_v1"}
 
@@ -359,6 +359,21 @@ def test_a_failed_run_leaves_no_candidate() -> None:
 
 OWNER = serving.Owner("churn", "churn", "uid-1")
 URIS = {"1": "s3://m/1", "2": "s3://m/2"}
+
+
+def test_the_deployment_already_serving_a_model_keeps_it_against_a_newcomer_of_the_same_second() -> None:
+    # creationTimestamp counts whole seconds: a rival created in the owner's second must not win by its uid
+    second = "2026-12-07T13:11:20Z"
+    owner = Claim("churn", second, "f-uid", "ns/churn", serving=True)
+    rival = Claim("churn", second, "0-uid", "ns/rival")
+    other = Claim("other", "2026-01-01T00:00:00Z", "a-uid", "ns/other")
+    assert owner_of("churn", [rival, owner, other]) == owner
+    # before either serves, the oldest claim then the smallest uid decides, the same on every pass
+    fresh = replace(owner, serving=False)
+    assert owner_of("churn", [fresh, rival]) == rival == owner_of("churn", [rival, fresh])
+    older = replace(fresh, created="2026-12-07T13:11:19Z")
+    assert owner_of("churn", [older, rival]) == older
+    assert owner_of("absent", [owner, rival]) is None
 
 
 def test_serverless_canary_uses_kserve_traffic_split_only_on_an_existing_service() -> None:

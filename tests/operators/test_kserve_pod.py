@@ -17,7 +17,7 @@ import pytest
 from churnops_contract.rollout.core import Routing
 from churnops_contract.rollout.spec import parse
 from churnops_operator import objects
-from tests.chart.render import objects as chart_objects
+from tests.charts.render import objects as chart_objects
 from tests.operators import predictor_pod as kserve
 
 OWNER = objects.Owner("churn", "churn", "uid-1")

@@ -191,12 +191,12 @@ def test_operator_killed_at_any_moment_reaches_the_same_end_state(k8s: Cluster, 
                 return progress() != before or done()
 
             k8s.wait("progress", moved, 60, every=0.02)
-            time.sleep(rng.uniform(0.0, 0.4))
+            time.sleep(rng.uniform(0.0, 0.2))  # within the pass that follows (interval 0.3 s), however fast passes are
             k8s.operator.kill()
             kills += 1
             k8s.operator.start()
     rec.assert_monotone()
-    assert kills >= 5
+    assert kills >= 3  # one kill per observed transition; a fast pass may make several changes the poll sees as one
     status = k8s.status("churn")
     assert status["phase"] == "Promoted" and status["stableSlot"] == "green"
     route = k8s.route("churn")
@@ -288,7 +288,14 @@ def test_drift_starts_exactly_one_retraining_per_cooldown_and_rolls_out_its_chal
     assert len(k8s.kfp.state.created) == 1
     run = k8s.kfp.state.created[0]
     uid = k8s.md("churn")["metadata"]["uid"].replace("-", "")[:8]  # type: ignore[index]
-    assert run["display_name"] == f"{NS}-churn-{uid}-retrain-1" and run["runtime_config"] == {"parameters": {"seed": "7"}}
+    assert run["display_name"] == f"{NS}-churn-{uid}-retrain-1"
+    # the run is told the window the drift calls for, and why (the policy's first rung)
+    assert run["runtime_config"]["parameters"] == {
+        "seed": "7",
+        "recency_half_life_days": "30",
+        "calibration_days": "30",
+        "window_reason": "the population moved (drift): recent outcomes weigh more and set the calibration",
+    }
     reasons = k8s.reasons()
     assert reasons.count("RetrainingTriggered") == 1 and "RetrainingFinished" in reasons and "Promoted" in reasons
     assert k8s.status("churn")["retraining"]["runState"] == "SUCCEEDED"
@@ -317,6 +324,20 @@ def test_a_rejected_version_runs_again_only_when_a_person_annotates_it(k8s: Clus
     k8s.wait("promotion after the retry", lambda: k8s.status("churn").get("stableVersion") == "2", 60)
     assert "churnops.io/retry" not in (k8s.md("churn") or {})["metadata"].get("annotations", {})  # taken once
     assert k8s.reasons().count("CanaryStarted") == 2 and "RetryAllowed" in k8s.reasons()
+
+
+def test_a_rejected_candidate_is_never_rolled_out_and_the_status_says_why(k8s: Cluster, model: str) -> None:
+    """A version registered for inspection only (`churnops train --register-rejected`) is refused as a target."""
+    start_stable(k8s, model)
+    for key, value in (("rejected", "true"), ("failed_gates", "calibration")):
+        tag = {"name": model, "version": "2", "key": key, "value": value}
+        k8s.mlflow.post("/api/2.0/mlflow/model-versions/set-tag", json=tag).raise_for_status()
+    k8s.patch_md_spec("churn", {"model": {"version": "2"}})
+    k8s.wait("the refusal in the status", lambda: "rejected candidate" in str(k8s.status("churn").get("message")), 30)
+    assert "failed quality gates: calibration" in str(k8s.status("churn")["message"])
+    time.sleep(1.5)  # more passes: still no canary
+    assert canary_percent(k8s) is None and "CanaryStarted" not in k8s.reasons()
+    assert k8s.status("churn")["stableVersion"] == "1" and k8s.status("churn").get("canaryVersion") is None
 
 
 def test_legacy_mode_names_written_by_kserve_do_not_make_the_operator_patch_again(k8s: Cluster, model: str) -> None:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.chart.render import rendered
+from tests.charts.render import rendered
 from tests.operators.fakes import Traffic
 from tests.operators.harness import Cluster, OperatorProcess, Peering
 from tests.operators.kubemock import Write

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.render import objects
+from tests.charts.render import objects
 from tests.operators import predictor_pod as kserve
 from tests.operators.test_kserve_pod import isvcs, runtime
 

@@ -707,3 +707,58 @@ def test_rollout_invariants_over_random_answers(steps: list[int], threshold: int
             top[st.rollout_id] = st.weight
         # (iv) never in progress longer than progress_deadline + interval after the step started
         assert sim.overdue() <= 0, f"{context}; step started {st.step_started and st.step_started - START:.0f} s, failed {st.failed_checks}"
+
+
+# --- retraining that does not clear its breach: the window it ran with, then the ladder ---------------------------
+
+
+def calibration_off(sim: Sim) -> policy.Observation:
+    return policy.Observation(time=sim.now + 10.0, calibration_ratio=0.47, labelled=500)
+
+
+def retrain_and_promote(sim: Sim, run_id: str, challenger: str) -> None:
+    """The recorded run succeeds with ``challenger``, which canaries through every step to stable."""
+    sim.tick(target="1", run=RunReport(run_id=run_id, state="SUCCEEDED", challenger=challenger))
+    for _ in range(20):
+        sim.tick(healthy(), target="1")
+        if sim.status.stable == challenger and sim.status.canary is None:
+            return
+    raise AssertionError(f"{challenger} was not promoted: {sim.raw['message']}")
+
+
+def test_a_calibration_breach_starts_a_recency_window_run_and_a_persisting_one_escalates_to_a_page() -> None:
+    """Issue 19: the retrained version kept the old base rate; the alert fired against it and the policy cooled down silently."""
+    spec = make_spec(monitoring={**DRIFT_NOW, "retraining": {"cooldown": "2m", "parameters": {"n_trials": "4"}}})
+    sim = Sim(spec)
+    sim.tick(target="1", signals=calibration_off(sim))
+    params = core.run_parameters(sim.spec, sim.raw)
+    assert params["n_trials"] == "4" and params["recency_half_life_days"] == "30" and params["calibration_days"] == "30"
+    assert "observed/expected churners 0.47" in params["window_reason"]
+    (triggered,) = sim.events("RetrainingTriggered")
+    assert "weights halving every 30 days" in triggered["message"] and "observed/expected churners 0.47" in triggered["message"]
+    assert triggered["message"].count("observed/expected") == 1  # said once, not again as the window's reason
+    assert sim.raw["retraining"]["window"] == {k: v for k, v in params.items() if k != "n_trials"}
+
+    retrain_and_promote(sim, "r1", "2")
+    sim.now += 120.0  # the cooldown over
+    sim.tick(target="1", signals=calibration_off(sim))  # the breach persists against v2: a shorter window
+    assert len(sim.events("RetrainingTriggered")) == 2 and sim.raw["retraining"]["attempts"] == 2
+    assert core.run_parameters(sim.spec, sim.raw)["window_days"] == "30"
+
+    retrain_and_promote(sim, "r2", "3")
+    sim.tick(target="1", signals=calibration_off(sim))
+    (paged,) = sim.events("RetrainingIneffective")
+    assert paged["type"] == "Warning" and "persists after 2 retraining run(s)" in paged["message"]
+    assert condition(sim.raw, "RetrainingIneffective")["status"] == "True"
+    for _ in range(3):  # no more runs and no more pages while the breach lasts
+        sim.tick(target="1", signals=calibration_off(sim))
+    assert len(sim.events("RetrainingTriggered")) == 2 and len(sim.events("RetrainingIneffective")) == 1
+
+    sim.tick(target="1", signals=policy.Observation(time=sim.now + 10.0, calibration_ratio=1.02, labelled=500))
+    assert condition(sim.raw, "RetrainingIneffective")["status"] == "False" and sim.raw["retraining"]["attempts"] == 0
+
+
+def test_retraining_status_round_trips_the_window_and_the_escalation() -> None:
+    rs = RetrainingStatus(attempts=2, escalated=True, window=(("calibration_days", "30"), ("window_reason", "why")))
+    assert RetrainingStatus.from_status(rs.to_status()) == rs
+    assert RetrainingStatus.from_status({"window": "not a map", "escalated": "yes"}) == RetrainingStatus()

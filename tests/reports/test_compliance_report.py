@@ -17,6 +17,9 @@ from churnops.reports.compliance import build, write_compliance_report
 from churnops.rollout.store import DeploymentStore
 from churnops.training import registry
 from tests.reports.story import MODEL, ROUTE, Story
+from tests.support import groups
+
+pytestmark = groups.REPORT_STORY
 
 
 @pytest.fixture(scope="module")

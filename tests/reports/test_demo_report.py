@@ -35,6 +35,9 @@ from churnops.rollout.store import DeploymentStore
 from churnops.serving.explain import CompiledModel
 from churnops.training.config import BusinessConfig
 from tests.reports.story import MODEL, ROUTE, Story
+from tests.support import groups
+
+pytestmark = groups.REPORT_STORY
 
 SECTIONS = ("evaluation", "shap", "drift", "rollout", "performance", "business", "fairness")
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -9,6 +9,9 @@ import pytest
 
 from churnops.cli import main
 from tests.reports.story import Story
+from tests.support import groups
+
+pytestmark = groups.REPORT_STORY
 
 
 def test_report_demo_writes_the_page_and_its_json(story: Story, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,9 @@ from churnops.serving.routing_table import RoutingTable, read_table
 from churnops.training import registry
 from churnops_contract import registry as names
 from tests.rollout.conftest import BAD, HEALTHY, OPTIONS, STABLE, Setup, Traffic, cli, start_runner, status, wait_for
+from tests.support import groups
+
+pytestmark = groups.ROLLOUT_MODELS
 
 
 def test_start_status_promote_and_rollback_by_hand(setup: Setup) -> None:

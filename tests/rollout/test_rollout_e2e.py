@@ -19,6 +19,9 @@ from churnops.serving.routing_table import RoutingTable, read_table
 from churnops.training import registry
 from churnops_contract import registry as names
 from tests.rollout.conftest import BAD, HEALTHY, STABLE, Setup, wait_for
+from tests.support import groups
+
+pytestmark = groups.ROLLOUT_MODELS
 
 INTERVAL_S = 10.0
 SPEC: dict[str, Any] = {

@@ -12,8 +12,12 @@ from churnops.training import registry
 from churnops_contract import registry as names
 from tests.monitoring.alerting_fixtures import prometheus
 from tests.rollout.conftest import BAD, HEALTHY, OPTIONS, STABLE, Setup, Traffic, cli, start_runner, status, wait_for
+from tests.support import groups
 
-pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs prometheus (Debian: apt-get install prometheus)")
+pytestmark = [
+    groups.ROLLOUT_MODELS,
+    pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs prometheus (Debian: apt-get install prometheus)"),
+]
 
 
 def run_to_the_end(setup: Setup, url: str, log: Path) -> None:

@@ -17,6 +17,9 @@ from churnops.serving.routing_table import read_table
 from churnops.training import registry
 from churnops_contract import registry as names
 from tests.rollout.conftest import STABLE, Setup
+from tests.support import groups
+
+pytestmark = groups.ROLLOUT_MODELS
 
 SPEC: dict[str, Any] = {
     "model": {"version": STABLE},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -346,6 +347,10 @@ def test_manual_retraining_starts_one_run_at_a_time() -> None:
     assert events[0].reason == "RetrainingTriggered"
     with pytest.raises(manual.ManualError):
         manual.retrain(rs, 11.0, "again", "churn")
+    # a run asked for by hand after a policy run trains on the pipeline's defaults, not on the last breach's window
+    after_policy = replace(rs, run_state="SUCCEEDED", window=(("recency_half_life_days", "30"), ("window_reason", "drift")))
+    again, _ = manual.retrain(after_policy, 20.0, "new data", "churn")
+    assert again.pending_key == "churn-retrain-2" and again.window == () and again.breaches == 0
 
 
 # --- delayed labels ---------------------------------------------------------------------------------------------

@@ -27,7 +27,10 @@ from churnops.serving.audit import FileAuditSink, PostgresAuditSink, canonical, 
 from churnops.serving.audit_anchor import Anchor
 from churnops.serving.audit_keys import PublicKeys, Signer, generate, load_public_keys, load_signer, signer_for
 from churnops.serving.audit_setup import AuditSettings, open_sink
+from tests.support import groups
 from tests.support.serving import Registered
+
+pytestmark = groups.SERVING_MODELS
 
 CHURNOPS = str(Path(sys.executable).parent / "churnops")
 

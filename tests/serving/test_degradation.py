@@ -26,7 +26,10 @@ from churnops.features import steps as foundation
 from churnops.layout import Layout
 from churnops.processes import free_port
 from churnops_feast import store as feast_store
+from tests.support import groups
 from tests.support.serving import Registered, Server, start_server
+
+pytestmark = groups.SERVING_MODELS
 
 
 @dataclass

@@ -37,8 +37,11 @@ from churnops.serving.audit import read_records, verify_file
 from churnops_feast import store as feast_store
 from churnops_feast.definitions import TRAINING_SERVICE
 from churnops_feast.online import _entity_key, sqlite_reader
+from tests.support import groups
 from tests.support.audit import audit_keys
 from tests.support.serving import Registered, Server, start_server
+
+pytestmark = groups.SERVING_MODELS
 
 EVER = (pd.Timestamp("2000-01-01", tz="UTC").to_pydatetime(), pd.Timestamp("2100-01-01", tz="UTC").to_pydatetime())
 STRINGS = {f.name for f in FEATURES if f.dtype == "string"}

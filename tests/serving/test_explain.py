@@ -10,7 +10,10 @@ import shap
 from churnops.serving.explain import CompiledModel, ExplanationUnavailableError, _TreeMember, top_reasons
 from churnops.training.dataset import feature_matrix
 from churnops.training.ensemble import ChurnEnsemble, _logit, calibrate
+from tests.support import groups
 from tests.support.serving import fit_ensemble
+
+pytestmark = groups.SERVING_MODELS
 
 
 def _rows(table: pd.DataFrame, model: CompiledModel, n: int = 300) -> np.ndarray:
@@ -63,16 +66,58 @@ def test_reasons_sum_to_the_ensembles_own_margin(request: pytest.FixtureRequest,
 
 
 def test_tree_contributions_equal_shap_tree_explainer(tree_stack: ChurnEnsemble, churn_table: pd.DataFrame) -> None:
-    model = CompiledModel(tree_stack)
-    rows = _rows(churn_table, model, 100)
+    model = CompiledModel(tree_stack, threads=2)
+    rows = _rows(churn_table, model, 1_200)  # more than one block of the vectorised explainer
     for member in model.members[:2]:  # lightgbm, xgboost
         assert isinstance(member, _TreeMember)
         x = member.matrix(rows)
         booster = member.xgb if member.family == "xgboost" else member.lgb
-        expected = np.asarray(shap.TreeExplainer(booster).shap_values(x))
-        _, contributions, _ = member.evaluate(x, len(model.features), contributions=True)
-        assert contributions is not None
-        assert contributions[:, member.columns] == pytest.approx(expected, abs=1e-5)
+        explainer = shap.TreeExplainer(booster)
+        expected = np.asarray(explainer.shap_values(x))
+        for vectorised in (False, True):
+            _, contributions, bias = member.evaluate(x, len(model.features), contributions=True, vectorised=vectorised)
+            assert contributions is not None and bias is not None
+            assert contributions[:, member.columns] == pytest.approx(expected, abs=1e-6 if vectorised else 1e-5)
+            assert bias == pytest.approx(np.full(len(x), float(np.ravel(explainer.expected_value)[-1])), abs=1e-6)
+    assert all(isinstance(m, _TreeMember) and m.vectorised() is not None for m in model.members[:2])  # not the native fallback
+
+
+def test_ensemble_contributions_equal_shap_on_the_same_model(tree_stack: ChurnEnsemble, churn_table: pd.DataFrame) -> None:
+    """The whole stack (LightGBM, XGBoost, logistic regression) as batch scoring explains it, against shap on the
+    same members through their own preprocessing: shap.TreeExplainer for the boosters, shap.LinearExplainer with
+    a zero background for the logistic regression (its margin attributed from zero: coefficient x scaled input),
+    the transformed columns summed back to their source features, combined with the stacker's weights."""
+    frame = churn_table.tail(1_200).reset_index(drop=True)
+    model = CompiledModel(tree_stack, threads=2)
+    scored = model.explain(frame, vectorised=True)
+    assert scored.contributions is not None and scored.base_value is not None
+    x = feature_matrix(frame, tree_stack.feature_names, tree_stack.categorical)
+    assert tree_stack.combiner.stacker is not None
+    weights = tree_stack.combiner.stacker.coef_[0]
+    expected = np.zeros((len(frame), len(model.features)))
+    base = float(tree_stack.combiner.stacker.intercept_[0])
+    for w, pipeline in zip(weights, tree_stack.members, strict=True):
+        prep, estimator = pipeline.named_steps["prep"], pipeline.named_steps["model"]
+        z = np.asarray(prep.transform(x), dtype=float)
+        if hasattr(estimator, "coef_"):
+            explainer = shap.LinearExplainer(estimator, np.zeros((1, z.shape[1])))
+        else:
+            explainer = shap.TreeExplainer(estimator)
+        values = np.asarray(explainer.shap_values(z))
+        for j, name in enumerate(prep.get_feature_names_out()):
+            expected[:, model.features.index(_source(str(name), model.features))] += w * values[:, j]
+        base += w * float(np.ravel(explainer.expected_value)[-1])
+    assert scored.contributions == pytest.approx(expected, abs=1e-6)
+    assert scored.base_value == pytest.approx(base, abs=1e-6)
+    # base + sum is the ensemble's own margin: the stacker's decision function of its members' logits
+    probas = np.column_stack([member.predict_proba(x)[:, 1] for member in tree_stack.members])
+    margin = tree_stack.combiner.stacker.decision_function(_logit(probas))
+    assert scored.base_value + scored.contributions.sum(axis=1) == pytest.approx(margin, abs=1e-5)
+
+
+def _source(column: str, features: list[str]) -> str:
+    """The feature a transformed column comes from: itself, its missing indicator or one of its one-hot levels."""
+    return max((f for f in features if column in (f, f"missingindicator_{f}") or column.startswith(f + "_")), key=len)
 
 
 def test_top_reasons_are_the_largest_absolute_contributions(xgb_single: ChurnEnsemble, churn_table: pd.DataFrame) -> None:

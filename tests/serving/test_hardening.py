@@ -21,8 +21,11 @@ import pytest
 
 from churnops.layout import Layout
 from churnops.serving.audit import read_records, verify_file
+from tests.support import groups
 from tests.support.audit import audit_keys
 from tests.support.serving import SECRET, Registered, Server, start_server, token
+
+pytestmark = groups.SERVING_MODELS
 
 V1 = "/v1/models/{}:predict"
 V2 = "/v2/models/{}/infer"

@@ -22,7 +22,10 @@ import pytest
 from churnops.layout import Layout
 from churnops.serving.audit import read_records
 from churnops.serving.exposition import CachedExposition
+from tests.support import groups
 from tests.support.serving import SECRET, Registered, Server, start_server, token
+
+pytestmark = groups.SERVING_MODELS
 
 V1 = "/v1/models/champion:predict"
 V2 = "/v2/models/champion/infer"

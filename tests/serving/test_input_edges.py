@@ -16,7 +16,10 @@ from churnops.monitoring.predlog.parquet import ParquetStore
 from churnops_feast import store as feast_store
 from churnops_feast.definitions import TRAINING_SERVICE
 from churnops_feast.online import sqlite_reader
+from tests.support import groups
 from tests.support.serving import Registered, start_server
+
+pytestmark = groups.SERVING_MODELS
 
 EVER = (dt.datetime(2000, 1, 1, tzinfo=dt.UTC), dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
 

@@ -29,7 +29,10 @@ from churnops.errors import ConfigError, UnauthorizedError, UnavailableError
 from churnops.layout import Layout
 from churnops.serving.audit import read_records
 from churnops.serving.auth import AuthConfig, JwksKeys, KeyDirectory, Role, authenticate, issue_token
+from tests.support import groups
 from tests.support.serving import Registered, start_server
+
+pytestmark = groups.SERVING_MODELS
 
 
 def _claims(**over: Any) -> dict[str, Any]:

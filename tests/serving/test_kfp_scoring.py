@@ -10,7 +10,10 @@ from kfp import local
 
 from churnops.cli import main
 from churnops_pipelines.scoring import churn_batch_scoring, compile_pipeline
+from tests.support import groups
 from tests.support.serving import Registered
+
+pytestmark = groups.SERVING_MODELS
 
 GOLDEN = Path(__file__).resolve().parents[2] / "pipelines" / "compiled" / "churn_batch_scoring.yaml"
 

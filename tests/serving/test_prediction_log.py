@@ -19,8 +19,11 @@ from churnops.serving.audit import verify_file
 from churnops_feast import store as feast_store
 from churnops_feast.definitions import TRAINING_SERVICE
 from churnops_feast.online import sqlite_reader
+from tests.support import groups
 from tests.support.audit import audit_keys
 from tests.support.serving import Registered, start_server
+
+pytestmark = groups.SERVING_MODELS
 
 EVER = (dt.datetime(2000, 1, 1, tzinfo=dt.UTC), dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
 

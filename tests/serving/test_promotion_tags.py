@@ -10,7 +10,10 @@ from mlflow.tracking import MlflowClient
 from churnops.training import registry
 from churnops.training.ensemble import ChurnEnsemble
 from churnops_contract import registry as names
+from tests.support import groups
 from tests.support.serving import register
+
+pytestmark = groups.SERVING_MODELS
 
 
 def test_promotion_tags_both_versions(tmp_path: Path, xgb_single: ChurnEnsemble, churn_table: pd.DataFrame) -> None:

@@ -7,7 +7,10 @@ from collections.abc import Iterator
 import pytest
 
 from churnops.layout import Layout
+from tests.support import groups
 from tests.support.serving import Registered, Server, start_server
+
+pytestmark = groups.SERVING_MODELS
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,10 @@ import pytest
 from churnops.layout import Layout
 from churnops.training import registry
 from churnops.training.ensemble import ChurnEnsemble
+from tests.support import groups
 from tests.support.serving import register, start_server
+
+pytestmark = groups.SERVING_MODELS
 
 
 def _score(layout: Layout, customer: int, tmp: Path) -> dict[str, object]:

@@ -26,8 +26,11 @@ from churnops.serving.audit import verify_file
 from churnops_feast import store as feast_store
 from churnops_feast.definitions import TRAINING_SERVICE
 from churnops_feast.online import sqlite_reader
+from tests.support import groups
 from tests.support.audit import audit_keys
 from tests.support.serving import SECRET, Registered, Server, token
+
+pytestmark = groups.SERVING_MODELS
 
 V1 = "/v1/models/{}:predict"
 

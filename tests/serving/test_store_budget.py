@@ -19,7 +19,10 @@ from churnops.features import steps as foundation
 from churnops.layout import Layout
 from churnops_feast import store as feast_store
 from churnops_feast.definitions import TRAINING_SERVICE
+from tests.support import groups
 from tests.support.serving import Registered, Server, start_server
+
+pytestmark = groups.SERVING_MODELS
 
 LARGE = 1_000  # the documented limit of instances per request
 

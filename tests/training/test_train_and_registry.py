@@ -64,7 +64,7 @@ def test_automl_tries_every_family_and_beats_chance(churn_table: pd.DataFrame) -
     ev, _, gates = assess(fitted, cfg, None, None)
     assert ev.roc_auc > 0.82
     assert ev.brier < 0.15
-    assert {g.name for g in gates} == {"auc", "brier", "fairness_gap"}
+    assert {g.name for g in gates} == {"auc", "brier", "calibration", "fairness_gap"}
     assert fitted.choice.combiner.kind in ("single", "blend", "stack")
     assert 0 < fitted.threshold < 1
 

@@ -11,6 +11,7 @@ from churnops.layout import Layout
 from churnops.training.config import BusinessConfig
 
 if TYPE_CHECKING:
+    from churnops.data.ingest import CsvDialect
     from churnops.training.registry import RegistryConfig
 
 
@@ -27,7 +28,7 @@ def add_settings_arg(p: argparse.ArgumentParser) -> None:
 SETTINGS_SECTIONS: dict[str, tuple[str, ...]] = {
     "data": ("customers", "seed", "history_days", "block_size"),
     "search": ("seed", "trials", "budget_minutes"),
-    "gates": ("min_auc", "max_brier", "max_fairness_gap", "max_auc_regression"),
+    "gates": ("min_auc", "max_brier", "max_fairness_gap", "max_auc_regression", "per_segment_thresholds"),
     "economics": ("contact_cost", "save_rate", "months_saved", "max_contact_share"),
 }
 
@@ -96,3 +97,39 @@ def economics(args: argparse.Namespace) -> BusinessConfig:
     return BusinessConfig(
         contact_cost=args.contact_cost, save_rate=args.save_rate, months_saved=args.months_saved, max_contact_share=args.max_contact_share
     )
+
+
+# --thousands as spelled on a command line -> the grouping mark (kept beside the option: the CLI imports no pandas)
+THOUSANDS_MARKS = {".": ".", ",": ",", "space": " ", "'": "'", "none": ""}
+
+
+def add_dialect_args(p: argparse.ArgumentParser) -> None:
+    """How a user's CSV file is written; what is not given is detected, and each detection printed."""
+    csv = p.add_argument_group("CSV dialect (detected when not given; each detection is printed and recorded in the model card)")
+    csv.add_argument("--separator", default=None, help="column separator, e.g. ';' or '\\t' (default: detected by csv.Sniffer)")
+    csv.add_argument("--decimal", choices=[".", ","], default=None, help="decimal mark (default: detected on every value of the file)")
+    csv.add_argument(
+        "--thousands",
+        choices=list(THOUSANDS_MARKS),
+        default=None,
+        help="mark grouping thousands, e.g. '.' in 1.234,56 ('none' for no grouping; default: the other of '.' and ','). "
+        "Values such as 1,000 or 1.021 that nothing else in the file decides stop ingestion until this or --decimal says which",
+    )
+    csv.add_argument("--encoding", default=None, help="text encoding, e.g. utf-8, latin-1, cp1252 (default: UTF-8, BOM-aware, else cp1252)")
+    order = csv.add_mutually_exclusive_group()
+    order.add_argument(
+        "--day-first", dest="day_first", action="store_const", const=True, default=None, help="dates such as 03/04/2024 are 3 April"
+    )
+    order.add_argument("--month-first", dest="day_first", action="store_const", const=False, help="dates such as 03/04/2024 are 4 March")
+
+
+def csv_dialect(args: argparse.Namespace) -> CsvDialect:
+    from churnops.data.ingest import CsvDialect  # pandas only for the commands that read a table
+
+    separator = "\t" if args.separator in ("\\t", "tab") else args.separator
+    thousands = None if args.thousands is None else THOUSANDS_MARKS[args.thousands]
+    return CsvDialect(separator, args.decimal, args.encoding, args.day_first, thousands)
+
+
+# the CSV dialect options (argparse destinations), refused where no file of the user's is read
+DIALECT_OPTIONS = ("separator", "decimal", "thousands", "encoding", "day_first")

@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from churnops.cli.common import add_settings_arg, apply_settings, layout
+from churnops.cli.common import add_dialect_args, add_settings_arg, apply_settings, csv_dialect, layout
 from churnops.data.config import DRIFT_PRESETS, GeneratorConfig, with_drift
 
 
@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ing.add_argument("--time-column", required=True)
     ing.add_argument("--target-column", required=True)
     ing.add_argument("--out", type=Path, default=None, help="write the typed table as Parquet here")
+    add_dialect_args(ing)
     ing.set_defaults(func=run_ingest)
 
 
@@ -63,9 +64,9 @@ def run_validate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def run_ingest(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from churnops.data.ingest import ingest
+    from churnops.data.ingest import ingest_table
 
-    table = ingest(args.path, args.id_column, args.time_column, args.target_column)
+    table = ingest_table(args.path, args.id_column, args.time_column, args.target_column, csv_dialect(args))
     s = table.schema
     print(
         f"{len(table.frame):,} rows; target rate {table.frame[s.target_column].mean():.1%}; "

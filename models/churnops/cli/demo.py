@@ -13,7 +13,8 @@ from churnops.cli.common import layout
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser(
         "demo",
-        help="the whole story end to end on embedded defaults: train, canary, promote, drift, retrain, roll back, reports",
+        help="the whole story end to end on embedded defaults: train, canary, promote, drift, retrain, "
+        "a subtly worse canary rolled back by the AUC test, reports",
         description="Replaces the previous demo's outputs under --data-dir. Ctrl-C stops every process it started.",
     )
     demo.add_argument("--fast", action="store_true", help="a small, quick variant (3,000 customers, short searches; what the tests run)")

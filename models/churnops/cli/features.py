@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from churnops.cli.common import add_store_args, layout
+from churnops.cli.common import add_store_args, add_tracking_arg, layout, registry_config
 
 CATALOG = Path("feature_repo/FEATURES.md")  # the generated document, relative to a checkout
 
@@ -20,6 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     publish = group.add_parser("publish", help="apply Feast objects and backfill the online store")
     add_store_args(publish)
     publish.add_argument("--incremental", action="store_true", help="only load rows newer than the last materialization")
+    add_tracking_arg(publish)  # cluster mode: reasons of the registered versions are precomputed for the new snapshot
     publish.set_defaults(func=run_publish)
     online = group.add_parser("online", help="read online features of customers")
     add_store_args(online)
@@ -55,7 +57,37 @@ def run_publish(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     else:
         seconds, rows = steps.publish(layout(args), args.mode, env)
         print(f"materialized {rows:,} feature rows in {seconds:.1f} s ({rows / seconds:,.0f} rows/s)")
+    if args.mode == "cluster":
+        precompute_reasons(args, env)
     return 0
+
+
+def precompute_reasons(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """Reasons of the registered versions for the snapshot just materialized, kept beside it (the predictor serves them)."""
+    from churnops.errors import UnavailableError
+    from churnops.serving.reasons import precompute_registered
+    from churnops.serving.server import redis_client
+    from churnops_feast import store as feast_store
+    from churnops_feast.definitions import TRAINING_SERVICE
+    from churnops_feast.online import redis_reader
+
+    if not args.tracking_uri and not (layout(args).data_dir / "mlflow" / "mlflow.db").exists():
+        print("no model registry yet: the predictor computes reasons when it loads a version")
+        return
+    store = feast_store.open_store("cluster", env, layout(args).data_dir)
+    client = redis_client(env, timeout_s=10.0)
+    began = time.perf_counter()
+    try:
+        done = precompute_registered(registry_config(args), lambda only: redis_reader(store, TRAINING_SERVICE, client, only))
+    except UnavailableError as e:  # reasons are computed by requests meanwhile: publishing still succeeded
+        print(f"reasons not precomputed: {e}", file=sys.stderr)
+        return
+    took = time.perf_counter() - began
+    print(
+        "precomputed reasons: "
+        + (", ".join(f"v{v} {n:,} computed" for v, n in done.items()) or "no registered version")
+        + f" ({took:.1f} s)"
+    )
 
 
 def run_online(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -18,10 +18,14 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from churnops.cli.common import add_tracking_arg
 from churnops.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from churnops.rollout.runner import Runner
 
 DEFAULT_NAME = "churn"  # churnops.serving.routing_table.DEFAULT_ROUTE: `churnops serve --route churn` reads its table
 
@@ -179,6 +183,8 @@ def run_start(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from churnops.rollout.runner import Runner
 
     runner = Runner.build(runner_config(args))
+    if args.version is not None:
+        refuse_rejected(runner, args.registered_model, args.version)
     report = runner.apply(spec_changes(args), retry=args.retry)
     target = f"version {args.version}" if args.version else f"alias {args.alias!r}"
     print(f"deployment {args.name} (generation {runner.deployment().generation}): target {target}")
@@ -189,6 +195,18 @@ def run_start(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     elif report.canary is not None:
         print(f"run `churnops rollout run --name {args.name} --predictor-url URL` to analyse it (or let a running runner pick it up)")
     return 0
+
+
+def refuse_rejected(runner: Runner, model: str | None, version: str) -> None:
+    """A rejected candidate (``train --register-rejected``) is for inspection: no rollout starts from it."""
+    from churnops.training import registry
+    from churnops_contract import registry as names
+
+    persisted = runner.deployment().spec.get("model") or {} if runner.store.exists() else {}
+    name = model or str(persisted.get("registeredModel") or names.DEFAULT_MODEL_NAME)
+    reg = replace(runner.registry, model_name=name)
+    if registry.version_exists(reg, version) and (gates := registry.rejected_gates(reg, version)) is not None:
+        raise InvalidInputError(names.rejected_reason(name, version, gates), field="--version")
 
 
 def run_status(args: argparse.Namespace, env: Mapping[str, str]) -> int:

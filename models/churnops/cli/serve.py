@@ -107,6 +107,12 @@ def add_http_args(p: argparse.ArgumentParser, d: Limits) -> None:
     g.add_argument("--max-headers", type=int, default=h.max_headers, help="header fields per request (431 beyond)")
     g.add_argument("--header-timeout", type=float, default=h.header_timeout_s, help="seconds to send the headers (408, then close)")
     g.add_argument("--body-timeout", type=float, default=h.body_timeout_s, help="seconds to send the body after the headers (408)")
+    g.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="open connections per worker, closed at once beyond (default 16,384 within ulimit -n)",
+    )
     g.add_argument("--auth-failures", type=int, default=d.auth_failures, help="failed authentications per address and window (429)")
     g.add_argument("--auth-failure-window", type=float, default=d.auth_failure_window_s, help="window of --auth-failures, seconds")
     g.add_argument("--max-token-lifetime", type=float, default=24 * 3600.0, help="refuse tokens expiring later than this from now (s)")
@@ -198,6 +204,7 @@ def run_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             metrics_burst=args.metrics_burst,
         ),
         http_limits=HttpLimits(args.max_header_bytes, args.max_headers, args.header_timeout, args.body_timeout),
+        max_connections=args.max_connections,
         metrics_max_age_s=args.metrics_max_age,
         on_store_failure=args.on_store_failure,
         store_timeout_s=args.store_timeout_ms / 1000,

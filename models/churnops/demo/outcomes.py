@@ -1,4 +1,4 @@
-"""What the demo knows that production only learns later: the customers' outcomes, and a model that learned nothing.
+"""What the demo knows that production only learns later: the served customers' outcomes.
 
 The served population is the last labelled snapshot of the simulation, so each
 served customer's 30-day outcome is known. The demo releases those outcomes
@@ -12,14 +12,10 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from churnops.data.raw import read_calendar, read_raw
 from churnops.data.schema import ENTITY, TARGET, TIMESTAMP
-from churnops.training.automl import build_pipeline, positive_proba
-from churnops.training.dataset import DatasetSpec, xy
-from churnops.training.ensemble import ChurnEnsemble, Combiner, fit_calibrator
 
 
 def served_outcomes(raw_dir: Path, serve_day: int) -> pd.DataFrame:
@@ -39,19 +35,3 @@ def release(outcomes: pd.DataFrame, window_start: dt.datetime, labels_dir: Path,
     frame.to_parquet(tmp, index=False)
     tmp.replace(path)
     return path
-
-
-def learned_nothing(frame: pd.DataFrame, spec: DatasetSpec, seed: int) -> ChurnEnsemble:
-    """A logistic regression fitted on permuted labels: a deliberately worse model for the rollout to catch.
-
-    It is registered without its gates (they would refuse it), the way a broken
-    pipeline or a hand-pushed model reaches the registry in real life.
-    """
-    x, y = xy(frame, spec)
-    permuted = np.random.default_rng(seed).permutation(y)
-    # strong regularisation: on permuted labels any larger coefficient is fitted noise
-    pipeline = build_pipeline(spec, "logistic_regression", {"C": 1e-4}, seed=seed).fit(x, permuted)
-    p = positive_proba(pipeline, x)
-    combiner = Combiner("single", weights=np.ones(1))
-    calibrator = fit_calibrator(combiner.combine(p.reshape(-1, 1)), permuted)
-    return ChurnEnsemble([pipeline], ["logistic_regression"], combiner, calibrator, list(spec.features), list(spec.categorical))

@@ -2,7 +2,9 @@
 
 Each worker keeps one HTTP connection and paces itself to its share of the
 target rate, picking customers at random from the current pool (the served
-population changes when the demo shifts it). Answers are counted by status
+population changes when the demo shifts it); a request asks about one
+customer, or about a list of them once the demo sets a batch size (a
+customer-success tool scoring its account lists). Answers are counted by status
 and by the version that scored them, so the story can say what the canary saw.
 """
 
@@ -22,6 +24,7 @@ import httpx
 @dataclass
 class TrafficStats:
     sent: int = 0
+    predictions: int = 0  # customers scored in answered requests (several per request once batched)
     by_status: Counter[int] = field(default_factory=Counter)
     by_version: Counter[str] = field(default_factory=Counter)
     failures: int = 0  # connection errors and timeouts
@@ -33,11 +36,13 @@ class TrafficStats:
         if self.failures:
             errors["no answer"] = self.failures
         detail = f" ({', '.join(f'{k}: {n:,}' + self._why(k) for k, n in errors.items())})" if errors else ""
-        return f"{self.sent:,} requests ({versions or 'none scored'}), {sum(errors.values()):,} errors{detail}"
+        scored = f", {self.predictions:,} predictions" if self.predictions != self.sent else ""
+        return f"{self.sent:,} requests ({versions or 'none scored'}){scored}, {sum(errors.values()):,} errors{detail}"
 
     def summary(self) -> dict[str, Any]:
         return {
             "sent": self.sent,
+            "predictions": self.predictions,
             "by_version": dict(self.by_version),
             "errors": {str(code): n for code, n in self.by_status.items() if code >= 400},
             "no_answer": self.failures,
@@ -56,6 +61,7 @@ class Traffic:
         self.url = url
         self.headers = {"Authorization": f"Bearer {token}"}
         self.rate = rate
+        self.batch = 1
         self.workers = workers
         self.stats = TrafficStats()
         self._customers = list(customers)
@@ -71,6 +77,10 @@ class Traffic:
     def set_rate(self, rate: float) -> None:
         self.rate = rate
 
+    def set_batch(self, customers: int) -> None:
+        """Customers per request from now on (at the same request rate)."""
+        self.batch = max(int(customers), 1)
+
     def start(self) -> Traffic:
         for i in range(self.workers):
             thread = threading.Thread(target=self._work, name=f"traffic-{i}", daemon=True)
@@ -84,9 +94,9 @@ class Traffic:
             thread.join(timeout=10)
         self._threads.clear()
 
-    def _pick(self) -> int:
+    def _pick(self, n: int) -> list[int]:
         with self._lock:
-            return self._customers[self._rng.randrange(len(self._customers))]
+            return self._rng.sample(self._customers, min(n, len(self._customers)))
 
     def _work(self) -> None:
         with httpx.Client(base_url=self.url, headers=self.headers, timeout=10) as client:
@@ -96,11 +106,12 @@ class Traffic:
                 if pause > 0 and self._stop.wait(pause):
                     return
                 next_at = max(next_at + self.workers / max(self.rate, 0.1), time.monotonic() - 1.0)
-                self._ask(client, self._pick())
+                self._ask(client, self._pick(self.batch))
 
-    def _ask(self, client: httpx.Client, customer: int) -> None:
+    def _ask(self, client: httpx.Client, customers: list[int]) -> None:
+        instances = [{"customer_id": c} for c in customers]
         try:
-            r = client.post("/v1/models/churn:predict", json={"instances": [{"customer_id": customer}], "parameters": {"top_k": 3}})
+            r = client.post("/v1/models/churn:predict", json={"instances": instances, "parameters": {"top_k": 3}})
         except httpx.HTTPError as e:
             with self._lock:
                 self.stats.sent += 1
@@ -113,6 +124,7 @@ class Traffic:
             self.stats.by_status[r.status_code] += 1
             if version is not None:
                 self.stats.by_version[str(version)] += 1
+                self.stats.predictions += len(customers)
             elif r.status_code >= 400:
                 self.stats.first_error.setdefault(str(r.status_code), error_message(r))
 

@@ -335,6 +335,13 @@ def _numeric_column(frame: pd.DataFrame, name: str) -> np.ndarray:
     return out
 
 
+def _infinities_as_extremes(sorted_values: np.ndarray) -> None:
+    """Infinite values are values: out of range, in the outer bins. Replaced in place by the largest
+    finite floats, at the ends of the sorted values, so they stay sorted."""
+    sorted_values[: sorted_values.searchsorted(-np.inf, side="right")] = np.finfo(float).min
+    sorted_values[sorted_values.searchsorted(np.inf, side="left") :] = np.finfo(float).max
+
+
 def count_frame(
     layout: Layout, frame: pd.DataFrame, scores: np.ndarray | Sequence[float], features: Sequence[str] | None = None
 ) -> WindowCounts:
@@ -357,19 +364,15 @@ def count_frame(
     counts = WindowCounts.empty(layout)
     counts.rows = n
     counts.ks = np.full(f, np.nan)
-    nums = [layout.names[i] for i in layout.num_index]
-    matrix = np.empty((len(nums), n))
-    for k, name in enumerate(nums):
-        matrix[k] = _numeric_column(frame, name)
-    if np.isinf(matrix).any():
-        matrix[np.isinf(matrix) & (matrix < 0)] = np.finfo(float).min  # infinite values are values: out of range, in the outer bins
-        matrix[np.isinf(matrix)] = np.finfo(float).max
-    matrix.sort(axis=1)  # NaN sorts last
-    present = (~np.isnan(matrix)).sum(axis=1)
-    for k, i in enumerate(layout.num_index):
+    # One column at a time: its sorted copy stays in cache while it is searched, where a matrix of
+    # every column would be written to memory and read back (the cost that grows with load).
+    for i in layout.num_index:
         prof = layout.profile.features[i]
         assert isinstance(prof, NumericProfile)
-        v = matrix[k, : present[k]]
+        v = np.sort(_numeric_column(frame, prof.name))  # NaN sorts last, and searchsorted finds it (NumPy orders NaN above all)
+        v = v[: v.searchsorted(np.nan)]
+        if v.size and (v[0] == -np.inf or v[-1] == np.inf):
+            _infinities_as_extremes(v)
         counts.bins[i, : prof.n_bins] = np.diff(np.concatenate(([0], np.searchsorted(v, prof.edges, side="right"), [v.size])))
         counts.missing[i] = n - v.size
         counts.out_of_range[i] = np.searchsorted(v, prof.minimum, side="left") + v.size - np.searchsorted(v, prof.maximum, side="right")
@@ -377,13 +380,13 @@ def count_frame(
     for i in layout.cat_index:
         prof_c = layout.profile.features[i]
         assert isinstance(prof_c, CategoricalProfile)
-        # Hash each distinct value once; values compare as strings, as on the request path.
-        codes, uniques = pd.factorize(frame[prof_c.name], use_na_sentinel=True)
+        # Count each distinct value once; values compare as strings, as on the request path.
+        counted = frame[prof_c.name].value_counts(dropna=True, sort=False)
         lookup = layout.lookups[int(np.searchsorted(layout.cat_index, i))]
-        to_bin = np.array([lookup.get(str(u), len(lookup)) for u in uniques], dtype=np.int64)
-        present = codes >= 0
-        counts.bins[i, : prof_c.n_bins] = np.bincount(to_bin[codes[present]], minlength=prof_c.n_bins)
-        counts.missing[i] = int((~present).sum())
+        to_bin = np.array([lookup.get(str(u), len(lookup)) for u in counted.index], dtype=np.int64)
+        per_value = counted.to_numpy(dtype=np.int64)
+        counts.bins[i, : prof_c.n_bins] = np.bincount(to_bin, weights=per_value, minlength=prof_c.n_bins).astype(np.int64)
+        counts.missing[i] = n - int(per_value.sum())
     counts.score_bins = _score_bins(layout, s)
     score = layout.profile.score
     counts.score_ks = ks_raw(np.sort(s), np.asarray(score.grid), np.asarray(score.cdf))

@@ -443,6 +443,7 @@ def performance_report(
             figures.append(Figure(version, segment, metric, SOURCE_MEASURED, v.value, int(has.sum()), v.note, pk))
         check = calibration_check(y[has], p[has])
         figures.append(Figure(version, segment, "calibration_ratio", SOURCE_MEASURED, check.ratio, check.labelled, check.reason, pk))
+        figures.append(Figure(version, segment, "calibration_z", SOURCE_MEASURED, check.z, check.labelled, check.reason, pk))
         for metric, v in estimated_metrics(p, t).items():
             figures.append(Figure(version, segment, metric, SOURCE_ESTIMATED, v.value, len(rows), v.note, pk))
     return PerformanceReport(tuple(figures), tuple(coverage), join, used)

@@ -146,28 +146,48 @@ class ReferenceProfile:
 # --- building -------------------------------------------------------------------------------------
 
 
-def quantile_edges(values: np.ndarray, bins: int) -> tuple[float, ...]:
-    """Inner cut points at the reference quantiles, deduplicated.
+def sorted_quantiles(sorted_values: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """``np.quantile(values, levels, method="inverted_cdf")`` of values already sorted, NaN removed.
+
+    The same index rule as NumPy's (``n q - 1``, rounded up unless whole, at
+    least 0), read straight from the sorted array: the profile sorts each
+    column once, and NumPy would partition it again for every call.
+    """
+    at = sorted_values.size * levels - 1
+    below = np.floor(at)
+    index = np.where(at == below, below, below + 1).astype(np.intp)
+    out: np.ndarray = sorted_values[np.maximum(index, 0)]
+    return out
+
+
+def distinct_sorted(sorted_values: np.ndarray) -> np.ndarray:
+    """``np.unique`` of values already sorted, without sorting them again."""
+    if sorted_values.size == 0:
+        return sorted_values
+    keep = np.empty(sorted_values.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=keep[1:])
+    out: np.ndarray = sorted_values[keep]
+    return out
+
+
+def quantile_edges(sorted_values: np.ndarray, bins: int) -> tuple[float, ...]:
+    """Inner cut points at the reference quantiles of values sorted ascending (NaN removed), deduplicated.
 
     Quantiles are observed values (``inverted_cdf``), so ties (counts, flags)
     give one edge per distinct value and no empty bins; an edge at the maximum
     is dropped because the bin above it would be empty in the reference.
     """
-    levels = np.arange(1, bins) / bins
-    qs = np.unique(np.quantile(values, levels, method="inverted_cdf"))
-    return tuple(float(q) for q in qs if q < values.max())
+    qs = distinct_sorted(sorted_quantiles(sorted_values, np.arange(1, bins) / bins))
+    return tuple(qs[qs < sorted_values[-1]].tolist())
 
 
 def cdf_sketch(sorted_values: np.ndarray, points: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Grid points and the exact reference CDF at them: every distinct value, or ``points`` quantiles."""
-    distinct = np.unique(sorted_values)
-    grid = (
-        distinct
-        if distinct.size <= points
-        else np.unique(np.quantile(sorted_values, np.arange(1, points + 1) / points, method="inverted_cdf"))
-    )
+    distinct = distinct_sorted(sorted_values)
+    grid = distinct if distinct.size <= points else distinct_sorted(sorted_quantiles(sorted_values, np.arange(1, points + 1) / points))
     cdf = np.searchsorted(sorted_values, grid, side="right") / sorted_values.size
-    return tuple(float(g) for g in grid), tuple(float(c) for c in cdf)
+    return tuple(grid.tolist()), tuple(cdf.tolist())
 
 
 def bin_counts(sorted_values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
@@ -191,16 +211,21 @@ def numeric_profile(name: str, values: np.ndarray, *, bins: int = DEFAULT_BINS, 
 def _numeric(name: str, present: np.ndarray, edges: tuple[float, ...], missing: int, sketch_points: int) -> NumericProfile:
     grid, cdf = cdf_sketch(present, sketch_points)
     counts = bin_counts(present, edges)
-    return NumericProfile(name, edges, tuple(int(c) for c in counts), float(present[0]), float(present[-1]), missing, grid, cdf)
+    return NumericProfile(name, edges, tuple(counts.tolist()), float(present[0]), float(present[-1]), missing, grid, cdf)
 
 
 def categorical_profile(name: str, values: pd.Series) -> CategoricalProfile:
     """Profile of one categorical column; categories are compared as strings."""
-    present = values.dropna()
-    if present.empty:
+    # Hash the column and turn only its distinct values into strings: converting every cell first
+    # costs more. Values that are equal but read differently (1 and 1.0) need the cell-wise way.
+    counted = values.value_counts(dropna=True, sort=False)
+    if pd.api.types.infer_dtype(counted.index, skipna=True) != "string":
+        counted = values.dropna().astype(str).value_counts(sort=False)
+    if counted.empty:
         raise InvalidInputError("no values in the reference (every row is missing)", field=f"frame[{name!r}]")
-    counts = present.astype(str).value_counts(sort=False).sort_index()
-    return CategoricalProfile(name, tuple(str(c) for c in counts.index), tuple(int(c) for c in counts), int(values.isna().sum()))
+    counted = counted.sort_index()
+    present = int(counted.sum())
+    return CategoricalProfile(name, tuple(str(c) for c in counted.index), tuple(int(c) for c in counted), len(values) - present)
 
 
 def score_profile(scores: np.ndarray, sketch_points: int = KS_SKETCH_POINTS) -> NumericProfile:
@@ -249,7 +274,10 @@ def build_profile(
     profiles: list[FeatureProfile] = []
     for name in numeric:
         try:
-            column = pd.to_numeric(frame[name], errors="raise").to_numpy(dtype=float, na_value=np.nan)
+            values = frame[name]
+            if not pd.api.types.is_numeric_dtype(values.dtype):
+                values = pd.to_numeric(values, errors="raise")
+            column = values.to_numpy(dtype=float, na_value=np.nan)
         except (TypeError, ValueError):
             raise InvalidInputError("a numeric feature holds values that are not numbers", field=f"frame[{name!r}]") from None
         profiles.append(numeric_profile(name, column, bins=bins, sketch_points=sketch_points))

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from churnops.data.parquet import read_parquet
 from churnops.errors import ChurnOpsError
@@ -404,6 +405,9 @@ def rollout_body(d: src.Rollout) -> tuple[str, dict[str, Any]]:
     if evaluations:
         body += "<h3>Retraining policy: breached evaluations</h3>"
         body += h.table(rollouts.EVALUATION_HEADERS, [rollouts.evaluation_row(e) for e in evaluations])
+    cases = auc_cases(d.timeline)
+    if cases:
+        body += auc_cases_html(cases, d.timeline)
     figures = {
         "name": d.name,
         "status": {
@@ -415,8 +419,106 @@ def rollout_body(d: src.Rollout) -> tuple[str, dict[str, Any]]:
         "runs": [rollouts.doc(e) for e in runs],
         "promoted": rollouts.promoted_versions(d.timeline),
         "rolled_back": [str(e.get("from")) for e in st.get("history") or [] if e.get("event") == "RolledBack"],
+        "auc_cases": cases,
     }
     return body, figures
+
+
+AUC_CASE_KIND = "outcomes"  # recorded by the demo: a canary, how it was made, and the delayed labels behind its AUC test
+AUC_CASE_HEADERS = (
+    "canary",
+    "stable",
+    "how it was made",
+    "holdout AUC (champion)",
+    "live AUC canary (labelled)",
+    "live AUC stable (labelled)",
+    "delta (limit)",
+    "AUC test",
+    "score PSI (limit)",
+    "ended",
+)
+AUC_CHECK_HEADERS = ("time", "weight %", "check", "AUC test", "canary AUC", "stable AUC", "delta", "evidence (1 fails)", "reason")
+
+
+def auc_cases(timeline: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The AUC cases recorded in a timeline (see ``churnops.demo.worse``), oldest first."""
+    return [dict(e) for e in timeline if e.get("kind") == AUC_CASE_KIND and isinstance(e.get("auc"), dict)]
+
+
+def _auc_of(check: Any) -> dict[str, Any]:
+    figures = check.get("figures") if isinstance(check, dict) else None
+    auc = figures.get("auc_delta") if isinstance(figures, dict) else None
+    return auc if isinstance(auc, dict) else {}
+
+
+def _delta(a: object, b: object) -> float | None:
+    return a - b if isinstance(a, int | float) and isinstance(b, int | float) else None
+
+
+def auc_case_row(case: dict[str, Any]) -> list[object]:
+    a, hold, psi, ended = case["auc"], case.get("holdout") or {}, case.get("scorePSI") or {}, case.get("ended") or {}
+    champion = f" ({h.fmt(hold.get('championAUC'), '.3f')} v{hold.get('champion')})" if hold.get("champion") else ""
+    return [
+        case.get("canary"),
+        case.get("stable"),
+        case.get("made"),
+        f"{h.fmt(hold.get('auc'), '.3f')}{champion}",
+        f"{h.fmt(a.get('canary'), '.3f')} ({h.fmt(a.get('labelledCanary'), ',')})",
+        f"{h.fmt(a.get('stable'), '.3f')} ({h.fmt(a.get('labelledStable'), ',')})",
+        f"{h.fmt(a.get('delta'), '+.3f')} ({h.fmt(a.get('limit'))})",
+        a.get("verdict"),
+        f"{h.fmt(psi.get('canary'), '.3f')} ({h.fmt(psi.get('limit'))})",
+        f"{ended.get('reason')}: {ended.get('message')}" if ended else "running",
+    ]
+
+
+def auc_check_row(check: dict[str, Any]) -> list[object]:
+    a = _auc_of(check)
+    return [
+        rollouts.stamp(check.get("time")),
+        check.get("weight"),
+        check.get("outcome"),
+        a.get("outcome"),
+        a.get("canary"),
+        a.get("stable"),
+        _delta(a.get("canary"), a.get("stable")),
+        a.get("evidence"),
+        check.get("reason"),
+    ]
+
+
+def auc_cases_html(cases: Sequence[dict[str, Any]], timeline: Sequence[dict[str, Any]]) -> str:
+    """Each recorded AUC case: its figures, a plot of the sequential test's evidence, and the checks that judged AUC."""
+    out = "<h3>The AUC test: canaries judged on delayed outcomes</h3>"
+    out += h.table(AUC_CASE_HEADERS, [auc_case_row(c) for c in cases], [str(c["auc"].get("verdict")) for c in cases])
+    for case in cases:
+        checks = [e for e in timeline if e.get("kind") == "check" and e.get("canary") == case.get("canary") and _auc_of(e)]
+        if not checks:
+            continue
+        out += h.image(h.png(auc_evidence_plot(checks, str(case.get("canary")))), f"AUC test of v{case.get('canary')}")
+        out += h.table(AUC_CHECK_HEADERS, [auc_check_row(c) for c in checks], [str(c.get("outcome")) for c in checks])
+    return out
+
+
+def auc_evidence_plot(checks: Sequence[dict[str, Any]], version: str) -> Figure:
+    """The canary's and the stable's AUC at each check, and the test's evidence against its failing boundary."""
+    fig = Figure(figsize=(10, 3.6))
+    left, right = fig.subplots(1, 2)
+    times = [rollouts.when(c) for c in checks]
+    for key, label, colour in (("canary", f"canary v{version}", "#C44E52"), ("stable", "stable", "#4C72B0")):
+        values = [_auc_of(c).get(key) for c in checks]
+        left.plot(times, [np.nan if v is None else v for v in values], marker="o", markersize=3, color=colour, label=label)
+    left.set(title="Measured AUC on delayed outcomes", ylabel="AUC")
+    left.legend()
+    evidence = [float(_auc_of(c).get("evidence") or 0.0) for c in checks]
+    right.plot(times, evidence, marker="o", markersize=3, color="#8172B3")
+    right.axhline(1.0, color="#b3261e", linestyle="--", label="fails at 1")
+    right.set(title="Sequential test: evidence that the canary is worse", ylabel="log LR / failing boundary")
+    right.legend()
+    for ax in (left, right):
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def rollout_section(ctx: Context) -> h.Section:

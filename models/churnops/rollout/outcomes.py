@@ -45,6 +45,7 @@ class VersionOutcomes:
     positive_rate: float | None  # churners among the labelled
     calibration_ratio: float | None  # observed churners / sum of their scores (None below the check's minimum)
     estimated_auc: float | None  # CBPE over every prediction in the window
+    calibration_z: float | None = None  # how far past chance the calibration gap is (None with the ratio)
     readable: bool = True  # False: the prediction log or the labels could not be read (figures unknown, not zero)
 
 
@@ -75,8 +76,8 @@ def figures(frame: pd.DataFrame, labels: pd.DataFrame | None, horizon_days: floa
     if y.size == 0:
         return VersionOutcomes(len(frame), 0, None, None, None, estimated)
     auc = measured_metrics(y, p, 0.5)["auc"].value
-    ratio = calibration_check(y, p).ratio
-    return VersionOutcomes(len(frame), int(y.size), auc, float(np.mean(y)), ratio, estimated)
+    check = calibration_check(y, p)
+    return VersionOutcomes(len(frame), int(y.size), auc, float(np.mean(y)), check.ratio, estimated, check.z)
 
 
 class OutcomeSource:

@@ -436,7 +436,7 @@ class Runner:
             return None
         r = spec.monitoring.retraining
         try:
-            run_id = action[1] if action[0] == "poll" else self.retrainer.ensure(action[1], r.pipeline, dict(r.parameters))
+            run_id = action[1] if action[0] == "poll" else self.retrainer.ensure(action[1], r.pipeline, core.run_parameters(spec, raw))
             info = self.retrainer.info(run_id)
         except InvalidInputError as e:  # a run this machine cannot start (another pipeline's name): it failed, once
             return core.RunReport(failure=str(e))
@@ -450,16 +450,21 @@ class Runner:
         reg = replace(self.registry, model_name=spec.model.registered_model)
         try:
             if spec.model.version is not None:
-                if registry.version_exists(reg, spec.model.version):
-                    return spec.model.version, None
-                return None, f"version {spec.model.version} of {reg.model_name} is not registered"
-            assert spec.model.alias is not None
-            version = registry.alias_version(reg, spec.model.alias)
+                if not registry.version_exists(reg, spec.model.version):
+                    return None, f"version {spec.model.version} of {reg.model_name} is not registered"
+                version = spec.model.version
+            else:
+                assert spec.model.alias is not None
+                aliased = registry.alias_version(reg, spec.model.alias)
+                if aliased is None:
+                    return None, f"registered model {reg.model_name} has no alias {spec.model.alias!r}"
+                version = aliased
+            gates = registry.rejected_gates(reg, version)
         except Exception as e:
             problems.setdefault("registry", f"{type(e).__name__}: {e}"[:300])
             return None, None
-        if version is None:
-            return None, f"registered model {reg.model_name} has no alias {spec.model.alias!r}"
+        if gates is not None:  # registered for inspection only (`train --register-rejected`)
+            return None, names.rejected_reason(reg.model_name, version, gates)
         return version, None
 
     # --- observations --------------------------------------------------------------------------------------
@@ -489,7 +494,13 @@ class Runner:
         model = spec.model.registered_model
         o = self.outcomes.versions(model, (due.stable,), seen.now - self.label_window_s, seen.now)[due.stable]
         answers = rm.drift_answers(seen.scrape, due.stable)
-        for name, x in (("auc_measured", o.auc), ("auc_estimated", o.estimated_auc), ("calibration_ratio", o.calibration_ratio)):
+        figures = {
+            "auc_measured": o.auc,
+            "auc_estimated": o.estimated_auc,
+            "calibration_ratio": o.calibration_ratio,
+            "calibration_z": o.calibration_z,
+        }
+        for name, x in figures.items():
             answers[name] = observe.Answer({}) if x is None else observe.value(x)
         answers["labelled"] = observe.value(float(o.labelled))
         return observe.retraining_observation(answers, spec.monitoring.drift.threshold, self._reference(model, due.stable), seen.now)
@@ -530,6 +541,7 @@ class Runner:
                 "estimatedAUC": obs.estimated_auc,
                 "referenceAUC": obs.reference_auc,
                 "calibrationRatio": obs.calibration_ratio,
+                "calibrationZ": obs.calibration_z,
             },
         }
 

@@ -4,7 +4,9 @@ The input is streamed (pyarrow batches), so memory stays bounded by the chunk
 size whatever the file size. Output columns: the input's id/time columns when
 present, ``churn_probability``, ``risk_band``, and for each of the top-k
 reasons ``reason_<i>_feature``, ``reason_<i>_value`` (as text) and
-``reason_<i>_contribution`` (log-odds).
+``reason_<i>_contribution`` (log-odds). Reasons are exact TreeSHAP evaluated for whole blocks of rows
+(``churnops.serving.treeshap``) and chosen per chunk with array operations: a partition per row, and only the
+chosen cells formatted as text; no Python object is built per row.
 """
 
 from __future__ import annotations
@@ -87,27 +89,46 @@ def _check_columns(frame: pd.DataFrame, model: CompiledModel, path: Path) -> Non
 
 
 def score_chunk(model: CompiledModel, frame: pd.DataFrame, threshold: float, top_k: int) -> pd.DataFrame:
-    out = pd.DataFrame({c: frame[c].to_numpy() for c in PASSTHROUGH if c in frame.columns})
+    # the columns as they are (a timezone-aware timestamp through to_numpy() becomes one Python object per row)
+    out = frame.loc[:, [c for c in PASSTHROUGH if c in frame.columns]].reset_index(drop=True)
     explain = top_k > 0 and model.explainable
-    scored = model.explain(frame) if explain else model.predict(frame)
+    scored = model.explain(frame, vectorised=True) if explain else model.predict(frame)
     out["churn_probability"] = scored.probability
     out["risk_band"] = risk_bands(scored.probability, threshold)
     if explain:
         assert scored.contributions is not None
-        contrib = scored.contributions
-        k = min(top_k, contrib.shape[1])
-        # top-k by |contribution| per row, strongest first
-        idx = np.argpartition(-np.abs(contrib), k - 1, axis=1)[:, :k] if k < contrib.shape[1] else np.tile(np.arange(k), (len(frame), 1))
-        order = np.argsort(-np.abs(np.take_along_axis(contrib, idx, axis=1)), axis=1, kind="stable")
-        idx = np.take_along_axis(idx, order, axis=1)
+        idx, contributions = top_k_by_magnitude(scored.contributions, top_k)
         names = np.asarray(model.features, dtype=object)
-        values = frame[model.features].astype("string").astype(object).where(frame[model.features].notna(), None).to_numpy()
-        rows = np.arange(len(frame))
-        for i in range(k):
-            col = idx[:, i]
-            out[f"reason_{i + 1}_feature"] = names[col]
-            out[f"reason_{i + 1}_value"] = values[rows, col]
-            out[f"reason_{i + 1}_contribution"] = contrib[rows, col]
+        values = reason_values(frame, model.features, idx)
+        for i in range(idx.shape[1]):
+            out[f"reason_{i + 1}_feature"] = names[idx[:, i]]
+            out[f"reason_{i + 1}_value"] = values[:, i]
+            out[f"reason_{i + 1}_contribution"] = contributions[:, i]
+    return out
+
+
+def top_k_by_magnitude(contributions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the columns of the k largest |contribution| (strongest first, ties by column) and their values."""
+    k = min(k, contributions.shape[1])
+    magnitude = np.abs(contributions)
+    # a partition of each row, then a sort of its k survivors only
+    idx = np.argpartition(-magnitude, k - 1, axis=1)[:, :k] if k < contributions.shape[1] else np.tile(np.arange(k), (len(magnitude), 1))
+    idx.sort(axis=1)  # ties keep the column order, as a stable sort of the whole row would
+    order = np.argsort(-np.take_along_axis(magnitude, idx, axis=1), axis=1, kind="stable")
+    idx = np.take_along_axis(idx, order, axis=1)
+    return idx, np.take_along_axis(contributions, idx, axis=1)
+
+
+def reason_values(frame: pd.DataFrame, features: list[str], idx: np.ndarray) -> np.ndarray:
+    """The input values of the chosen features as text (None when missing): only those cells are converted."""
+    out = np.full(idx.shape, None, dtype=object)
+    for j in np.unique(idx):
+        where = idx == j
+        rows = where.any(axis=1)
+        column = frame[features[j]].iloc[rows]
+        text = column.astype(str).to_numpy(dtype=object)  # str() of each value, as pandas' "string" dtype writes them
+        text[column.isna().to_numpy()] = None
+        out[where] = text  # a row names a feature at most once: one slot per chosen row, in row order
     return out
 
 

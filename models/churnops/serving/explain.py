@@ -6,7 +6,10 @@ the fitted pieces once and scores plain rows with the boosters' native APIs.
 
 Explanations live in the margin (log-odds) space of the combined model:
 - LightGBM / XGBoost members: exact TreeSHAP from the libraries' native
-  ``pred_contrib`` / ``pred_contribs`` (the same algorithm as shap.TreeExplainer);
+  ``pred_contrib`` / ``pred_contribs`` (the same algorithm as shap.TreeExplainer)
+  for a few rows; for blocks of rows (``vectorised``, batch scoring) the same
+  values from ``churnops.serving.treeshap``, several times faster, each row
+  checked against the booster's own margin;
 - logistic regression members: exact linear attributions on the scaled inputs,
   mapped back to source features;
 - "single" and "stack" combiners are linear in the members' margins, so the
@@ -21,6 +24,7 @@ probability is the calibrated one.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +35,9 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
 from churnops.errors import NotImplementedInModelError
+from churnops.serving.treeshap import TreeShap, UnsupportedTreeError
 from churnops.training.ensemble import ChurnEnsemble, calibrate
+from churnops.training.families import attribution
 
 
 class ExplanationUnavailableError(NotImplementedInModelError):
@@ -53,6 +59,10 @@ class Scored:
     margin: np.ndarray | None = None
     base_value: float | None = None
     contributions: np.ndarray | None = None
+
+
+# base + sum of contributions against the booster's margin, relative beyond 1: XGBoost adds its trees in float32
+MARGIN_TOLERANCE = 1e-4
 
 
 def _sigmoid(m: np.ndarray) -> np.ndarray:
@@ -82,6 +92,20 @@ class _TreeMember:
             self.xgb.set_param({"nthread": threads})
         else:
             self.lgb = model.booster_
+        self._vectorised: TreeShap | None = None
+        self._vectorised_unavailable = False
+        self._building = threading.Lock()
+
+    def vectorised(self) -> TreeShap | None:
+        """The block explainer, built on first use (batch only: 300 trees of 31 leaves take 1.6 s and 150 MB of tables)."""
+        with self._building:
+            if self._vectorised is None and not self._vectorised_unavailable:
+                booster = self.xgb if self.family == "xgboost" else self.lgb
+                try:
+                    self._vectorised = TreeShap.of(booster, "xgboost" if self.family == "xgboost" else "lightgbm", len(self.columns))
+                except UnsupportedTreeError:
+                    self._vectorised_unavailable = True  # native contributions cover every booster
+            return self._vectorised
 
     def matrix(self, rows: np.ndarray) -> np.ndarray:
         """Booster input from an object array of raw values (None for missing)."""
@@ -105,25 +129,42 @@ class _TreeMember:
             if mapping is None:
                 out[:, j] = pd.to_numeric(col, errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
             else:
-                out[:, j] = (
-                    col.astype("object").map(lambda v, m=mapping: m.get(str(v), -1.0) if isinstance(v, str) else -1.0).to_numpy(float)
-                )
+                # the mapping's keys in its order: a value's code is its index, -1 for missing and unknown (as in training)
+                out[:, j] = pd.Categorical(col.astype("object"), categories=list(mapping)).codes
         return out
 
-    def evaluate(self, x: np.ndarray, n_features: int, contributions: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def evaluate(
+        self, x: np.ndarray, n_features: int, contributions: bool, vectorised: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Margins, and with ``contributions`` the per-feature attributions (model feature order) and bias."""
         if self.family == "xgboost":
             data = xgb.DMatrix(x, missing=np.nan, nthread=self.threads)  # one DMatrix for both calls
             margin = np.asarray(self.xgb.predict(data, output_margin=True), dtype=float).reshape(-1)
-            raw = np.asarray(self.xgb.predict(data, pred_contribs=True), dtype=float) if contributions else None
         else:
             margin = np.asarray(self.lgb.predict(x, raw_score=True, num_threads=self.threads), dtype=float).reshape(-1)
-            raw = np.asarray(self.lgb.predict(x, pred_contrib=True, num_threads=self.threads), dtype=float) if contributions else None
-        if raw is None:
+        if not contributions:
             return margin, None, None
+        fast = self.vectorised() if vectorised else None
+        if fast is not None:
+            raw = fast.shap_values(x, self.threads)
+            bias = np.full(len(x), fast.base_value)
+            # the booster's own margin vouches for each row's path (XGBoost sums its margin in float32)
+            off = np.abs(bias + raw.sum(axis=1) - margin) > MARGIN_TOLERANCE * np.maximum(1.0, np.abs(margin))
+            if off.any():
+                native = self._native_contributions(x[off])
+                raw[off], bias[off] = native[:, :-1], native[:, -1]
+        else:
+            native = self._native_contributions(x)
+            raw, bias = native[:, :-1], native[:, -1]
         out = np.zeros((x.shape[0], n_features))
-        out[:, self.columns] = raw[:, :-1]
-        return margin, out, raw[:, -1]
+        out[:, self.columns] = raw
+        return margin, out, bias
+
+    def _native_contributions(self, x: np.ndarray) -> np.ndarray:
+        """The booster's own TreeSHAP: (n, columns + 1), the bias last."""
+        if self.family == "xgboost":
+            return np.asarray(self.xgb.predict(xgb.DMatrix(x, missing=np.nan, nthread=self.threads), pred_contribs=True), dtype=float)
+        return np.asarray(self.lgb.predict(x, pred_contrib=True, num_threads=self.threads), dtype=float)
 
 
 class _LinearMember:
@@ -143,7 +184,9 @@ class _LinearMember:
         frame = rows_to_frame(rows, self.features, categorical)
         return np.asarray(self.pipeline.named_steps["prep"].transform(frame), dtype=float)
 
-    def evaluate(self, z: np.ndarray, n_features: int, contributions: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def evaluate(
+        self, z: np.ndarray, n_features: int, contributions: bool, vectorised: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         margin = np.asarray(z @ self.coef + self.intercept, dtype=float)
         if not contributions:
             return margin, None, None
@@ -188,9 +231,9 @@ class CompiledModel:
         self.members: list[_TreeMember | _LinearMember] = []
         self.unexplainable_reason: str | None = None
         for pipeline, family in zip(model.members, model.families, strict=True):
-            if family in ("lightgbm", "xgboost"):
+            if attribution(family) == "tree":
                 self.members.append(_TreeMember(pipeline, family, self.features, threads))
-            elif family == "logistic_regression":
+            elif attribution(family) == "linear":
                 self.members.append(_LinearMember(pipeline, self.features))
             else:
                 self.unexplainable_reason = f"member family {family!r} has no exact attribution"
@@ -239,8 +282,12 @@ class CompiledModel:
             return np.asarray(np.interp(raw, calibrator.X_thresholds_, calibrator.y_thresholds_), dtype=float)
         return calibrate(calibrator, raw)
 
-    def explain(self, rows: np.ndarray | pd.DataFrame) -> Scored:
-        """Probabilities plus margin, base value and per-feature contributions (base + sum == margin)."""
+    def explain(self, rows: np.ndarray | pd.DataFrame, vectorised: bool = False) -> Scored:
+        """Probabilities plus margin, base value and per-feature contributions (base + sum == margin).
+
+        ``vectorised``: tree members explain the rows as blocks (batch scoring: faster from a few hundred
+        rows on, after building per-model tables once); the values are the same exact TreeSHAP.
+        """
         if not self.explainable:
             raise ExplanationUnavailableError(self.unexplainable_reason or "no exact attribution")
         inputs = self._inputs(rows)
@@ -250,7 +297,7 @@ class CompiledModel:
         base = np.full(n_rows, self.bias)
         margins = []
         for w, member, x in zip(self.weights, self.members, inputs, strict=True):
-            m, c, b = member.evaluate(x, n, contributions=True)
+            m, c, b = member.evaluate(x, n, contributions=True, vectorised=vectorised)
             assert c is not None and b is not None
             margins.append(m)
             contrib += w * c
@@ -258,6 +305,32 @@ class CompiledModel:
             margin += w * m
         # the base value is the same for every row (the model's expected margin)
         return Scored(self._calibrated(margins), margin, float(base[0]), contrib)
+
+    def explain_alone(self, rows: np.ndarray | pd.DataFrame) -> Scored:
+        """``explain`` of many rows with each row's values, to the bit, those of explaining that row alone.
+
+        Precomputed reasons stand in for a request's own computation, so they must be its bytes. Inputs, tree
+        margins and attributions are computed row by row even in a batch; the linear members' margins and the
+        combination go through BLAS products whose sums round with the batch's shape: those run row by row.
+        """
+        if not self.explainable:
+            raise ExplanationUnavailableError(self.unexplainable_reason or "no exact attribution")
+        n, n_rows = len(self.features), len(rows)
+        margin = np.full(n_rows, self.bias)
+        contrib = np.zeros((n_rows, n))
+        base = np.full(n_rows, self.bias)
+        margins = []
+        for w, member, x in zip(self.weights, self.members, self._inputs(rows), strict=True):
+            m, c, b = member.evaluate(x, n, contributions=True)
+            assert c is not None and b is not None
+            if isinstance(member, _LinearMember):
+                m = np.concatenate([member.evaluate(x[i : i + 1], n, contributions=False)[0] for i in range(n_rows)])
+            margins.append(m)
+            contrib += w * c
+            base += w * b
+            margin += w * m
+        probability = np.concatenate([self._calibrated([m[i : i + 1] for m in margins]) for i in range(n_rows)])
+        return Scored(probability, margin, float(base[0]), contrib)
 
 
 def top_reasons(model: CompiledModel, row: np.ndarray, contributions: np.ndarray, k: int) -> list[Reason]:

@@ -18,6 +18,12 @@ Idle kept-alive connections between requests stay governed by uvicorn's
 keep-alive timeout (KServe's ``--timeout-keep-alive``). Responses come from
 ``churnops.serving.errors`` like every other error.
 
+Open connections are capped (``max_connections``, per process): one past the
+cap is closed as soon as it is accepted, before it costs a parser or a timer.
+The cap keeps file descriptors in reserve (``connection_cap``): a process out
+of them can neither write its audit log or prediction-log segments nor accept
+the next health probe, and asyncio then stops accepting for a second at a time.
+
 This module imports uvicorn: only ``serve`` loads it.
 """
 
@@ -25,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
+import time
 from functools import partial
 from typing import Any
 
@@ -36,15 +44,57 @@ from churnops.serving.security import HttpLimits
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_CONNECTIONS = 16_384  # per process: 10,000 idle connections of one pod fit a single worker
+RESERVED_FDS = 512  # kept for files, store and database connections, probes
+REFUSAL_LOG_EVERY_S = 10.0
+
+
+def raise_fd_limit() -> int:
+    """The soft limit of open files raised to the hard one (containers often start at 1,024); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:  # an unlimited hard limit is above the kernel's nr_open
+            log.warning("open files stay limited to %d (%s)", soft, e)
+    return int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
+def connection_cap(fd_limit: int, wanted: int | None = None) -> int:
+    """Open connections one process accepts: ``wanted`` (default ``DEFAULT_MAX_CONNECTIONS``), within its fd limit."""
+    cap = DEFAULT_MAX_CONNECTIONS if wanted is None else wanted
+    if fd_limit == resource.RLIM_INFINITY:
+        return cap
+    return max(1, min(cap, fd_limit - RESERVED_FDS))
+
 
 class _RefusedError(Exception):
     """Stops the parser from a callback; the reason is kept on the protocol."""
 
 
+class Refusals:
+    """Connections refused at the cap, logged once per ``REFUSAL_LOG_EVERY_S`` (a flood must not flood the log)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.logged_at = float("-inf")
+
+    def add(self, cap: int) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.logged_at >= REFUSAL_LOG_EVERY_S:
+            log.warning("%d connection(s) closed at once: %d are open, the cap (--max-connections)", self.count, cap)
+            self.count, self.logged_at = 0, now
+
+
 class LimitedHttpProtocol(HttpToolsProtocol):
-    def __init__(self, *args: Any, limits: HttpLimits, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, limits: HttpLimits, max_connections: int | None = None, refusals: Refusals | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.limits = limits
+        self.max_connections = max_connections
+        self.refusals = refusals or Refusals()
         self._in_headers = True  # reading a request line and headers (or waiting for the next request's first byte)
         self._header_bytes = 0
         self._header_count = 0
@@ -53,6 +103,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.max_connections is not None and len(self.connections) > self.max_connections:
+            self.refusals.add(self.max_connections)
+            transport.close()  # no request came yet: nothing to answer, and a client may retry it elsewhere
+            return
         self._arm(self.limits.header_timeout_s, self._headers_late)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -146,6 +200,6 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def protocol_factory(limits: HttpLimits) -> Any:
-    """What uvicorn's ``Config(http=...)`` takes: a protocol class bound to ``limits``."""
-    return partial(LimitedHttpProtocol, limits=limits)
+def protocol_factory(limits: HttpLimits, max_connections: int | None = None) -> Any:
+    """What uvicorn's ``Config(http=...)`` takes: a protocol class bound to ``limits`` and the connection cap."""
+    return partial(LimitedHttpProtocol, limits=limits, max_connections=max_connections, refusals=Refusals())

@@ -2,8 +2,10 @@
 
 - ``ChurnModelServer`` binds one address (KServe's binds every interface), so the
   embedded mode listens on loopback only; it reads requests with the header
-  bounds and read timeouts of ``churnops.serving.http`` and sends no
-  ``Server`` header (uvicorn's names itself: nothing to tell a client).
+  bounds, read timeouts and connection cap of ``churnops.serving.http`` and
+  sends no ``Server`` header (uvicorn's names itself: nothing to tell a client).
+  A worker of several (``churnops.serving.workers``) serves on the socket its
+  supervisor bound instead.
 - ``ChurnRepository`` keeps every model it was given: KServe's repository
   forgets an unloaded model, so ``…/load`` after ``…/unload`` could never work.
   An unknown name is a 404 (``ChurnRepositoryExtension``), not a 503. A load
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from kserve import ModelRepository, ModelServer
@@ -102,10 +106,21 @@ class ChurnDataPlane(DataPlane):  # type: ignore[misc]
 class ChurnModelServer(ModelServer):  # type: ignore[misc]
     """KServe's ModelServer bound to ``host``, with the repository, extension and data plane above."""
 
-    def __init__(self, host: str, repository: ChurnRepository, http_limits: HttpLimits | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        host: str,
+        repository: ChurnRepository,
+        http_limits: HttpLimits | None = None,
+        max_connections: int | None = None,
+        sockets: list[socket.socket] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``max_connections``: open connections beyond it are closed at once; ``sockets``: serve on these (bound) instead."""
         super().__init__(registered_models=repository, **kwargs)
         self.host = host
         self.http_limits = http_limits or HttpLimits()
+        self.max_connections = max_connections
+        self.sockets = sockets
         self.dataplane = ChurnDataPlane(model_registry=repository)
         self.model_repository_extension = ChurnRepositoryExtension(model_registry=repository)
 
@@ -115,11 +130,16 @@ class ChurnModelServer(ModelServer):  # type: ignore[misc]
         if getattr(self, "_rest_server", None) is not None:
             config = self._rest_server.config
             config.host = self.host
-            config.http = protocol_factory(self.http_limits)
+            config.http = protocol_factory(self.http_limits, self.max_connections)
             config.server_header = False
             # uvicorn trusts X-Forwarded-For from loopback peers by default: any local client (the embedded mode, a
             # sidecar proxy's own connections) could then pick the address that per-address limits key on
             config.proxy_headers = False
+            if self.sockets is not None:
+                # KServe's REST server awaits ``serve()`` without sockets (uvicorn then binds host:port itself); its
+                # start coroutine exists already but has not run, so it finds this bound method
+                server = self._rest_server._server
+                server.serve = partial(server.serve, sockets=self.sockets)
         super().setup_event_loop()
 
 

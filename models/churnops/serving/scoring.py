@@ -3,7 +3,9 @@
 ``Scorer`` holds one loaded model version and everything a request needs.
 It knows nothing about HTTP or KServe: failures are ``churnops.errors``
 classes, each carrying its status, which the server's one handler turns
-into responses.
+into responses. With a ``ReasonsStore``, explanations precomputed from exactly
+the features read come with them and replace the computation
+(``churnops.serving.reasons``); others are computed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from churnops.serving.audit import AuditSink, digest
 from churnops.serving.explain import CompiledModel, Scored, known_categories, top_reasons
 from churnops.serving.inputs import FeatureSchema, Instance, ParsedRequest
 from churnops.serving.instruments import ServingMetrics
+from churnops.serving.reasons import ReasonsStore, encode, explainer, feature_rows, joined, start_warming
 from churnops.training.ensemble import ChurnEnsemble
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,7 @@ class ServedModel:
     model: ChurnEnsemble
     threshold: float
     run_id: str | None = None
+    fingerprint: str | None = None  # sha256 of the artifact: precomputed reasons name it
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,21 @@ def risk_band(p: float, threshold: float) -> str:
 
 
 @dataclass
+class Fetched:
+    """Each instance's feature record, why the store was skipped (if it was), and what came with the records."""
+
+    records: list[dict[str, Any] | None]
+    degraded: str | None = None
+    precomputed: list[Scored | None] | None = None  # explained from exactly these records by this version
+    digests: list[bytes | None] | None = None  # of the stored feature bytes, for storing what is computed
+
+    def hit(self) -> Scored | None:
+        """The precomputed explanation of every instance, or None unless every instance has one."""
+        found = [p for p in self.precomputed or [] if p is not None]
+        return joined(found) if found and len(found) == len(self.records) else None
+
+
+@dataclass
 class Outcome:
     predictions: list[dict[str, Any]]
     degraded: bool
@@ -137,6 +156,7 @@ class Scorer:
         drift: LiveDriftMonitor | None = None,
         pseudonyms: Pseudonyms | None = None,
         request_errors: tuple[type[BaseException], ...] = (),
+        reasons: ReasonsStore | None = None,
     ) -> None:
         self.served = served
         self.pseudonyms = pseudonyms
@@ -152,6 +172,7 @@ class Scorer:
         self.labels = (served.registered_model, served.version)
         self.prediction_log = prediction_log
         self.drift = drift
+        self.reasons = reasons if self.compiled.explainable else None
         self.layout = FeatureLayout(())
         try:
             self.layout = FeatureLayout(tuple(self.compiled.features), frozenset(self.compiled.categorical))
@@ -170,22 +191,31 @@ class Scorer:
         rows = np.full((1, len(self.compiled.features)), None, dtype=object)
         self.compiled.explain(rows) if self.compiled.explainable else self.compiled.predict(rows)
 
+    def start_warming(self) -> threading.Thread | None:
+        """Precompute every customer's reasons for this version in the background (requests meanwhile compute theirs)."""
+        return start_warming(self.reasons, explainer(self.compiled)) if self.reasons is not None else None
+
     def _stage(self, stage: str, seconds: float) -> None:
         self.metrics.latency.labels(*self.labels, stage).observe(seconds)
 
-    def fetch(self, instances: list[Instance]) -> tuple[list[dict[str, Any] | None], str | None]:
-        """Each instance's feature record; the second value names why the store was skipped, if it was."""
+    def fetch(self, instances: list[Instance]) -> Fetched:
+        """Each instance's feature record (and precomputed reasons, when the store keeps them), or why the store was skipped."""
         records: list[dict[str, Any] | None] = [inst.features for inst in instances]
         wanted = [(i, inst.customer_id) for i, inst in enumerate(instances) if inst.features is None and inst.customer_id is not None]
         if not wanted:
-            return records, None
+            return Fetched(records)
         if self.source is None:
             raise BadRequestError("this server has no online store; send 'features' records", field="instances[].customer_id")
         if not self.breaker.allow():
             return self._store_down(records, wanted, "store_circuit_open")
         t0 = time.perf_counter()
+        found = None
         try:
-            rows = self.source.read_many([cid for _, cid in wanted])
+            if self.reasons is not None:
+                found = self.reasons.read_many([cid for _, cid in wanted])  # the same round trip as the features alone
+                rows = [f.record for f in found]
+            else:
+                rows = self.source.read_many([cid for _, cid in wanted])
         except self.store_errors as e:
             if isinstance(e, self.request_errors):  # the store is fine: opening the breaker would fail everyone else
                 log.info("online store read of %d ids failed for this request only (%s: %s)", len(wanted), type(e).__name__, e)
@@ -199,7 +229,13 @@ class Scorer:
             if row is None:
                 raise NotFoundError(f"customer {cid} has no features in the online store", field=f"instances[{i}].customer_id")
             records[i] = row
-        return records, None
+        if found is None:
+            return Fetched(records)
+        precomputed: list[Scored | None] = [None] * len(instances)
+        digests: list[bytes | None] = [None] * len(instances)
+        for (i, _), f in zip(wanted, found, strict=True):
+            precomputed[i], digests[i] = f.entry, f.digest
+        return Fetched(records, None, precomputed, digests)
 
     def _store_down(
         self,
@@ -207,20 +243,15 @@ class Scorer:
         wanted: list[tuple[int, int]],
         reason: str,
         why: str = "online feature store unavailable",
-    ) -> tuple[list[dict[str, Any] | None], str]:
+    ) -> Fetched:
         if self.policy.on_store_failure == "reject":
             raise UnavailableError(why, retry_after=self.breaker.retry_after())
         for i, _ in wanted:
             records[i] = {}  # every feature missing: the model's answer for an unknown profile, flagged degraded
-        return records, reason
+        return Fetched(records, reason)
 
     def rows(self, records: list[dict[str, Any] | None]) -> np.ndarray:
-        features = self.compiled.features
-        out = np.empty((len(records), len(features)), dtype=object)
-        for r, rec in enumerate(records):
-            assert rec is not None
-            out[r, :] = [rec.get(f) for f in features]
-        return out
+        return feature_rows(self.compiled.features, records)
 
     def unseen(self, rows: np.ndarray) -> list[list[str]]:
         """Per row, the categorical features whose value was never seen in training (scored as missing)."""
@@ -261,7 +292,7 @@ class Scorer:
         caller: str,
         client_request_id: str | None,
         full: bool = False,
-        fetched: tuple[list[dict[str, Any] | None], str | None] | None = None,
+        fetched: Fetched | None = None,
     ) -> Outcome:
         """Score every instance; ``full`` adds the whole attribution (the explain verb).
 
@@ -270,16 +301,15 @@ class Scorer:
         t_start = time.perf_counter()
         rid = uuid.uuid4().hex
         self.refuse_erased(request.instances)
-        records, degraded_reason = fetched if fetched is not None else self.fetch(request.instances)
+        fetched = fetched if fetched is not None else self.fetch(request.instances)
+        records, degraded_reason = fetched.records, fetched.degraded
         rows = self.rows(records)
-        t0 = time.perf_counter()
         want_reasons = self.compiled.explainable and (full or request.top_k > 0)
         if full and not self.compiled.explainable:
             raise NotImplementedInModelError(
                 f"model v{self.served.version} cannot be explained exactly: {self.compiled.unexplainable_reason}"
             )
-        scored = self.compiled.explain(rows) if want_reasons else self.compiled.predict(rows)
-        self._stage("explain" if want_reasons else "predict", time.perf_counter() - t0)
+        scored = self._scored(request.instances, rows, fetched, want_reasons)
         bands = risk_bands(scored.probability, self.served.threshold)
         unseen = self.unseen(rows)
         predictions = [
@@ -319,6 +349,22 @@ class Scorer:
         self._observe(predictions, rows, degraded_reason, unseen)
         self._stage("total", time.perf_counter() - t_start)
         return Outcome(predictions, degraded_reason is not None)
+
+    def _scored(self, instances: list[Instance], rows: np.ndarray, fetched: Fetched, want_reasons: bool) -> Scored:
+        """Scores, with the attribution when wanted: precomputed when every instance has it, else computed. A request of
+        one customer stores what it computed (explaining a row alone is what precomputing does); a batch's sums round
+        with its shape, so it stores nothing."""
+        hit = fetched.hit()
+        if hit is not None:
+            return hit if want_reasons else Scored(hit.probability)
+        t0 = time.perf_counter()
+        scored = self.compiled.explain(rows) if want_reasons else self.compiled.predict(rows)
+        self._stage("explain" if want_reasons else "predict", time.perf_counter() - t0)
+        digest = fetched.digests[0] if fetched.digests is not None and len(instances) == 1 else None
+        cid = instances[0].customer_id
+        if want_reasons and self.reasons is not None and digest is not None and cid is not None:
+            self.reasons.store_later([(cid, digest, encode(digest, scored, 0))])
+        return scored
 
     def _prediction(
         self,

@@ -3,6 +3,8 @@
 Everything is built from ``ServeConfig`` at the entry point. The same code runs
 as a local process (embedded mode: SQLite online store, file audit log) and
 in the cluster image behind an InferenceService (Redis, PostgreSQL audit).
+With ``--workers N`` the entry point forks N such processes behind one port
+(``churnops.serving.workers``), and each builds everything here for itself.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -39,13 +41,15 @@ from churnops.serving.audit_setup import AuditSettings, open_sink
 from churnops.serving.auth import AuthConfig, KeyDirectory
 from churnops.serving.inputs import FeatureSchema
 from churnops.serving.instruments import ServingMetrics
+from churnops.serving.reasons import ReasonsStore, model_key
 from churnops.serving.routing_table import default_path
 from churnops.serving.scoring import Breaker, OnFailure, Scorer, ServedModel, ServingPolicy
 from churnops.serving.security import HttpLimits, Limits
+from churnops.serving.workers import MetricsFanIn, Supervisor, Worker, audit_log_for
 from churnops.training import registry
 from churnops_feast import store as feast_store
 from churnops_feast.definitions import TRAINING_SERVICE
-from churnops_feast.online import FeatureReader, ReadOverBudget, redis_reader, sqlite_reader
+from churnops_feast.online import FeatureReader, ReadOverBudget, RedisFeatureReader, redis_reader, sqlite_reader
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ class ServeConfig:
     auth: AuthConfig | None = None  # None: no authentication (only with --insecure-no-auth)
     limits: Limits = field(default_factory=Limits)
     http_limits: HttpLimits = field(default_factory=HttpLimits)  # header bounds and read timeouts of the HTTP layer
+    max_connections: int | None = None  # open connections per worker (default churnops.serving.http.DEFAULT_MAX_CONNECTIONS)
     metrics_max_age_s: float = 1.0  # /metrics is rendered at most this often (concurrent scrapes share a rendering)
     on_store_failure: OnFailure = "degrade"
     store_timeout_s: float = 0.05
@@ -202,9 +207,13 @@ def prediction_log(cfg: ServeConfig, registry: Any, privacy: PrivacyStore) -> Pr
     return PredictionLog(store, registry, flush_interval_s=cfg.prediction_log_flush_s, suppressor=Suppression(privacy))
 
 
+def audit_log(cfg: ServeConfig) -> Path:
+    return cfg.audit_log or cfg.data_dir / "audit" / "predictions.jsonl"
+
+
 def audit_sink(cfg: ServeConfig, env: Mapping[str, str]) -> AuditSink:
     settings = AuditSettings(
-        cfg.audit_log or cfg.data_dir / "audit" / "predictions.jsonl",
+        audit_log(cfg),
         cfg.audit_dsn,
         cfg.audit_signing_key,
         cfg.audit_public_keys,
@@ -238,6 +247,14 @@ def drift_monitor(reg: registry.RegistryConfig, version: str, features: list[str
     return LiveDriftMonitor(profile, features, model=reg.model_name, version=version, window=LiveWindow(max(1, window // slots), slots))
 
 
+def reasons_store(source: FeatureReader, served: ServedModel) -> ReasonsStore | None:
+    """Precomputed reasons live next to the features in Redis; they need the artifact's digest to name the model."""
+    if not isinstance(source, RedisFeatureReader) or served.fingerprint is None:
+        return None
+    key = model_key(served.registered_model, served.version, served.fingerprint)
+    return ReasonsStore(source, key, len(served.model.feature_names))
+
+
 def load_scorer(cfg: ServeConfig, ref: str, shared: Shared) -> Scorer:
     """Resolve ``ref`` in the registry, download and verify the artifact, compile it for serving."""
     reg = cfg.registry()
@@ -245,11 +262,13 @@ def load_scorer(cfg: ServeConfig, ref: str, shared: Shared) -> Scorer:
     model = registry.load_model(reg, version)  # raises ModelIntegrityError on a sha256 mismatch
     info = registry.version_info(reg, version)
     alias = ref if not ref.isdigit() and not ref.startswith("models:/") else None
-    served = ServedModel(reg.model_name, version, alias, model, info["threshold"], info["run_id"])
+    fingerprint = info["tags"].get(f"sha256.{registry.MODEL_FILE}")
+    served = ServedModel(reg.model_name, version, alias, model, info["threshold"], info["run_id"], fingerprint)
+    source = shared.readers(list(model.feature_names))
     scorer = Scorer(
         served,
         feature_schema(model.feature_names, model.categorical),
-        shared.readers(list(model.feature_names)),
+        source,
         STORE_ERRORS,
         shared.audit,
         shared.metrics,
@@ -259,7 +278,9 @@ def load_scorer(cfg: ServeConfig, ref: str, shared: Shared) -> Scorer:
         drift_monitor(reg, version, model.feature_names, cfg.drift_window),
         shared.pseudonyms,
         REQUEST_STORE_ERRORS,
+        reasons_store(source, served),
     )
+    scorer.start_warming()
     shared.metrics.info.labels(reg.model_name, version, alias or "").set(1)
     shared.metrics.reference(reg.model_name, version, info["metrics"])
     log.info(
@@ -274,11 +295,33 @@ def load_scorer(cfg: ServeConfig, ref: str, shared: Shared) -> Scorer:
 
 
 def model_server_options(options: Mapping[str, Any], server_type: type) -> dict[str, Any]:
-    """The KServe ModelServer constructor arguments among the parsed options (one process, see ``serve``)."""
+    """The KServe ModelServer constructor arguments among the parsed options; each worker is one KServe process."""
     accepted = set(inspect.signature(server_type).parameters) - {"http_port", "workers"}
-    if int(options.get("workers", 1) or 1) != 1:
-        raise ConfigError("one process per server: scale out with replicas (the wiring is built at the entry point)", field="--workers")
     return {k: v for k, v in options.items() if k in accepted}
+
+
+def worker_count(options: Mapping[str, Any]) -> int:
+    """KServe's ``--workers``: processes behind the port (one per core: a process scores on one core at a time)."""
+    count = int(options.get("workers", 1) or 1)
+    if count < 1:
+        raise ConfigError(f"at least one worker, got {count}", field="--workers")
+    return count
+
+
+def for_worker(cfg: ServeConfig, index: int) -> ServeConfig:
+    """Worker ``index``'s configuration: a file audit trail of its own (one writer per chain); a PostgreSQL trail is
+    one chain the workers extend in turn, as replicas do."""
+    return replace(cfg, audit_log=audit_log_for(audit_log(cfg), index))
+
+
+def check(cfg: ServeConfig) -> None:
+    """What no worker could serve, refused before any starts."""
+    if cfg.max_connections is not None and cfg.max_connections < 1:
+        raise ConfigError(f"at least one connection, got {cfg.max_connections}", field="--max-connections")
+    if cfg.model_name and len(cfg.models) != 1:
+        raise ConfigError("serves exactly one --model under a fixed name", field="--model_name")
+    if cfg.route is not None and cfg.route in {cfg.model_name or served_name(ref) for ref in cfg.models}:
+        raise ConfigError(f"the route's name {cfg.route!r} is also the name of a --model", field="--route")
 
 
 def count_errors(metrics: ServingMetrics, labels_of: Callable[[str], tuple[str, str] | None]) -> Callable[[str, int], None]:
@@ -340,8 +383,29 @@ def routed_endpoint(cfg: ServeConfig, shared: Shared, workers: ThreadPoolExecuto
 
 
 def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
-    """Start the ModelServer and block."""
+    """Serve until stopped: in this process, or (``--workers N``) in N forked workers sharing the port."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # more threads than cores make tail latency erratic
+    check(cfg)
+    count = worker_count(cfg.kserve_options)
+    if count == 1:
+        serve_process(cfg, env)
+        return
+    from churnops.serving import modelserver, predictor  # noqa: F401, PLC0415 - imported once, before the fork: workers share the pages
+    from churnops.serving.http import raise_fd_limit  # noqa: PLC0415
+
+    raise_fd_limit()  # the workers inherit it
+
+    def run(worker: Worker) -> None:
+        serve_process(for_worker(cfg, worker.index), env, worker)
+
+    grace = int(cfg.kserve_options.get("grace_period", 30) or 30)
+    code = Supervisor(run, cfg.host, cfg.http_port, count, grace_s=grace).serve()
+    if code:
+        raise SystemExit(f"a worker failed at its start (see its log above); exit code {code}")
+
+
+def serve_process(cfg: ServeConfig, env: Mapping[str, str], worker: Worker | None = None) -> None:
+    """Build the wiring and run one ModelServer process (the only one, or ``worker`` of several) until stopped."""
     from fastapi.exceptions import RequestValidationError  # noqa: PLC0415
     from kserve import ModelServer  # noqa: PLC0415 - imports FastAPI, uvicorn, gRPC: only when serving
     from kserve.logging import logger as kserve_logger  # noqa: PLC0415
@@ -350,6 +414,7 @@ def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
 
     from churnops.serving.errors import error_handler, validation_error_handler  # noqa: PLC0415
     from churnops.serving.exposition import CachedExposition, MetricsEndpoint  # noqa: PLC0415
+    from churnops.serving.http import connection_cap, raise_fd_limit  # noqa: PLC0415
     from churnops.serving.modelserver import ChurnModelServer, ChurnRepository, ClientErrorLogs  # noqa: PLC0415
     from churnops.serving.openapi import spec  # noqa: PLC0415
     from churnops.serving.predictor import ChurnModel  # noqa: PLC0415
@@ -368,10 +433,6 @@ def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
     shared = Shared(readers, audit, metrics, breaker, plog, Pseudonyms(privacy))
     # large requests score here, off the event loop; one thread per core (the boosters release the GIL)
     workers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="score")
-    if cfg.model_name and len(cfg.models) != 1:
-        raise ConfigError("serves exactly one --model under a fixed name", field="--model_name")
-    if cfg.route is not None and cfg.route in {cfg.model_name or served_name(ref) for ref in cfg.models}:
-        raise ConfigError(f"the route's name {cfg.route!r} is also the name of a --model", field="--route")
     models = []
     for ref in cfg.models:
         loader = partial(load_scorer, cfg, ref, shared)
@@ -396,8 +457,10 @@ def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
         app.openapi = lambda: document
     app.add_exception_handler(ChurnOpsError, error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
+    render = partial(generate_latest, REGISTRY)
+    fan_in = MetricsFanIn(render, worker) if worker is not None else None
     # added first, so it runs inside the guard (which limits scrapes per address)
-    app.add_middleware(MetricsEndpoint, exposition=CachedExposition(partial(generate_latest, REGISTRY), cfg.metrics_max_age_s))
+    app.add_middleware(MetricsEndpoint, exposition=CachedExposition(fan_in.render if fan_in else render, cfg.metrics_max_age_s))
     app.add_middleware(
         GuardMiddleware,
         auth=cfg.auth,
@@ -419,7 +482,16 @@ def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
     # drift gauges are computed when Prometheus scrapes, for whichever versions are loaded then
     REGISTRY.register(DriftCollector(drift_monitors))
     settings = {"enable_grpc": False, "enable_docs_url": False, **options}
-    server = ChurnModelServer(cfg.host, ChurnRepository(), cfg.http_limits, **settings, http_port=cfg.http_port, workers=1)
+    server = ChurnModelServer(
+        cfg.host,
+        ChurnRepository(),
+        cfg.http_limits,
+        max_connections=connection_cap(raise_fd_limit(), cfg.max_connections),
+        sockets=[worker.sock] if worker is not None else None,
+        **settings,
+        http_port=cfg.http_port,
+        workers=1,
+    )
     server.dataplane.store_ready = store_readiness(cfg, breaker, scorers)
     for m in [*models, *([router] if router is not None else [])]:
         server.register_model(m)  # unready ones too: they answer 503 and fail readiness instead of vanishing
@@ -429,14 +501,22 @@ def serve(cfg: ServeConfig, env: Mapping[str, str]) -> None:
         split = f"stable v{table.stable}" if table.stable else "no stable version yet"
         split += f", canary v{table.canary} at {table.weight}%" if table.canary else ""
         served.append(f"{router.name} (routed by {router.watcher.path}: {split})")
-    print(f"ChurnOps predictor on http://{cfg.host}:{cfg.http_port}: " + ", ".join(served), flush=True)
+    port = worker.sock.getsockname()[1] if worker is not None else cfg.http_port
+    which = f" (worker {worker.index} of {worker.count}, pid {os.getpid()})" if worker is not None else ""
+    print(f"ChurnOps predictor on http://{cfg.host}:{port}{which}: " + ", ".join(served), flush=True)
     # Everything loaded so far (libraries, models, explainers) lives as long as the server: leave it out of
     # the collector's full passes, which otherwise walk it all and stall every request (and probe) meanwhile.
     gc.collect()
     gc.freeze()
+    if fan_in is not None:
+        fan_in.start()
+    if worker is not None:
+        worker.built.set()
     try:
         server.start([])
     finally:
+        if fan_in is not None:
+            fan_in.close()
         if router is not None:
             router.stop()
         workers.shutdown(wait=True)

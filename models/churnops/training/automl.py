@@ -1,7 +1,7 @@
-"""AutoML: an Optuna (TPE + median pruning) search over up to six model families.
+"""AutoML: an Optuna (TPE + median pruning) search over the model families of ``families.FAMILY_TABLE``.
 
 One study searches a conditional space (family, then that family's
-hyper-parameters). Every family is tried once with sensible defaults first
+hyper-parameters, as its table entry declares them). Every family is tried once with sensible defaults first
 (enqueued trials), so none is starved by an early leader. A trial is scored by
 ROC-AUC over grouped stratified folds and reports after each fold, so poor
 trials are pruned early; the study stops early once the best score has not
@@ -22,23 +22,17 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
-from lightgbm import LGBMClassifier
 from sklearn.base import ClassifierMixin, clone
-from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
-from sklearn.svm import LinearSVC
-from xgboost import XGBClassifier
 
-from churnops.errors import CheckFailedError, InvalidInputError
-from churnops.training.config import MAX_THREADS, TREE_FAMILIES, SearchPlan
+from churnops.errors import CheckFailedError
+from churnops.training.config import MAX_THREADS, SearchPlan
 from churnops.training.dataset import DatasetSpec
+from churnops.training.families import Float, Int, Param, family_of
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +67,7 @@ class SearchResult:
 def preprocessor(spec: DatasetSpec, family: str) -> ColumnTransformer:
     """Trees take raw numbers (NaN kept) and ordinal categories; the others imputed, scaled, one-hot."""
     num, cat = list(spec.numeric), list(spec.categorical)
-    if family in TREE_FAMILIES:
+    if family_of(family).tree:
         cats = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-1)
         return ColumnTransformer([("num", "passthrough", num), ("cat", cats, cat)], verbose_feature_names_out=False)
     numeric = make_pipeline(SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True), StandardScaler())
@@ -85,119 +79,27 @@ def preprocessor(spec: DatasetSpec, family: str) -> ColumnTransformer:
 
 def default_params(family: str, shallow: bool = False) -> dict[str, Any]:
     """The first trial of each family; ``shallow`` trees for small tables (see SHALLOW_TREE_ROWS)."""
-    if shallow and family == "lightgbm":
-        return {
-            "n_estimators": 200,
-            "learning_rate": 0.03,
-            "num_leaves": 7,
-            "min_child_samples": 40,
-            "colsample_bytree": 0.5,
-            "reg_lambda": 1.0,
-        }
-    if shallow and family == "xgboost":
-        return {
-            "n_estimators": 300,
-            "learning_rate": 0.03,
-            "max_depth": 3,
-            "min_child_weight": 10.0,
-            "colsample_bytree": 0.5,
-            "reg_lambda": 1.0,
-        }
-    return {
-        "lightgbm": {
-            "n_estimators": 300,
-            "learning_rate": 0.05,
-            "num_leaves": 31,
-            "min_child_samples": 40,
-            "colsample_bytree": 0.5,
-            "reg_lambda": 1.0,
-        },
-        "xgboost": {
-            "n_estimators": 300,
-            "learning_rate": 0.05,
-            "max_depth": 5,
-            "min_child_weight": 5.0,
-            "colsample_bytree": 0.5,
-            "reg_lambda": 1.0,
-        },
-        "random_forest": {"n_estimators": 200, "max_depth": 14, "min_samples_leaf": 10, "max_features": 0.3},
-        "logistic_regression": {"C": 0.1},
-        "svm": {"C": 0.05},
-        "mlp": {"hidden": 64, "alpha": 1e-3, "learning_rate_init": 1e-3},
-    }[family]
+    return family_of(family).first_trial(shallow)
+
+
+def suggest(trial: optuna.trial.BaseTrial, key: str, param: Param) -> Any:
+    """One parameter from the study, under its family-prefixed ``key``."""
+    if isinstance(param, Int):
+        return trial.suggest_int(key, param.low, param.high, step=param.step, log=param.log)
+    if isinstance(param, Float):
+        return trial.suggest_float(key, param.low, param.high, log=param.log)
+    return trial.suggest_categorical(key, list(param.options))
 
 
 def suggest_params(trial: optuna.trial.BaseTrial, family: str) -> dict[str, Any]:
-    if family == "lightgbm":
-        return {
-            "n_estimators": trial.suggest_int("lgb_n_estimators", 100, 600, step=50),
-            "learning_rate": trial.suggest_float("lgb_learning_rate", 0.01, 0.2, log=True),
-            "num_leaves": trial.suggest_int("lgb_num_leaves", 4, 128, log=True),
-            "min_child_samples": trial.suggest_int("lgb_min_child_samples", 10, 200, log=True),
-            "colsample_bytree": trial.suggest_float("lgb_colsample_bytree", 0.2, 1.0),
-            "reg_lambda": trial.suggest_float("lgb_reg_lambda", 1e-3, 10.0, log=True),
-        }
-    if family == "xgboost":
-        return {
-            "n_estimators": trial.suggest_int("xgb_n_estimators", 100, 600, step=50),
-            "learning_rate": trial.suggest_float("xgb_learning_rate", 0.01, 0.2, log=True),
-            "max_depth": trial.suggest_int("xgb_max_depth", 2, 8),
-            "min_child_weight": trial.suggest_float("xgb_min_child_weight", 1.0, 50.0, log=True),
-            "colsample_bytree": trial.suggest_float("xgb_colsample_bytree", 0.2, 1.0),
-            "reg_lambda": trial.suggest_float("xgb_reg_lambda", 1e-3, 10.0, log=True),
-        }
-    if family == "random_forest":
-        return {
-            "n_estimators": trial.suggest_int("rf_n_estimators", 100, 400, step=50),
-            "max_depth": trial.suggest_int("rf_max_depth", 4, 20),
-            "min_samples_leaf": trial.suggest_int("rf_min_samples_leaf", 1, 50, log=True),
-            "max_features": trial.suggest_float("rf_max_features", 0.05, 0.6),
-        }
-    if family == "logistic_regression":
-        return {"C": trial.suggest_float("lr_C", 1e-3, 10.0, log=True)}
-    if family == "svm":
-        return {"C": trial.suggest_float("svm_C", 1e-3, 1.0, log=True)}
-    if family == "mlp":
-        return {
-            "hidden": trial.suggest_categorical("mlp_hidden", [32, 64, 128]),
-            "alpha": trial.suggest_float("mlp_alpha", 1e-5, 1e-1, log=True),
-            "learning_rate_init": trial.suggest_float("mlp_learning_rate_init", 1e-4, 1e-2, log=True),
-        }
-    raise InvalidInputError(f"unknown family {family!r}")
+    """A point of the family's search space, its parameters named as the family's builder takes them."""
+    entry = family_of(family)
+    return {name: suggest(trial, entry.key(name), param) for name, param in entry.space.items()}
 
 
 def estimator(family: str, params: dict[str, Any], seed: int, threads: int = MAX_THREADS) -> ClassifierMixin:
-    """The classifier of a family. Linear models weight classes (imbalance); the ensemble is recalibrated after."""
-    if family == "lightgbm":
-        return LGBMClassifier(
-            **params,
-            subsample=0.8,
-            subsample_freq=1,
-            random_state=seed,
-            n_jobs=threads,
-            verbose=-1,
-            deterministic=True,
-            force_row_wise=True,
-        )
-    if family == "xgboost":
-        return XGBClassifier(**params, subsample=0.8, tree_method="hist", random_state=seed, n_jobs=threads, eval_metric="logloss")
-    if family == "random_forest":
-        return RandomForestClassifier(**params, class_weight="balanced_subsample", max_samples=0.7, random_state=seed, n_jobs=threads)
-    if family == "logistic_regression":
-        return LogisticRegression(C=params["C"], class_weight="balanced", max_iter=2000)
-    if family == "svm":
-        # A linear SVM scales to 10^5 rows; Platt scaling on internal folds turns margins into probabilities.
-        return CalibratedClassifierCV(LinearSVC(C=params["C"], class_weight="balanced", dual=False), method="sigmoid", cv=3)
-    if family == "mlp":
-        return MLPClassifier(
-            hidden_layer_sizes=(params["hidden"], params["hidden"] // 2),
-            alpha=params["alpha"],
-            learning_rate_init=params["learning_rate_init"],
-            early_stopping=True,
-            max_iter=200,
-            random_state=seed,
-        )
-    raise InvalidInputError(f"unknown family {family!r}")
+    """The classifier of a family, built by its table entry."""
+    return family_of(family).build(params, seed, threads)
 
 
 def build_pipeline(spec: DatasetSpec, family: str, params: dict[str, Any], seed: int, threads: int = MAX_THREADS) -> Pipeline:
@@ -250,6 +152,24 @@ class Patience:
             study.stop()
 
 
+def new_study(families: tuple[str, ...], seed: int, shallow_trees: bool) -> optuna.Study:
+    """A study over the families' conditional space, each family's first trial (its defaults) enqueued."""
+    with warnings.catch_warnings():  # grouped multivariate TPE is "experimental" but fits a conditional space
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=len(families))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=len(families), n_warmup_steps=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    for entry in map(family_of, families):
+        study.enqueue_trial({"family": entry.name, **{entry.key(k): v for k, v in entry.first_trial(shallow_trees).items()}})
+    return study
+
+
+def suggest_trial(trial: optuna.trial.BaseTrial, families: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+    """The family, then that family's parameters: the conditional space a trial samples."""
+    family = str(trial.suggest_categorical("family", list(families)))
+    return family, suggest_params(trial, family)
+
+
 def search(
     x: pd.DataFrame,
     y: np.ndarray,
@@ -261,19 +181,11 @@ def search(
 ) -> SearchResult:
     """Run the study; returns the best candidate of each family that completed a trial."""
     families = plan.families
-    with warnings.catch_warnings():  # grouped multivariate TPE is "experimental" but fits a conditional space
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=len(families))
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=len(families), n_warmup_steps=0)
-    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    for family in families:
-        defaults = default_params(family, plan.shallow_trees)
-        study.enqueue_trial({"family": family, **{_param_key(family, k): v for k, v in defaults.items()}})
+    study = new_study(families, seed, plan.shallow_trees)
     oofs: dict[int, np.ndarray] = {}
 
     def objective(trial: optuna.Trial) -> float:
-        family = trial.suggest_categorical("family", list(families))
-        params = suggest_params(trial, family)
+        family, params = suggest_trial(trial, families)
         trial.set_user_attr("params", params)
 
         def on_fold(step: int, auc: float) -> None:
@@ -318,10 +230,3 @@ def search(
         history=history,
         stopped_early=patience.stopped,
     )
-
-
-_PREFIX = {"lightgbm": "lgb", "xgboost": "xgb", "random_forest": "rf", "logistic_regression": "lr", "svm": "svm", "mlp": "mlp"}
-
-
-def _param_key(family: str, name: str) -> str:
-    return f"{_PREFIX[family]}_{name}"

@@ -16,11 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from churnops.errors import InvalidInputError
+from churnops.training.families import FAMILY_TABLE, family_of
+from churnops_contract.policy import TrainingWindow
 
-FAMILIES = ("lightgbm", "xgboost", "random_forest", "logistic_regression", "svm", "mlp")
-TREE_FAMILIES = ("lightgbm", "xgboost", "random_forest")
+# The model families, in the order their default trials run; each is one entry of ``families.FAMILY_TABLE``.
+FAMILIES = tuple(f.name for f in FAMILY_TABLE)
+TREE_FAMILIES = tuple(f.name for f in FAMILY_TABLE if f.tree)
 # families whose margin the server attributes exactly (native TreeSHAP, linear coefficients)
-ATTRIBUTABLE_FAMILIES = ("lightgbm", "xgboost", "logistic_regression")
+ATTRIBUTABLE_FAMILIES = tuple(f.name for f in FAMILY_TABLE if f.attribution is not None)
 
 # Below this many training cells (rows x features) a table is small: one thread per model, because
 # OpenMP's per-tree synchronisation costs more than the work it splits (LightGBM on 3,500 x 20 took
@@ -37,16 +40,7 @@ LARGE_TABLE_TRIALS = 40
 FEW_ROWS = 2_000  # below: five folds, so that each validation fold still holds enough churners
 MAX_THREADS = 2  # the reference machine has 2 cores; more threads only add contention
 # CPU seconds of one fit with a family's default parameters and one thread: (fixed, per million cells).
-# Measured on the reference machine (2 cores, Python 3.11) from 2,300 x 23 to 38,000 x 63; the
-# parameters the search suggests cost about the same on average.
-FIT_COST_S: dict[str, tuple[float, float]] = {
-    "lightgbm": (0.25, 1.6),
-    "xgboost": (0.15, 1.5),
-    "random_forest": (1.0, 24.0),
-    "logistic_regression": (0.25, 1.8),
-    "svm": (0.2, 1.7),
-    "mlp": (0.3, 8.0),
-}
+FIT_COST_S: dict[str, tuple[float, float]] = {f.name: f.fit_cost_s for f in FAMILY_TABLE}
 THREAD_SPEEDUP = 1.5  # what a second thread gave tree families on 38,000 x 63 (an otherwise idle machine)
 # Share of the trials after each family's first that the median rule prunes after one fold (observed 0.7 on small tables).
 PRUNED_SHARE = 0.7
@@ -135,9 +129,10 @@ def plan_search(budget: SearchBudget, rows: int, features: int) -> SearchPlan:
 
 
 def fit_seconds(family: str, rows: int, features: int, threads: int) -> float:
-    fixed, per_million = FIT_COST_S[family]
+    entry = family_of(family)
+    fixed, per_million = entry.fit_cost_s
     seconds = fixed + per_million * rows * features / 1e6
-    return seconds / THREAD_SPEEDUP if threads > 1 and family in TREE_FAMILIES else seconds
+    return seconds / THREAD_SPEEDUP if threads > 1 and entry.threaded else seconds
 
 
 def expected_seconds(plan: SearchPlan) -> float:
@@ -165,7 +160,20 @@ class GateConfig:
     # Equal opportunity by default: segments churn at different true rates, so their positive rates
     # differ legitimately; a recall gap means churners of one segment are missed more often.
     fairness_gate_metrics: tuple[str, ...] = ("recall_gap",)
+    # Whether the gaps across the table's fairness column gate the model. A protected attribute is gated;
+    # a business segment (contract type, plan) is reported only unless asked, because its churn base rates
+    # may differ many-fold. The platform's own table gates its segment column, as its compliance report does.
+    gate_fairness: bool = True
+    # Equal opportunity at per-segment thresholds (each segment's churners found at the overall recall):
+    # evaluated on the holdout and reported; serving applies the one threshold, which the gate judges.
+    per_segment_thresholds: bool = False
     max_auc_regression: float = 0.01  # a challenger may trail the champion by at most this much AUC
+    # Calibration on the holdout (the latest rows: the current population). Observed over expected churners must
+    # lie strictly within the retraining policy's band (its max_calibration_drift: the alert fires at 0.25); a
+    # model outside it would raise the calibration alert against itself as soon as its outcomes arrive.
+    max_calibration_drift: float | None = 0.25
+    # Logistic recalibration slope (1: the scores spread as far as the outcomes do): |slope - 1| at most this. None: not gated.
+    max_calibration_slope_drift: float | None = None
 
 
 @dataclass(frozen=True)
@@ -202,3 +210,4 @@ class TrainingConfig:
     top_k: int = 4
     gates: GateConfig = field(default_factory=GateConfig)
     business: BusinessConfig = field(default_factory=BusinessConfig)
+    window: TrainingWindow = field(default_factory=TrainingWindow)

@@ -11,6 +11,7 @@ same customer never sits on both sides of a fold.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from churnops.data.ingest import TableSchema
 from churnops.data.schema import ENTITY, TARGET, TIMESTAMP
 from churnops.errors import InvalidInputError
 from churnops.features.catalog import FEATURES
+from churnops_contract.policy import TrainingWindow
 
 
 @dataclass(frozen=True)
@@ -131,3 +133,73 @@ def feature_matrix(frame: pd.DataFrame, features: list[str], categorical: list[s
 def xy(frame: pd.DataFrame, spec: DatasetSpec) -> tuple[pd.DataFrame, np.ndarray]:
     """Feature matrix and the 0/1 target."""
     return feature_matrix(frame, list(spec.features), list(spec.categorical)), frame[spec.target_column].to_numpy(dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class WindowedTraining:
+    """The training rows a window keeps, their weights, and the most recent rows the calibrator is fitted on."""
+
+    train: pd.DataFrame  # rows the members are fitted on (time-ordered as given)
+    weights: np.ndarray | None  # recency weights of those rows (mean 1); None: equal weights
+    calibration: np.ndarray | None  # boolean mask over ``train``: the most recent rows; None: every row calibrates
+    dropped_old: int  # rows older than the window
+    window: TrainingWindow
+
+    def describe(self, spec: DatasetSpec) -> dict[str, Any]:
+        """What the model card and the summary record: rows, date range, half-life, calibration rows, and why."""
+        times = self.train[spec.time_column]
+        calibrated = self.train if self.calibration is None else self.train[self.calibration]
+        ctimes = calibrated[spec.time_column]
+        w = self.window
+        return {
+            "rows": len(self.train),
+            "from": str(times.min()),
+            "until": str(times.max()),
+            "rows_dropped_as_older": self.dropped_old,
+            "window_days": w.window_days,
+            "recency_half_life_days": w.recency_half_life_days,
+            "oldest_row_weight": None if self.weights is None else round(float(self.weights.min() / self.weights.max()), 4),
+            "calibration_rows": len(calibrated),
+            "calibration_from": str(ctimes.min()),
+            "calibration_until": str(ctimes.max()),
+            "calibration_days": w.calibration_days,
+            "reason": w.reason or ("every training row, equal weights" if not w.active else "set by the caller"),
+        }
+
+
+def _age_days(times: pd.Series) -> np.ndarray:
+    """Days each row is older than the latest row."""
+    return np.asarray((times.max() - times).dt.total_seconds().to_numpy() / 86_400.0, dtype=float)
+
+
+def recency_weights(times: pd.Series, half_life_days: float) -> np.ndarray:
+    """Weight halving every ``half_life_days`` a row is older than the latest one, scaled to mean 1 (so regularisation keeps its strength)."""
+    w = 0.5 ** (_age_days(times) / half_life_days)
+    return np.asarray(w / w.mean(), dtype=float)
+
+
+def training_window(train: pd.DataFrame, spec: DatasetSpec, window: TrainingWindow) -> WindowedTraining:
+    """Apply ``window`` to the training side of a time split (the holdout and its label gap are already set apart).
+
+    Ages count from the latest training row, so the same window keeps the same span whatever the holdout is.
+    The calibration rows are the latest ``calibration_days`` of the kept rows; the calibrator is fitted on their
+    out-of-fold scores, so no score it sees comes from a model fitted on that row.
+    """
+    if not window.active:
+        return WindowedTraining(train, None, None, 0, window)
+    kept = train
+    if window.window_days is not None:
+        kept = train[_age_days(train[spec.time_column]) < window.window_days].reset_index(drop=True)
+        _check_classes(kept, spec, "window_days", f"the training rows of the last {window.window_days:g} days")
+    half_life = window.recency_half_life_days
+    weights = None if half_life is None else recency_weights(kept[spec.time_column], half_life)
+    calibration = None
+    if window.calibration_days is not None:
+        calibration = _age_days(kept[spec.time_column]) < window.calibration_days
+        _check_classes(kept[calibration], spec, "calibration_days", f"the calibration rows of the last {window.calibration_days:g} days")
+    return WindowedTraining(kept, weights, calibration, len(train) - len(kept), window)
+
+
+def _check_classes(rows: pd.DataFrame, spec: DatasetSpec, field: str, what: str) -> None:
+    if rows[spec.target_column].nunique() < 2:
+        raise InvalidInputError(f"{what} hold {len(rows)} rows and a single class; widen the window", field=field)

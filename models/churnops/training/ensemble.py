@@ -5,7 +5,8 @@ on the holdout): blending weights minimise log-loss, the stacker is a
 logistic regression on the members' logits, and the winner among the best
 single model, the blend and the stack is the one with the highest OOF AUC.
 An isotonic (or, on little data, Platt) calibrator fitted on the winner's OOF
-scores maps them to probabilities, never to exactly 0 or 1: a finite sample
+scores maps them to probabilities (after a population shift, on the OOF scores of
+the most recent rows only: see ``recalibrate``), never to exactly 0 or 1: a finite sample
 cannot make a customer's churn certain (see ``smoothed_isotonic``). By default only exactly attributable
 members and combiners are considered, so that the served model can give exact
 SHAP reasons for every prediction (see ``choose``).
@@ -14,7 +15,7 @@ SHAP reasons for every prediction (see ``choose``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -102,6 +103,42 @@ class EnsembleChoice:
     oof_scores: dict[str, float]  # OOF AUC of each option considered
     calibrator: IsotonicRegression | LogisticRegression  # fitted on the chosen option's OOF scores
     oof: np.ndarray  # calibrated OOF probabilities of the chosen option
+    raw_oof: np.ndarray | None = None  # the chosen option's OOF scores before calibration
+    calibration_rows: int | None = None  # rows the calibrator was fitted on (None: every training row)
+
+
+def pool(candidates: list[Candidate], top_k: int, attributable: bool = True) -> tuple[list[Candidate], bool]:
+    """The best ``top_k`` candidates ``choose`` considers, and whether they are all exactly attributable."""
+    found = [c for c in candidates if c.family in ATTRIBUTABLE_FAMILIES] if attributable else candidates
+    if not found:
+        log.warning("no candidate of %s; the ensemble will serve without exact reasons", ATTRIBUTABLE_FAMILIES)
+        found, attributable = candidates, False
+    return found[:top_k], attributable
+
+
+def reweighted(
+    candidates: list[Candidate],
+    x: pd.DataFrame,
+    y: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    spec: DatasetSpec,
+    seed: int,
+    threads: int,
+    sample_weight: np.ndarray,
+) -> list[Candidate]:
+    """The candidates with OOF scores from fold models fitted with ``sample_weight``, best first.
+
+    The final members are fitted with the recency weights; the combiner, the calibrator and the threshold
+    must see scores of models fitted the same way, or they would map the unweighted models' scores.
+    """
+    out = []
+    for c in candidates:
+        oof = np.zeros(len(y))
+        for tr, va in folds:
+            member = build_pipeline(spec, c.family, c.params, seed, threads).fit(x.iloc[tr], y[tr], model__sample_weight=sample_weight[tr])
+            oof[va] = positive_proba(member, x.iloc[va])
+        out.append(replace(c, oof=oof, cv_auc=float(roc_auc_score(y, oof))))
+    return sorted(out, key=lambda c: c.cv_auc, reverse=True)
 
 
 def choose(
@@ -114,11 +151,7 @@ def choose(
     (``ATTRIBUTABLE_FAMILIES``) and combiners linear in those margins (single,
     stack) are considered; a probability blend is not additive in any margin.
     """
-    pool = [c for c in candidates if c.family in ATTRIBUTABLE_FAMILIES] if attributable else candidates
-    if not pool:
-        log.warning("no candidate of %s; the ensemble will serve without exact reasons", ATTRIBUTABLE_FAMILIES)
-        pool, attributable = candidates, False
-    members = pool[:top_k]
+    members, attributable = pool(candidates, top_k, attributable)
     oof = np.column_stack([c.oof for c in members])
     options: dict[str, tuple[Combiner, np.ndarray]] = {"single": (Combiner("single", weights=np.ones(1)), oof[:, 0])}
     if len(members) > 1:
@@ -135,7 +168,20 @@ def choose(
     if best == "single":
         members = members[:1]
     calibrator = fit_calibrator(raw, y)
-    return EnsembleChoice(combiner, members, scores, calibrator, calibrate(calibrator, raw))
+    return EnsembleChoice(combiner, members, scores, calibrator, calibrate(calibrator, raw), raw)
+
+
+def recalibrate(choice: EnsembleChoice, y: np.ndarray, rows: np.ndarray) -> EnsembleChoice:
+    """The same ensemble with its calibrator fitted on the OOF scores of ``rows`` (a mask) only.
+
+    After a population shift the base rate of the recent rows is the one the model will meet; a calibrator
+    fitted on every training row would learn the old one. The scores are out of fold: none comes from a
+    model fitted on its row.
+    """
+    if choice.raw_oof is None:
+        raise ValueError("the choice carries no OOF scores to recalibrate")
+    calibrator = fit_calibrator(choice.raw_oof[rows], y[rows])
+    return replace(choice, calibrator=calibrator, oof=calibrate(calibrator, choice.raw_oof), calibration_rows=int(rows.sum()))
 
 
 def fit_calibrator(raw: np.ndarray, y: np.ndarray) -> IsotonicRegression | LogisticRegression:
@@ -173,10 +219,17 @@ def calibrate(calibrator: IsotonicRegression | LogisticRegression, raw: np.ndarr
 
 
 def fit_final(
-    choice: EnsembleChoice, x: pd.DataFrame, y: np.ndarray, spec: DatasetSpec, seed: int, threads: int = MAX_THREADS
+    choice: EnsembleChoice,
+    x: pd.DataFrame,
+    y: np.ndarray,
+    spec: DatasetSpec,
+    seed: int,
+    threads: int = MAX_THREADS,
+    sample_weight: np.ndarray | None = None,
 ) -> ChurnEnsemble:
-    """Refit the chosen members on all training rows; keep the OOF-fitted combiner and calibrator."""
-    members = [build_pipeline(spec, c.family, c.params, seed, threads).fit(x, y) for c in choice.members]
+    """Refit the chosen members on all training rows (weighted by recency when given); keep the OOF-fitted combiner and calibrator."""
+    weights = {} if sample_weight is None else {"model__sample_weight": sample_weight}
+    members = [build_pipeline(spec, c.family, c.params, seed, threads).fit(x, y, **weights) for c in choice.members]
     return ChurnEnsemble(
         members, [c.family for c in choice.members], choice.combiner, choice.calibrator, list(spec.features), list(spec.categorical)
     )

@@ -29,6 +29,8 @@ from sklearn.metrics import (
 )
 
 from churnops.errors import InvalidInputError
+from churnops.monitoring.fairness import FairnessConfig
+from churnops.training.calibration import calibration_fit
 from churnops.training.config import BusinessConfig
 
 
@@ -49,6 +51,8 @@ class Evaluation:
     business: dict[str, Any]
     fairness: dict[str, Any] = field(default_factory=dict)
     threshold_rule: dict[str, Any] = field(default_factory=dict)  # a ThresholdChoice: how the threshold was chosen, and why
+    # observed/expected churners, logistic recalibration slope and intercept (churnops.training.calibration)
+    calibration_fit: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,23 +130,71 @@ def choose_threshold(y: np.ndarray, p: np.ndarray, mrr: np.ndarray | None, cfg: 
     return ThresholdChoice(best_f1, "f1_within_capacity", False, note)
 
 
-def fairness(y: np.ndarray, p: np.ndarray, segments: np.ndarray, threshold: float, max_gap: float) -> dict[str, Any]:
-    """Positive rate and recall per segment, their gaps, and whether a gap exceeds ``max_gap``."""
-    per: dict[str, dict[str, float]] = {}
-    pred = p >= threshold
-    for seg in sorted({str(s) for s in segments}):
-        m = segments.astype(str) == seg
+def fairness(y: np.ndarray, p: np.ndarray, segments: np.ndarray, threshold: float | dict[str, float], max_gap: float) -> dict[str, Any]:
+    """Positive rate and recall per segment, their gaps, and whether a gap exceeds ``max_gap``.
+
+    ``threshold`` is one threshold for every row, or one per segment (equal opportunity at per-segment
+    thresholds); a segment without its own threshold has none and is an error. Small segments are listed but
+    left out of the gaps, by the sizes monitoring's fairness uses (``FairnessConfig``): a recall from 2 churners
+    is noise, and training and monitoring must judge the same segments. A gap with fewer than two segments
+    large enough is None (not measured), and the notes say why.
+    """
+    sizes = FairnessConfig()
+    per: dict[str, dict[str, Any]] = {}
+    names = segments.astype(str)
+    if isinstance(threshold, dict):
+        unknown = sorted(set(names) - set(threshold))
+        if unknown:
+            raise InvalidInputError(f"no threshold for segments {unknown[:5]}", field="segment_thresholds")
+        pred = p >= np.array([threshold[s] for s in names], dtype=float)
+    else:
+        pred = p >= threshold
+    for seg in sorted(set(names)):
+        m = names == seg
         positives = int(y[m].sum())
-        per[seg] = {
+        per[str(seg)] = {
             "rows": int(m.sum()),
+            "churners": positives,
             "churn_rate": float(y[m].mean()),
             "positive_rate": float(pred[m].mean()),
             "recall": float(pred[m & (y == 1)].sum() / positives) if positives else float("nan"),
+            "in_positive_rate_gap": int(m.sum()) >= sizes.min_rows,
+            "in_recall_gap": int(m.sum()) >= sizes.min_rows and positives >= sizes.min_churners,
         }
-    rates = [v["positive_rate"] for v in per.values()]
-    recalls = [v["recall"] for v in per.values() if not np.isnan(v["recall"])]
-    gaps = {"positive_rate_gap": float(max(rates) - min(rates)), "recall_gap": float(max(recalls) - min(recalls)) if recalls else 0.0}
-    return {"segments": per, **gaps, "max_gap": max_gap, "flagged": [k for k, v in gaps.items() if v > max_gap]}
+    rates = [v["positive_rate"] for v in per.values() if v["in_positive_rate_gap"]]
+    recalls = [v["recall"] for v in per.values() if v["in_recall_gap"]]
+    gaps = {
+        "positive_rate_gap": float(max(rates) - min(rates)) if len(rates) >= 2 else None,
+        "recall_gap": float(max(recalls) - min(recalls)) if len(recalls) >= 2 else None,
+    }
+    notes = _fairness_notes(per, sizes)
+    flagged = [k for k, v in gaps.items() if v is not None and v > max_gap]
+    return {
+        "segments": per,
+        **gaps,
+        "max_gap": max_gap,
+        "flagged": flagged,
+        "notes": notes,
+        "min_rows": sizes.min_rows,
+        "min_churners": sizes.min_churners,
+    }
+
+
+def _fairness_notes(per: dict[str, dict[str, Any]], sizes: FairnessConfig) -> list[str]:
+    notes = []
+    if len(per) == 1:
+        notes.append(f"one value only ({next(iter(per))!r}): there is nothing to compare, no gap is measured")
+    small = [s for s, v in per.items() if not v["in_positive_rate_gap"]]
+    if small:
+        notes.append(f"segments with fewer than {sizes.min_rows} rows are listed but left out of the gaps: {small[:10]}")
+    few = [s for s, v in per.items() if v["in_positive_rate_gap"] and not v["in_recall_gap"]]
+    if few:
+        notes.append(f"segments with fewer than {sizes.min_churners} churners are left out of the recall gap: {few[:10]}")
+    if len(per) > 1 and sum(v["in_recall_gap"] for v in per.values()) < 2:
+        notes.append(
+            f"fewer than two segments have {sizes.min_rows} rows and {sizes.min_churners} churners: the recall gap is not measured"
+        )
+    return notes
 
 
 def evaluate(
@@ -188,6 +240,7 @@ def evaluate(
         business=biz,
         fairness={} if segments is None else fairness(y, p, segments, threshold, max_fairness_gap),
         threshold_rule=rule,
+        calibration_fit=calibration_fit(y, p),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,26 @@ from matplotlib.figure import Figure
 
 from churnops.training.evaluation import Comparison, Evaluation
 from churnops.training.gates import GateResult
+
+# Every file a training run writes to its output directory (train.train_and_register and the plots below).
+RUN_OUTPUTS = (
+    "evaluation.json",
+    "metrics.json",
+    "selection.json",
+    "model_card.md",
+    "model_card.html",
+    "roc_calibration.png",
+    "business.png",
+    "fairness.png",
+    "importance.png",
+)
+
+
+def clear_outputs(out_dir: Path) -> None:
+    """Remove what an earlier run wrote to ``out_dir``: a refused or plot-less run must not leave its predecessor's
+    card or plots beside its own, nor log them to MLflow as its own. Other files are left alone."""
+    for name in RUN_OUTPUTS:
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def plot_evaluation(ev: Evaluation, importance: dict[str, float], out_dir: Path) -> dict[str, Path]:
@@ -49,6 +69,8 @@ def plot_evaluation(ev: Evaluation, importance: dict[str, float], out_dir: Path)
         xs = range(len(names))
         ax.bar([x - 0.2 for x in xs], [segs[n]["positive_rate"] for n in names], width=0.4, label="positive rate")
         ax.bar([x + 0.2 for x in xs], [segs[n]["recall"] for n in names], width=0.4, label="recall")
+        if len(names) > 12:  # e.g. an age column: one bar per value, names unreadable
+            ax.tick_params(axis="x", labelrotation=90, labelsize=6)
         ax.set_xticks(list(xs), names)
         ax.set(title="Fairness across segments (holdout)", ylim=(0, 1))
         ax.legend()
@@ -80,12 +102,17 @@ class CardInputs:
     lineage: dict[str, Any]
     training: dict[str, Any]  # rows, families tried, ensemble, trials, selected features
     plots: dict[str, Path]
+    fairness_column: str | None = None  # the column the evaluation's fairness figures are across
+    fairness_gated: bool = True  # a protected attribute (gated) or a business segment (reported)
+    segment_thresholds: dict[str, Any] | None = None  # equal opportunity at per-segment thresholds (equal_opportunity.holdout_report)
+    reported_segments: dict[str, dict[str, Any]] = field(default_factory=dict)  # further columns' fairness, reported only
 
 
 def render_markdown(c: CardInputs) -> str:
     ev = c.evaluation
     lines = [
         f"# Model card: {c.model_name}" + (f" v{c.version}" if c.version else ""),
+        *_status_lines(c),
         "",
         "## Intended use",
         "Scores each active customer's probability of churning within 30 days, for customer-success teams to",
@@ -117,20 +144,16 @@ def render_markdown(c: CardInputs) -> str:
             f"- Assumptions: {ev.business['config']}",
         ]
     if ev.fairness:
-        lines += [
-            "",
-            "## Fairness across segments (holdout)",
-            "| segment | rows | churn rate | positive rate | recall |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        lines += [
-            f"| {s} | {v['rows']:,} | {v['churn_rate']:.3f} | {v['positive_rate']:.3f} | {v['recall']:.3f} |"
-            for s, v in ev.fairness["segments"].items()
-        ]
-        flagged = ", ".join(ev.fairness["flagged"]) or "none"
-        lines.append(
-            f"\nGaps: positive rate {ev.fairness['positive_rate_gap']:.3f}, recall {ev.fairness['recall_gap']:.3f} (bound {ev.fairness['max_gap']}); flagged: {flagged}."
+        role = (
+            f"Gated: the fairness gate bounds the recall gap between its values at {ev.fairness['max_gap']:g}."
+            if c.fairness_gated
+            else "A business segment: reported, not gated (segments' churn base rates may differ many-fold); --gate-segment gates it."
         )
+        lines += _fairness_lines(c.fairness_column or "segments", ev.fairness, role)
+    for column, report in c.reported_segments.items():
+        lines += _fairness_lines(column, report, "A business segment: reported, not gated.")
+    if c.segment_thresholds is not None:
+        lines += _segment_threshold_lines(c.segment_thresholds)
     if c.comparison is not None:
         cmp_ = c.comparison
         lines += [
@@ -151,6 +174,68 @@ def render_markdown(c: CardInputs) -> str:
         *[f"![{name}]({p.name})" for name, p in c.plots.items()],
     ]
     return "\n".join(lines) + "\n"
+
+
+def _fairness_lines(column: str, report: dict[str, Any], role: str) -> list[str]:
+    """Per-segment rates and recall, and the gaps between segments (the figures a fairness refusal rests on)."""
+    lines = [
+        "",
+        f"## Fairness across {column} (holdout)",
+        role,
+        "",
+        "| segment | rows | churners | churn rate | positive rate | recall | in the recall gap |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {s} | {v['rows']:,} | {v.get('churners', '-')} | {v['churn_rate']:.3f} | {v['positive_rate']:.3f} | {v['recall']:.3f} | "
+        f"{'yes' if v.get('in_recall_gap', True) else 'no (too small)'} |"
+        for s, v in report["segments"].items()
+    ]
+    flagged = ", ".join(report["flagged"]) or "none"
+    sizes = (
+        f"; segments under {report['min_rows']} rows or {report['min_churners']} churners are not judged" if "min_rows" in report else ""
+    )
+    lines.append(
+        f"\nGaps: positive rate {_gap(report['positive_rate_gap'])}, recall {_gap(report['recall_gap'])} "
+        f"(bound {report['max_gap']}{sizes}); flagged: {flagged}."
+    )
+    lines += [f"- {note}" for note in report.get("notes", [])]
+    return lines
+
+
+def _gap(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.3f}"
+
+
+def _segment_threshold_lines(report: dict[str, Any]) -> list[str]:
+    at = report["holdout"]
+    lines = [
+        "",
+        f"## Equal opportunity at per-segment thresholds across {report.get('column', 'segments')} (holdout)",
+        f"**Not served: {report['served']}.**",
+        f"- {report['note']}",
+        f"- holdout: {report['holdout_contact_share']:.1%} of customers flagged; recall gap {_gap(at['recall_gap'])}, "
+        f"positive rate gap {_gap(at['positive_rate_gap'])}",
+        "",
+        "| segment | threshold | positive rate | recall |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [f"| {s} | {report['thresholds'][s]:.2f} | {v['positive_rate']:.3f} | {v['recall']:.3f} |" for s, v in at["segments"].items()]
+    return lines
+
+
+def _status_lines(c: CardInputs) -> list[str]:
+    """A refused model's card says so first: it is written before the refusal, for inspection."""
+    failed = [g.name for g in c.gates if not g.passed]
+    if not failed:
+        return []
+    if c.version is None:
+        return ["", f"**Not registered: quality gates failed ({', '.join(failed)}). The figures below are why.**"]
+    return [
+        "",
+        f"**Rejected candidate, registered for inspection only: quality gates failed ({', '.join(failed)}); "
+        "it has no alias and cannot be promoted.**",
+    ]
 
 
 def _threshold_lines(ev: Evaluation) -> list[str]:

@@ -28,12 +28,14 @@ from mlflow.models import infer_signature
 from mlflow.pyfunc.model import PythonModel
 from mlflow.tracking import MlflowClient
 
-from churnops.errors import IntegrityError, InvalidInputError, NotFoundError, UnavailableError
+from churnops.errors import CheckFailedError, IntegrityError, InvalidInputError, NotFoundError, UnavailableError
 from churnops.training.ensemble import ChurnEnsemble
 from churnops_contract import registry as contract
 
 CHAMPION = contract.CHAMPION  # aliases are defined once, in the contract
 CHALLENGER = contract.CHALLENGER
+TAG_REJECTED = contract.TAG_REJECTED  # a version registered although quality gates failed, for inspection
+TAG_FAILED_GATES = contract.TAG_FAILED_GATES
 MODEL_FILE = "model.joblib"
 STORE_ROOT_FILE = "store.json"  # records where the embedded store's artifacts were when last opened
 
@@ -140,8 +142,13 @@ def log_and_register(
     metrics: dict[str, float],
     tags: dict[str, str],
     artifacts: dict[str, Path],
+    failed_gates: tuple[str, ...] = (),
 ) -> Registered:
-    """Log one training run and register its model as the new ``challenger``."""
+    """Log one training run and register its model as the new ``challenger``.
+
+    With ``failed_gates`` the model is a rejected candidate: registered for inspection, tagged and
+    described with the gates it failed, and given no alias, so no rollout or promotion picks it up.
+    """
     mlflow.set_tracking_uri(cfg.tracking_uri)
     client = _client(cfg)
     experiment = client.get_experiment_by_name(cfg.experiment)
@@ -169,9 +176,29 @@ def log_and_register(
             pip_requirements=["churnops"],  # the serving image installs this project
         )
         version = mlflow.register_model(info.model_uri, cfg.model_name, tags={f"sha256.{k}": v for k, v in digests.items()})
-    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version.version)
+    if failed_gates:
+        mark_rejected(client, cfg.model_name, str(version.version), failed_gates)
+    else:
+        client.set_registered_model_alias(cfg.model_name, CHALLENGER, version.version)
     client.set_model_version_tag(cfg.model_name, version.version, "run_id", run.info.run_id)
     return Registered(run.info.run_id, str(version.version), f"models:/{cfg.model_name}/{version.version}", digests)
+
+
+def mark_rejected(client: MlflowClient, name: str, version: str, failed_gates: tuple[str, ...]) -> None:
+    gates = ", ".join(failed_gates)
+    client.set_model_version_tag(name, version, TAG_REJECTED, "true")
+    client.set_model_version_tag(name, version, TAG_FAILED_GATES, gates)
+    client.update_model_version(
+        name,
+        version,
+        description=f"Rejected candidate for inspection: failed quality gates {gates}. Never aliased {CHALLENGER} or {CHAMPION}; "
+        "it cannot be promoted.",
+    )
+
+
+def rejected_gates(cfg: RegistryConfig, version: str) -> str | None:
+    """The gates a rejected candidate failed, or None for a version that passed them."""
+    return contract.rejected_gates(_client(cfg).get_model_version(cfg.model_name, version).tags)
 
 
 def log_files(cfg: RegistryConfig, run_id: str, files: dict[str, Path]) -> None:
@@ -272,7 +299,15 @@ class Promotion:
 
 
 def promote(cfg: RegistryConfig, version: str, reason: str) -> Promotion:
-    """Move ``champion`` to ``version`` (staging -> production) and record the change on both versions."""
+    """Move ``champion`` to ``version`` (staging -> production) and record the change on both versions.
+
+    A rejected candidate (registered for inspection although gates failed) is never promoted.
+    """
+    failed = rejected_gates(cfg, version)
+    if failed is not None:
+        raise CheckFailedError(
+            f"{cfg.model_name} v{version} is a rejected candidate (failed quality gates: {failed}); it cannot be promoted"
+        )
     client = _client(cfg)
     previous = alias_version(cfg, CHAMPION)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

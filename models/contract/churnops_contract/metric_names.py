@@ -84,7 +84,7 @@ PREDICTOR_JOB = "churnops-predictor"  # Prometheus job of predictor targets (Chu
 STAGES = ("features", "predict", "explain", "audit", "total")
 DRIFT_METHODS = ("psi", "js", "ks", "chi2")
 QUALITY_CHECKS = ("missing", "out_of_range", "unseen")
-PERFORMANCE_METRICS = ("auc", "pr_auc", "precision", "recall", "brier", "ece", "calibration_ratio")
+PERFORMANCE_METRICS = ("auc", "pr_auc", "precision", "recall", "brier", "ece", "calibration_ratio", "calibration_z")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 

@@ -133,6 +133,7 @@ def retraining_queries(model: str, version: str, drift_methods: Sequence[str]) -
         "auc_measured": performance("auc", m.SOURCE_MEASURED),
         "auc_estimated": performance("auc", m.SOURCE_ESTIMATED),
         "calibration_ratio": performance("calibration_ratio", m.SOURCE_MEASURED),
+        "calibration_z": performance("calibration_z", m.SOURCE_MEASURED),
         "coverage": f"max({m.LABEL_COVERAGE}{selector(model, version)})",
         "predictions": f"sum(increase({m.total(m.PREDICTIONS)}{selector(model, version)}[1d]))",
     }

@@ -169,6 +169,11 @@ def run_action(raw: Mapping[str, Any] | None) -> tuple[str, str] | None:
     return ("poll", rs.run_id) if rs.run_id else ("start", rs.pending_key)
 
 
+def run_parameters(spec: DeploymentSpec, raw: Mapping[str, Any] | None) -> dict[str, str]:
+    """The parameters to start the recorded run with: the spec's and the training window the policy chose."""
+    return retraining.run_parameters(spec, retraining_of(raw))
+
+
 def _record(
     raw: Mapping[str, Any] | None, events: tuple[Event, ...], now: float
 ) -> tuple[tuple[dict[str, Any], ...], int, tuple[dict[str, Any], ...]]:
@@ -268,10 +273,10 @@ def decide(spec: DeploymentSpec, raw: Mapping[str, Any] | None, world: World, ge
     transition = machine.decide(spec, st, target, now, verdict)
     st = transition.status
     events += transition.events
-    if world.target_problem and st.stable is None:
+    if world.target_problem and st.canary is None:  # what the spec asks for cannot be used: say why, whatever serves
         st = replace(st, message=world.target_problem)
     if world.signals is not None and st.stable is not None and retraining.evaluation_due(spec, rs, st.canary is not None, now):
-        rs, eval_events = retraining.evaluate(spec, rs, world.signals, world.run_prefix, world.model_ref)
+        rs, eval_events = retraining.evaluate(spec, rs, world.signals, world.run_prefix, world.model_ref, st.stable)
         events += eval_events
     plan = assemble(raw, st, rs, tuple(events), world.health, generation, now)
     return replace(plan, verdict=verdict)

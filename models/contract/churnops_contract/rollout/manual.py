@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from churnops_contract.rollout.machine import REJECTED_LIMIT, Event, RolloutStatus, Transition, _steady
-from churnops_contract.rollout.retraining import RetrainingStatus
+from churnops_contract.rollout.retraining import RetrainingStatus, start_run
 
 MANUAL = "manual"
 
@@ -62,17 +62,6 @@ def retrain(
     """Start a retraining run now, outside the policy (its cooldown starts as if the policy had started it)."""
     if rs.active:
         raise ManualError(f"retraining run {rs.pending_key} is still {rs.run_state or 'starting'}")
-    key = f"{run_prefix}-retrain-{rs.triggers + 1}"
-    new = replace(
-        rs,
-        triggers=rs.triggers + 1,
-        pending_key=key,
-        run_id=None,
-        run_state=None,
-        candidate=None,
-        started_for=model_ref,
-        breaches=0,
-        last_triggered=now,
-        reason=f"{MANUAL}: {reason}",
-    )
+    # no training window: a run asked for by hand trains as the pipeline's defaults say, not as the last breach did
+    new, key = start_run(replace(rs, breaches=0, last_triggered=now, reason=f"{MANUAL}: {reason}"), run_prefix, model_ref, {})
     return new, (Event("Normal", "RetrainingTriggered", f"Starting a training run as {key} by hand: {reason}"),)

@@ -229,4 +229,5 @@ def retraining_observation(answers: Mapping[str, Answer], threshold: float, refe
         estimated_auc=get("auc_estimated"),
         reference_auc=reference_auc,
         calibration_ratio=get("calibration_ratio"),
+        calibration_z=get("calibration_z"),
     )

@@ -16,7 +16,13 @@ ModelDeployment's status and adds what a cluster needs around it:
 - run names carry the deployment's uid: a deleted and re-created deployment
   never adopts a run of its predecessor;
 - ``DriftDetected`` is announced when breaches start, not at every evaluation
-  that still finds one (the condition carries the running count).
+  that still finds one (the condition carries the running count);
+- a run is started with the training window the policy chose (``window``, the
+  pipeline parameters ``run_parameters`` adds to the spec's); the
+  ``RetrainingTriggered`` event names it and why. When the breach persists
+  against a version the episode's run produced, the policy escalates (see
+  ``churnops_contract.policy``): a ``RetrainingIneffective`` warning pages a
+  person, once per episode.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ class RetrainingStatus:
     candidate_for: str | None = None  # the spec's model reference the run was started under
     started_for: str | None = None
     reason: str = ""
+    attempts: int = 0  # runs started in this breach episode
+    escalated: bool = False  # retraining did not clear the breach; a person was paged
+    window: tuple[tuple[str, str], ...] = ()  # the training window parameters of the current or last run
 
     @property
     def active(self) -> bool:
@@ -63,6 +72,9 @@ class RetrainingStatus:
             "candidateFor": self.candidate_for,
             "startedFor": self.started_for,
             "reason": self.reason,
+            "attempts": self.attempts,
+            "escalated": self.escalated,
+            "window": dict(self.window),
         }
 
     @classmethod
@@ -80,6 +92,9 @@ class RetrainingStatus:
             candidate_for=text(raw, "candidateFor"),
             started_for=text(raw, "startedFor"),
             reason=text(raw, "reason") or "",
+            attempts=integer(raw, "attempts"),
+            escalated=raw.get("escalated") is True,
+            window=_strings(raw.get("window")),
         )
 
     def candidate_under(self, model_ref: str) -> str | None:
@@ -87,9 +102,34 @@ class RetrainingStatus:
         return self.candidate if self.candidate is not None and self.candidate_for == model_ref else None
 
 
+def _strings(raw: Any) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in raw.items())) if isinstance(raw, Mapping) else ()
+
+
+def _days(parameters: Mapping[str, str], name: str, default: float) -> float:
+    """A window size the spec's run parameters set (its base for the policy's windows); the default when absent or not a positive number."""
+    try:
+        value = float(parameters[name])
+    except (KeyError, ValueError):
+        return default
+    return value if value > 0 and value < float("inf") else default
+
+
 def retraining_policy(spec: DeploymentSpec) -> policy.RetrainingPolicy:
     r = spec.monitoring.retraining
-    return policy.RetrainingPolicy(enabled=r.enabled, consecutive=spec.monitoring.drift.consecutive, cooldown_s=r.cooldown_s)
+    given, base = dict(r.parameters), policy.RetrainingPolicy()
+    return policy.RetrainingPolicy(
+        enabled=r.enabled,
+        consecutive=spec.monitoring.drift.consecutive,
+        cooldown_s=r.cooldown_s,
+        recency_half_life_days=_days(given, "recency_half_life_days", base.recency_half_life_days),
+        calibration_days=_days(given, "calibration_days", base.calibration_days),
+    )
+
+
+def run_parameters(spec: DeploymentSpec, rs: RetrainingStatus) -> dict[str, str]:
+    """The parameters a run is started with: the spec's, with the training window the policy chose for it."""
+    return {**dict(spec.monitoring.retraining.parameters), **dict(rs.window)}
 
 
 def evaluation_due(spec: DeploymentSpec, rs: RetrainingStatus, canary_active: bool, now: float) -> bool:
@@ -105,28 +145,57 @@ def run_prefix(namespace: str | None, name: str, uid: str) -> str:
 
 
 def evaluate(
-    spec: DeploymentSpec, rs: RetrainingStatus, obs: policy.Observation, run_prefix: str, model_ref: str = ""
+    spec: DeploymentSpec,
+    rs: RetrainingStatus,
+    obs: policy.Observation,
+    run_prefix: str,
+    model_ref: str = "",
+    stable: str | None = None,
 ) -> tuple[RetrainingStatus, tuple[Event, ...]]:
-    """Apply the policy to one observation; on a trigger, record the run to start (``run_prefix`` ends in the uid)."""
-    state = policy.PolicyState(breaches=rs.breaches, last_retraining=rs.last_triggered)
-    decision = policy.decide(retraining_policy(spec), state, obs)
+    """Apply the policy to one observation; on a trigger, record the run to start (``run_prefix`` ends in the uid).
+
+    ``stable``: the version serving now; when it is the candidate of this episode's last run, a breach counts against the retraining.
+    """
+    state = policy.PolicyState(breaches=rs.breaches, last_retraining=rs.last_triggered, attempts=rs.attempts, escalated=rs.escalated)
+    retrained_serving = rs.candidate is not None and rs.candidate == stable
+    decision = policy.decide(retraining_policy(spec), state, obs, retrained_serving)
     new = replace(
         rs,
         breaches=decision.state.breaches,
         last_triggered=decision.state.last_retraining,
         last_evaluation=obs.time,
         reason=decision.reason,
+        attempts=decision.state.attempts,
+        escalated=decision.state.escalated,
     )
     if not decision.retrain:
         events: tuple[Event, ...] = ()
-        if decision.breached and rs.breaches == 0:
+        if decision.escalation == "page":
+            events = (Event("Warning", "RetrainingIneffective", decision.reason),)
+        elif decision.breached and rs.breaches == 0 and not rs.escalated:
             events = (Event("Warning", "DriftDetected", decision.reason),)
         return new, events
-    key = f"{run_prefix}-retrain-{rs.triggers + 1}"
-    new = replace(new, triggers=rs.triggers + 1, pending_key=key, run_id=None, run_state=None, candidate=None, started_for=model_ref)
+    new, key = start_run(new, run_prefix, model_ref, decision.window.parameters() if decision.window is not None else {})
+    # the reason names the breaches and the window; the window's own reason (which repeats the breaches) is the run's
     return new, (
         Event("Warning", "RetrainingTriggered", f"Starting pipeline {spec.monitoring.retraining.pipeline} as {key}: {decision.reason}"),
     )
+
+
+def start_run(rs: RetrainingStatus, run_prefix: str, model_ref: str, window: Mapping[str, str]) -> tuple[RetrainingStatus, str]:
+    """A new run to start under its idempotency key, with its training window (empty: the pipeline's defaults)."""
+    key = f"{run_prefix}-retrain-{rs.triggers + 1}"
+    started = replace(
+        rs,
+        triggers=rs.triggers + 1,
+        pending_key=key,
+        run_id=None,
+        run_state=None,
+        candidate=None,
+        started_for=model_ref,
+        window=tuple(sorted(window.items())),
+    )
+    return started, key
 
 
 def on_run(

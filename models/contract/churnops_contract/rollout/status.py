@@ -12,6 +12,8 @@
   an invalid spec, a model owned by another deployment, serving objects the
   API server refuses, or Prometheus, MLflow or KFP unreachable.
 - ``DriftDetected`` and ``RetrainingTriggered``: the retraining policy's state.
+- ``RetrainingIneffective``: True once the breach persisted after the
+  policy's retraining runs and a person was paged; False when the signals recover.
 
 ``lastTransitionTime`` changes only when a condition's status changes.
 """
@@ -26,7 +28,7 @@ from typing import Any
 from churnops_contract.rollout.machine import RolloutStatus
 from churnops_contract.rollout.retraining import RetrainingStatus
 
-CONDITIONS = ("Ready", "Progressing", "CanaryHealthy", "Degraded", "DriftDetected", "RetrainingTriggered")
+CONDITIONS = ("Ready", "Progressing", "CanaryHealthy", "Degraded", "DriftDetected", "RetrainingTriggered", "RetrainingIneffective")
 # Why the deployment is degraded, by what is wrong; the first present names the condition's reason.
 PROBLEMS = {
     "spec": "SpecInvalid",
@@ -132,6 +134,15 @@ def conditions(
             _tri(rs.active),
             "RunInProgress" if rs.active else "Idle",
             f"{rs.pending_key} {rs.run_state or 'starting'}" if rs.active else "",
+            generation,
+            now,
+            previous,
+        ),
+        _condition(
+            "RetrainingIneffective",
+            _tri(rs.escalated),
+            "PersonPaged" if rs.escalated else "AsExpected",
+            rs.reason if rs.escalated else "",
             generation,
             now,
             previous,
