@@ -91,6 +91,33 @@ def _decode(raw: bytes | None) -> Any:
     return None if kind is None or kind == "null_val" else getattr(value, kind)
 
 
+class ValueCache:
+    """Decoded values by their stored bytes: a customer's features repeat across customers (flags, counts, categories),
+    and parsing a protobuf per feature is most of a read's CPU. Scalars only (immutable, safe to share between rows);
+    bounded: emptied when full, so a store of unique floats costs at most ``size`` entries."""
+
+    def __init__(self, size: int = 65_536) -> None:
+        self.size = size
+        self._values: dict[bytes, Any] = {}
+
+    def decode(self, raw: bytes | None) -> Any:
+        if raw is None:
+            return None
+        try:
+            return self._values[raw]
+        except KeyError:
+            pass
+        value = _decode(raw)
+        if isinstance(value, bool | int | float | str):
+            if len(self._values) >= self.size:
+                self._values = {}  # a new dict, not clear(): another thread may be reading the old one
+            self._values[raw] = value
+        return value
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
 class FeatureReader(Protocol):
     layout: ServiceLayout
 
@@ -110,6 +137,7 @@ class RedisFeatureReader:
         self.client = client
         self.layout = layout
         self._fields = [_mmh3(f"{view}:{name}") for view, name in layout.features]
+        self._values = ValueCache()
 
     def read(self, customer_id: int) -> dict[str, Any] | None:
         # redis-py's stubs say str, but binary keys and fields are what Feast writes.
@@ -130,7 +158,8 @@ class RedisFeatureReader:
     def _row(self, raw: list[bytes | None]) -> dict[str, Any] | None:
         if all(r is None for r in raw):
             return None
-        return {name: _decode(r) for name, r in zip(self.layout.names, raw, strict=True)}
+        decode = self._values.decode
+        return {name: decode(r) for name, r in zip(self.layout.names, raw, strict=True)}
 
     # For data kept next to the features (precomputed reasons): the same key, fields and decoding as ``read``.
     key = _key

@@ -1,4 +1,4 @@
-"""Local processes: a free loopback port, waiting until a server answers, and a sane metrics mode.
+"""Local processes: a free loopback port, waiting until a server answers, stopping one, and a sane metrics mode.
 
 The demo, the embedded rollout runner and the monitoring page start real
 server processes (``churnops serve`` and friends) on this machine.
@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 FEAST_METRICS_DIR = "feast_metrics_"  # the prefix of the temporary directory Feast's import creates
 MULTIPROC_VARIABLES = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR", "prometheus_multiproc_dir")
@@ -54,3 +55,15 @@ def wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> 
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not answer within {timeout_s:g} s")
         time.sleep(0.3)
+
+
+def terminate(proc: subprocess.Popen[Any], grace_s: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not exited within ``grace_s``; returns once it is gone."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

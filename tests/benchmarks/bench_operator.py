@@ -35,7 +35,10 @@ harness's fake KServe controller, which reports each InferenceService Ready) wit
 ModelDeployments, each taking a version and then a healthy canary through
 every step, and prints reconcile passes per second, the mean pass and the
 operator's peak memory against their goals, the time until all are promoted,
-and the CPU the operator and this process (kmock, the fakes) spent. The tick is
+and the CPU the operator, kmock, the fakes and this driver spent. kmock and the fakes
+(Prometheus, MLflow, KFP) run in child processes of their own (``harness_procs``), so
+that the harness's GIL is not what the operator's requests wait for; the fake KServe
+controller is a thread of this process. The tick is
 1 s: 100 resources then ask for up to 100 passes/s, so the rate measures the
 operator; at the default 10 s the timer alone caps it at 10/s.
 
@@ -53,6 +56,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import NormalDist
@@ -72,9 +76,9 @@ from churnops_contract.rollout.machine import RolloutStatus
 from churnops_contract.rollout.observe import Answer
 from churnops_contract.rollout.spec import Analysis, DeploymentSpec, parse
 from churnops_contract.rollout.status import Health
-from tests.operators.fakes import FakeKFP, FakeMLflow, FakePrometheus, Traffic
-from tests.operators.harness import MD_PATH, NS, crd_defaults, prepare
-from tests.operators.kubemock import ADMIN_TOKEN, KubeServer
+from tests.benchmarks.harness_procs import Harness
+from tests.operators.harness import MD_PATH, NS, crd_defaults
+from tests.operators.kubemock import ADMIN_TOKEN
 
 STEPS = (5, 25, 50, 100)
 # Flagger's stepWeights for the same rollout: it promotes after a passing analysis at its maxWeight (the last step), so
@@ -799,19 +803,22 @@ def bench_reconcile(resources: int, tick: float) -> bool:
     from tests.operators.harness import FakeKServe, OperatorProcess  # noqa: PLC0415
 
     print(f"== Reconcile: {resources} ModelDeployments, tick {tick:g} s, against kmock (2 cores, one process each)")
-    with KubeServer() as kube, FakePrometheus() as prom, FakeKFP() as kfp, FakeMLflow() as mlflow, tempfile.TemporaryDirectory() as tmp:
-        for v in ("1", "2"):
-            prom.set(v, Traffic())
-        api = httpx.Client(base_url=kube.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
-        prepare(kube, api)
+    names = [f"md-{i:03d}" for i in range(resources)]
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as children:
+        # kmock and the fakes each in a process of their own: on this one's GIL they, not the operator, set the pace.
+        kube = children.enter_context(Harness("kube", "--kubeconfig", str(Path(tmp) / "kubeconfig")))
+        fakes = children.enter_context(Harness("fakes", "--models", *names, "--versions", "2"))
+        kube_url = str(kube.ready["url"])
+        api = httpx.Client(base_url=kube_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+        # The fake KServe controller here: this process only waits otherwise, and in kmock's it would take kmock's GIL.
         # A listing of every InferenceService a quarter second (the tests' 50 ms would have the fake controller, not the
         # operator, keep the emulator busy at 100 resources); readiness follows a step within that.
-        kserve = FakeKServe(httpx.Client(base_url=kube.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30), 0.25)
+        kserve = FakeKServe(httpx.Client(base_url=kube_url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30), 0.25)
         kserve.thread.start()  # InferenceServices report Ready: a canary is judged only once its serving object is ready
-        names = [f"md-{i:03d}" for i in range(resources)]
-        for name in names:
-            mlflow.register(name, 2)
-        operator = OperatorProcess(kube.kubeconfig(Path(tmp) / "kubeconfig"), prom.url, mlflow.url, kfp.url, Path(tmp) / "op.log", tick)
+        urls = fakes.ready
+        operator = OperatorProcess(
+            Path(kube.ready["kubeconfig"]), urls["prometheus"], urls["mlflow"], urls["kfp"], Path(tmp) / "op.log", tick
+        )
         operator.args[operator.args.index("--metrics-port") + 1] = str(metrics_port := _free_port())
         operator.args[operator.args.index("--timeout") + 1] = "5"  # the operator's default
         operator.start()
@@ -851,6 +858,7 @@ def bench_reconcile(resources: int, tick: float) -> bool:
         passes_before, (seconds_before, count_before) = _passes(metrics_port), _pass_time(metrics_port)
         assert operator.proc is not None
         cpu_before, own_before, load_before = cpu_s(operator.proc.pid), time.process_time(), os.getloadavg()[0]
+        kube_before, fakes_before = cpu_s(kube.pid), cpu_s(fakes.pid)
         t0 = time.monotonic()
         for name in names:
             api.patch(
@@ -866,10 +874,14 @@ def bench_reconcile(resources: int, tick: float) -> bool:
         seconds, count_ = seconds_after - seconds_before, count_after - count_before
         assert operator.proc is not None
         cpu, own = cpu_s(operator.proc.pid) - cpu_before, time.process_time() - own_before
+        kube_cpu, fakes_cpu = cpu_s(kube.pid) - kube_before, cpu_s(fakes.pid) - fakes_before
         peak = rss_peak_kib(operator.proc.pid)
         operator.stop()
         kserve.stop.set()
-        denied = kube.call(lambda: list(kube.k.denied))
+        kserve.thread.join(5)
+        reasons = sorted({str(s["history"][-1]["reason"])[:200] for s in statuses() if s.get("rolloutPhase") == "RolledBack"})
+        denied: list[str] = kube.stop()["denied"]
+        fakes.stop()
         rate, mean_ms, peak_mib = passes / promoted, 1000 * seconds / count_, peak / 1024
         checks = (rate >= PASSES_GOAL, mean_ms <= MEAN_PASS_GOAL_MS, peak_mib <= RSS_GOAL_MIB)
         print(f"   all {resources} deployed (version 1) in {deployed:.1f} s")
@@ -882,12 +894,12 @@ def bench_reconcile(resources: int, tick: float) -> bool:
         print(f"   {'operator peak memory (VmHWM), MiB':<44} {peak_mib:>10.1f} {f'<= {RSS_GOAL_MIB:g}':>10}   {verdict(checks[2])}")
         print(
             f"   CPU while the canaries rolled out: operator {1000 * cpu / max(passes, 1):.1f} ms per pass ({cpu / promoted:.0%} of a core);"
-            f" kmock, the fakes and this driver {own / promoted:.0%} of a core; RBAC refusals: {len(denied)}"
+            f" kmock {kube_cpu / promoted:.0%}, fakes {fakes_cpu / promoted:.0%}, driver {own / promoted:.0%} of a core; RBAC refusals: {len(denied)}"
         )
         print(
             f"   machine load (1 min average, {os.cpu_count()} cores) at the start and the end: {load_before:.1f}, {os.getloadavg()[0]:.1f}"
         )
-        for reason in sorted({str(s["history"][-1]["reason"])[:200] for s in statuses() if s.get("rolloutPhase") == "RolledBack"})[:3]:
+        for reason in reasons[:3]:
             print(f"   rolled back because: {reason}")
         return all(checks) and not denied and rolled_back == 0
 

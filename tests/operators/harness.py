@@ -23,7 +23,7 @@ import httpx
 import kmock
 import yaml
 
-from churnops.processes import free_port, wait_for_http
+from churnops.processes import free_port, terminate, wait_for_http
 from tests.operators.fakes import FakeKFP, FakePrometheus
 from tests.operators.kubemock import ADMIN_TOKEN, KubeServer
 
@@ -100,12 +100,7 @@ class OperatorProcess:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            terminate(self.proc)
             self.proc = None
 
     def log(self) -> str:

@@ -281,3 +281,27 @@ def test_concurrent_loads_of_one_model_share_one_load_and_an_unload_meanwhile_is
 
     assert asyncio.run(scenario()) == [True, True]
     assert loads == ["load"]
+
+
+@pytest.mark.parametrize("trace", [False, True], ids=["trace-log-off", "trace-log-on"])
+def test_kserves_timing_middleware_runs_only_while_its_trace_log_is_on(trace: bool) -> None:
+    """KServe's own ``_add_middlewares`` (kserve/protocol/rest/server.py) adds TimingMiddleware for every request;
+    it only writes to the ``kserve.trace`` log, so it is left out while that log is off."""
+    import logging  # noqa: PLC0415
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from fastapi import FastAPI  # noqa: PLC0415
+    from kserve.protocol.rest.server import RESTServer, TimingMiddleware  # noqa: PLC0415
+
+    from churnops.serving.modelserver import without_idle_timing  # noqa: PLC0415
+
+    trace_log = logging.getLogger("kserve.trace")
+    level = trace_log.level
+    trace_log.setLevel(logging.INFO if trace else logging.WARNING)  # setLevel, not the attribute: it clears the level cache
+    try:
+        app = FastAPI()
+        kserves = SimpleNamespace(access_log_format=None)
+        without_idle_timing(lambda a: RESTServer._add_middlewares(kserves, a), app)
+    finally:
+        trace_log.setLevel(level)
+    assert any(m.cls is TimingMiddleware for m in app.user_middleware) is trace

@@ -7,6 +7,7 @@ the last test runs a real `churnops serve --jwks-url` against it.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -25,10 +26,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from churnops.errors import ConfigError, UnauthorizedError, UnavailableError
+from churnops.errors import ConfigError, ForbiddenError, UnauthorizedError, UnavailableError
 from churnops.layout import Layout
 from churnops.serving.audit import read_records
-from churnops.serving.auth import AuthConfig, JwksKeys, KeyDirectory, Role, authenticate, issue_token
+from churnops.serving.auth import AuthConfig, JwksKeys, KeyDirectory, Role, VerifiedTokens, authenticate, issue_token
 from tests.support import groups
 from tests.support.serving import Registered, start_server
 
@@ -47,7 +48,10 @@ def _pem_public(key: Any) -> str:
     return str(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode())
 
 
-def test_key_directory_rotates_without_a_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cached", [False, True], ids=["verified-each-time", "verified-tokens-cache"])
+def test_key_directory_rotates_without_a_restart(tmp_path: Path, cached: bool) -> None:
+    """The same steps with the guard's cache of verified tokens: a retired key revokes its tokens at once either way."""
+    verified = VerifiedTokens() if cached else None
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir()
     old, new = "o" * 40, "n" * 40
@@ -55,26 +59,63 @@ def test_key_directory_rotates_without_a_restart(tmp_path: Path) -> None:
     now = [0.0]
     cfg = AuthConfig(keys=KeyDirectory(keys_dir, check_every_s=5, clock=lambda: now[0]))
     signed_old = jwt.encode(_claims(), old, algorithm="HS256", headers={"kid": "2026-01"})
-    assert authenticate(cfg, _bearer(signed_old)).role is Role.predictor
-    assert authenticate(cfg, _bearer(jwt.encode(_claims(), old, algorithm="HS256"))).subject == "ann"  # one key: no kid needed
+    assert authenticate(cfg, _bearer(signed_old), verified).role is Role.predictor
+    assert authenticate(cfg, _bearer(jwt.encode(_claims(), old, algorithm="HS256")), verified).subject == "ann"  # one key: no kid needed
 
     (keys_dir / "2026-02.key").write_text(new)  # step 1: the new key is mounted next to the old one
     signed_new = jwt.encode(_claims(), new, algorithm="HS256", headers={"kid": "2026-02"})
     with pytest.raises(UnauthorizedError, match="unknown key id '2026-02'"):
-        authenticate(cfg, _bearer(signed_new))  # not re-read before the check interval
+        authenticate(cfg, _bearer(signed_new), verified)  # not re-read before the check interval
     now[0] = 5.0
-    assert authenticate(cfg, _bearer(signed_new)).subject == "ann"
-    assert authenticate(cfg, _bearer(signed_old)).subject == "ann"  # both verify during the overlap
+    assert authenticate(cfg, _bearer(signed_new), verified).subject == "ann"
+    assert authenticate(cfg, _bearer(signed_old), verified).subject == "ann"  # both verify during the overlap
     with pytest.raises(UnauthorizedError, match="no 'kid'"):
-        authenticate(cfg, _bearer(jwt.encode(_claims(), old, algorithm="HS256")))
+        authenticate(cfg, _bearer(jwt.encode(_claims(), old, algorithm="HS256")), verified)
 
     (keys_dir / "2026-01").unlink()  # step 3: the old key is retired after the longest token lifetime
     now[0] = 10.0
     with pytest.raises(UnauthorizedError, match="unknown key id '2026-01'"):
-        authenticate(cfg, _bearer(signed_old))
+        authenticate(cfg, _bearer(signed_old), verified)
     forged = jwt.encode(_claims(), old, algorithm="HS256", headers={"kid": "2026-02"})
     with pytest.raises(UnauthorizedError, match="invalid token"):
-        authenticate(cfg, _bearer(forged))  # the kid picks the key; a token signed with another key fails
+        authenticate(cfg, _bearer(forged), verified)  # the kid picks the key; a token signed with another key fails
+
+
+def test_a_cached_token_still_expires_and_only_accepted_tokens_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = AuthConfig(key="s" * 40, leeway_s=5)
+    verified = VerifiedTokens(size=2)
+    now = [1_000_000.0]
+
+    class Clock(dt.datetime):  # PyJWT's clock and ours read the same fake time
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Clock:
+            return cls.fromtimestamp(now[0], tz)
+
+    monkeypatch.setattr("churnops.serving.auth.time.time", lambda: now[0])
+    monkeypatch.setattr("jwt.api_jwt.datetime", Clock)
+    token = jwt.encode(_claims(exp=int(now[0]) + 60), "s" * 40, algorithm="HS256")
+    assert authenticate(cfg, _bearer(token), verified).subject == "ann"
+    assert len(verified) == 1
+    now[0] += 64.0  # within the leeway: still the same answer, from the cache
+    assert authenticate(cfg, _bearer(token), verified).subject == "ann"
+    now[0] += 1.0  # exp + leeway reached: refused, as a fresh verification would
+    with pytest.raises(UnauthorizedError, match="expired"):
+        authenticate(cfg, _bearer(token), verified)
+    assert len(verified) == 0
+
+    forged = jwt.encode(_claims(exp=int(now[0]) + 60), "f" * 40, algorithm="HS256")
+    for _ in range(2):  # a refused token is never kept: each attempt is verified (and refused) again
+        with pytest.raises(UnauthorizedError, match="invalid token"):
+            authenticate(cfg, _bearer(forged), verified)
+    assert len(verified) == 0
+    no_role = jwt.encode(_claims(exp=int(now[0]) + 60, roles=["nobody"]), "s" * 40, algorithm="HS256")
+    with pytest.raises(ForbiddenError):
+        authenticate(cfg, _bearer(no_role), verified)
+    assert len(verified) == 0
+
+    tokens = [jwt.encode(_claims(exp=int(now[0]) + 60, sub=f"user-{i}"), "s" * 40, algorithm="HS256") for i in range(3)]
+    subjects = [authenticate(cfg, _bearer(t), verified).subject for t in tokens]
+    assert subjects == ["user-0", "user-1", "user-2"] and len(verified) == 2  # bounded: the least recently used left
 
 
 def test_issued_tokens_carry_the_signing_kid(tmp_path: Path) -> None:

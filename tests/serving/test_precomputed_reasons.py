@@ -27,7 +27,7 @@ from churnops.layout import Layout
 from churnops.serving.explain import Scored
 from churnops.serving.inputs import Instance, ParsedRequest
 from churnops.serving.instruments import ServingMetrics
-from churnops.serving.reasons import ReasonsStore, encode, explainer, model_key, precompute_registered
+from churnops.serving.reasons import ReasonsStore, encode, explainer, model_key, precompute_registered, prune, registered_keys
 from churnops.serving.scoring import Scorer, ServedModel, ServingPolicy
 from churnops.serving.server import STORE_ERRORS, feature_schema, reasons_store, redis_options
 from churnops.training import registry
@@ -170,6 +170,30 @@ def test_a_version_never_serves_entries_of_another(cluster: Cluster, registered:
     warming.join(timeout=120)
     for record, c in served(challenger, ids):
         assert same(challenger, record, c)
+
+
+def test_publishing_prunes_the_entries_of_versions_no_longer_served(cluster: Cluster, registered: Registered) -> None:
+    wipe_reasons(cluster.client)
+    precompute_registered(registered.cfg, cluster.reader_for(), aliases=[registry.CHAMPION])
+    ids = sample(cluster, 10)
+    champion = scorer(cluster, registered.cfg, registered.champion)
+    reader = champion.source
+    assert isinstance(reader, RedisFeatureReader)
+    retired = ReasonsStore(reader, model_key(registered.cfg.model_name, "1", "0" * 64), len(champion.compiled.features))
+    found = champion.reasons.read_many(ids) if champion.reasons is not None else []
+    retired.store([(cid, f.digest, encode(f.digest, f.entry, 0)) for cid, f in zip(ids, found, strict=True) if f.entry is not None])
+    lock = DERIVED_PREFIX + b"lock:" + retired.field
+    cluster.client.set(lock, b"someone")  # a precomputing process's lock is not an entry
+    assert all(f.entry is not None for f in retired.read_many(ids))
+
+    keep = registered_keys(registered.cfg)
+    assert set(keep) == {registered.champion, registered.challenger}
+    assert prune(cluster.client, keep.values(), batch=3) == len(ids)  # small batches: every page of the scan is seen
+    assert all(f.entry is None for f in retired.read_many(ids))
+    assert all(c is not None for _, c in served(champion, ids))  # the served version's entries stay
+    assert cluster.client.get(lock) == b"someone"
+    assert prune(cluster.client, keep.values()) == 0
+    cluster.client.delete(lock)
 
 
 def test_erasing_a_customer_deletes_their_reasons_and_a_late_write_does_not_bring_them_back(

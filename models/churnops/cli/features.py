@@ -65,7 +65,7 @@ def run_publish(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def precompute_reasons(args: argparse.Namespace, env: Mapping[str, str]) -> None:
     """Reasons of the registered versions for the snapshot just materialized, kept beside it (the predictor serves them)."""
     from churnops.errors import UnavailableError
-    from churnops.serving.reasons import precompute_registered
+    from churnops.serving.reasons import precompute_registered, prune, registered_keys
     from churnops.serving.server import redis_client
     from churnops_feast import store as feast_store
     from churnops_feast.definitions import TRAINING_SERVICE
@@ -78,7 +78,9 @@ def precompute_reasons(args: argparse.Namespace, env: Mapping[str, str]) -> None
     client = redis_client(env, timeout_s=10.0)
     began = time.perf_counter()
     try:
-        done = precompute_registered(registry_config(args), lambda only: redis_reader(store, TRAINING_SERVICE, client, only))
+        reg = registry_config(args)
+        done = precompute_registered(reg, lambda only: redis_reader(store, TRAINING_SERVICE, client, only))
+        pruned = prune(client, registered_keys(reg).values())
     except UnavailableError as e:  # reasons are computed by requests meanwhile: publishing still succeeded
         print(f"reasons not precomputed: {e}", file=sys.stderr)
         return
@@ -86,7 +88,7 @@ def precompute_reasons(args: argparse.Namespace, env: Mapping[str, str]) -> None
     print(
         "precomputed reasons: "
         + (", ".join(f"v{v} {n:,} computed" for v, n in done.items()) or "no registered version")
-        + f" ({took:.1f} s)"
+        + f"; {pruned:,} entries of versions no longer served deleted ({took:.1f} s)"
     )
 
 

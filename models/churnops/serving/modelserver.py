@@ -33,8 +33,10 @@ from typing import Any
 
 from kserve import ModelRepository, ModelServer
 from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady, ServerNotReady
+from kserve.logging import KSERVE_TRACE_LOGGER_NAME as TRACE_LOGGER
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+from kserve.protocol.rest.server import TimingMiddleware  # the one KServe adds
 
 from churnops.errors import ConflictError, UnavailableError
 from churnops.serving.http import protocol_factory
@@ -135,12 +137,22 @@ class ChurnModelServer(ModelServer):  # type: ignore[misc]
             # uvicorn trusts X-Forwarded-For from loopback peers by default: any local client (the embedded mode, a
             # sidecar proxy's own connections) could then pick the address that per-address limits key on
             config.proxy_headers = False
+            rest = self._rest_server
+            rest._add_middlewares = partial(without_idle_timing, rest._add_middlewares)
             if self.sockets is not None:
                 # KServe's REST server awaits ``serve()`` without sockets (uvicorn then binds host:port itself); its
                 # start coroutine exists already but has not run, so it finds this bound method
                 server = self._rest_server._server
                 server.serve = partial(server.serve, sockets=self.sockets)
         super().setup_event_loop()
+
+
+def without_idle_timing(add: Callable[[Any], None], app: Any) -> None:
+    """KServe's middlewares, less its TimingMiddleware while the ``kserve.trace`` log it writes to is off: for nothing,
+    it matches every request's route again, reads the process's CPU time twice (getrusage) and formats two lines."""
+    add(app)
+    if not logging.getLogger(TRACE_LOGGER).isEnabledFor(logging.INFO):
+        app.user_middleware = [m for m in app.user_middleware if m.cls is not TimingMiddleware]
 
 
 class ClientErrorLogs(logging.Filter):

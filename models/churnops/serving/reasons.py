@@ -25,7 +25,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 DIGEST_BYTES = 16
 CHUNK = 500  # customers per read, explain and write while precomputing
 STORE_BACKLOG = 1_000  # entries queued for writing past which a miss is not stored (the store is slow: it stays a miss)
+SERVED_ALIASES = (registry.CHAMPION, registry.CHALLENGER)  # the versions a snapshot's reasons are computed for
 LOCK_S = 600  # a precomputing process holds the version's lock this long past its last chunk
 _ABSENT = b"\xff\xff\xff\xff"  # length prefix of a missing value: no stored value has it
 # HSET only while the customer's features exist: an erasure deletes both hashes at once, so a write that was already
@@ -240,10 +241,23 @@ def start_warming(store: ReasonsStore, explain: Explainer) -> threading.Thread:
     return thread
 
 
+def registered_keys(reg: registry.RegistryConfig, aliases: Sequence[str] = SERVED_ALIASES) -> dict[str, str]:
+    """Model key by version, of the versions holding one of ``aliases`` (those whose artifact has a recorded sha256)."""
+    keys: dict[str, str] = {}
+    for alias in aliases:
+        version = registry.alias_version(reg, alias)
+        if version is None or version in keys:
+            continue
+        fingerprint = registry.version_info(reg, version)["tags"].get(f"sha256.{registry.MODEL_FILE}")
+        if fingerprint is not None:
+            keys[version] = model_key(reg.model_name, version, fingerprint)
+    return keys
+
+
 def precompute_registered(
     reg: registry.RegistryConfig,
     reader_for: Callable[[list[str]], RedisFeatureReader],
-    aliases: Sequence[str] = (registry.CHAMPION, registry.CHALLENGER),
+    aliases: Sequence[str] = SERVED_ALIASES,
     threads: int | None = None,
     customer_ids: Sequence[int] | None = None,
 ) -> dict[str, int]:
@@ -253,16 +267,37 @@ def precompute_registered(
     Returns entries computed per version. Uses every core: a snapshot is published while nothing else runs.
     """
     done: dict[str, int] = {}
-    for alias in aliases:
-        version = registry.alias_version(reg, alias)
-        if version is None or version in done:
-            continue
+    for version, key in registered_keys(reg, aliases).items():
         model = registry.load_model(reg, version)
-        fingerprint = registry.version_info(reg, version)["tags"].get(f"sha256.{registry.MODEL_FILE}")
         compiled = CompiledModel(model, threads=threads or os.cpu_count() or 1)
-        if fingerprint is None or not compiled.explainable:
+        if not compiled.explainable:
             continue
         reader = reader_for(list(model.feature_names))
-        store = ReasonsStore(reader, model_key(reg.model_name, version, fingerprint), len(compiled.features))
+        store = ReasonsStore(reader, key, len(compiled.features))
         done[version] = store.precompute(explainer(compiled), customer_ids if customer_ids is not None else reader.customers())
     return done
+
+
+def prune(client: redis.Redis, keep: Collection[str], batch: int = 1_000) -> int:
+    """Delete the entries of every model key but ``keep`` (the versions still registered under a served alias);
+    returns how many were deleted. Without it, each version ever served would keep about 0.5 KB per customer.
+
+    A version still served under no alias (a canary being rolled back, say) only loses speed: its requests compute
+    their reasons again, and store them.
+    """
+    wanted = {k.encode() for k in keep}
+    lock = DERIVED_PREFIX + b"lock:"
+    deleted = 0
+    keys = [k for k in client.scan_iter(match=DERIVED_PREFIX + b"*", count=batch) if not k.startswith(lock)]
+    for start in range(0, len(keys), batch):
+        part = keys[start : start + batch]
+        pipe = client.pipeline(transaction=False)
+        for key in part:
+            pipe.hkeys(key)
+        stale = [(key, [f for f in fields if f not in wanted]) for key, fields in zip(part, pipe.execute(), strict=True)]
+        pipe = client.pipeline(transaction=False)
+        for key, fields in stale:
+            if fields:
+                pipe.hdel(key, *fields)
+        deleted += sum(pipe.execute())
+    return deleted

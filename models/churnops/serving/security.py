@@ -46,7 +46,7 @@ from churnops.errors import (
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
-from churnops.serving.auth import AuthConfig, Role, authenticate
+from churnops.serving.auth import AuthConfig, Role, VerifiedTokens, authenticate
 from churnops.serving.errors import error_response
 from churnops.serving.inputs import first_non_finite
 
@@ -286,6 +286,7 @@ class GuardMiddleware:
         self.limiter = limiter or RateLimiter(limits.rate_per_s, limits.burst)
         self.failures = FailureLimiter(limits.auth_failures, limits.auth_failure_window_s)
         self.scrapes = RateLimiter(limits.metrics_rate_per_s, limits.metrics_burst)
+        self.verified = VerifiedTokens()
         self.on_error = on_error
         self.served_version = served_version or (lambda _: None)
 
@@ -371,7 +372,7 @@ class GuardMiddleware:
         if wait > 0:
             raise RateLimitedError("too many failed authentications from this address", retry_after=max(1, math.ceil(wait)))
         try:
-            principal = authenticate(self.auth, authorization.decode("latin-1") if authorization else None)
+            principal = authenticate(self.auth, authorization.decode("latin-1") if authorization else None, self.verified)
         except UnauthorizedError:
             self.failures.record(address)
             raise
