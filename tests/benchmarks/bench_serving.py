@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -410,8 +410,9 @@ def verdict(met: bool) -> str:
     return "goal met" if met else "goal NOT met"
 
 
-def pyfunc_file(pyfunc: Any, features: list[str], src: Path, dst: Path, chunk: int) -> float:
-    """MLflow's pyfunc over the Parquet file as `churnops score` reads it (streamed in chunks), scores to Parquet; rows/min."""
+def stream_to_parquet(src: Path, dst: Path, chunk: int, answer: Callable[[pd.DataFrame, pd.DataFrame], None]) -> float:
+    """Each baseline's loop, as `churnops score` reads and writes: Parquet chunks in, ``answer(frame, out)`` adds the
+    answer's columns beside the ids, one Parquet file out; rows/min."""
     import pyarrow as pa  # noqa: PLC0415
     import pyarrow.parquet as pq  # noqa: PLC0415
 
@@ -421,7 +422,7 @@ def pyfunc_file(pyfunc: Any, features: list[str], src: Path, dst: Path, chunk: i
     for part in pq.ParquetFile(src).iter_batches(batch_size=chunk):
         frame = part.to_pandas()
         out = pd.DataFrame({c: frame[c] for c in ("customer_id", "event_timestamp") if c in frame.columns})
-        out["churn_probability"] = np.asarray(pyfunc.predict(frame[features]), dtype=float).reshape(-1)
+        answer(frame, out)
         table = pa.Table.from_pandas(out, preserve_index=False)
         writer = writer or pq.ParquetWriter(dst, table.schema, compression="zstd")
         writer.write_table(table)
@@ -429,6 +430,15 @@ def pyfunc_file(pyfunc: Any, features: list[str], src: Path, dst: Path, chunk: i
     assert writer is not None
     writer.close()
     return rows / (time.perf_counter() - t) * 60
+
+
+def pyfunc_file(pyfunc: Any, features: list[str], src: Path, dst: Path, chunk: int) -> float:
+    """MLflow's pyfunc over the Parquet file as `churnops score` reads it (streamed in chunks), scores to Parquet; rows/min."""
+
+    def answer(frame: pd.DataFrame, out: pd.DataFrame) -> None:
+        out["churn_probability"] = np.asarray(pyfunc.predict(frame[features]), dtype=float).reshape(-1)
+
+    return stream_to_parquet(src, dst, chunk, answer)
 
 
 class ShapBaseline:
@@ -478,20 +488,13 @@ class ShapBaseline:
         return self.ensemble.predict_proba(x), contributions
 
     def score_file(self, src: Path, dst: Path, chunk: int) -> float:
-        import pyarrow as pa  # noqa: PLC0415
-        import pyarrow.parquet as pq  # noqa: PLC0415
-
         from churnops.serving.batch import reason_values, top_k_by_magnitude  # noqa: PLC0415
 
-        t = time.perf_counter()
-        rows = 0
-        writer: pq.ParquetWriter | None = None
         names = np.asarray(self.features, dtype=object)
         with ThreadPoolExecutor(self.threads) as pool:
-            for part in pq.ParquetFile(src).iter_batches(batch_size=chunk):
-                frame = part.to_pandas()
+
+            def answer(frame: pd.DataFrame, out: pd.DataFrame) -> None:
                 probability, contributions = self.explain(frame, pool)
-                out = pd.DataFrame({c: frame[c] for c in ("customer_id", "event_timestamp") if c in frame.columns})
                 out["churn_probability"] = probability
                 idx, top = top_k_by_magnitude(contributions, 5)
                 values = reason_values(frame, self.features, idx)
@@ -499,13 +502,8 @@ class ShapBaseline:
                     out[f"reason_{i + 1}_feature"] = names[idx[:, i]]
                     out[f"reason_{i + 1}_value"] = values[:, i]
                     out[f"reason_{i + 1}_contribution"] = top[:, i]
-                table = pa.Table.from_pandas(out, preserve_index=False)
-                writer = writer or pq.ParquetWriter(dst, table.schema, compression="zstd")
-                writer.write_table(table)
-                rows += len(frame)
-        assert writer is not None
-        writer.close()
-        return rows / (time.perf_counter() - t) * 60
+
+            return stream_to_parquet(src, dst, chunk, answer)
 
 
 def source_feature(column: str, features: list[str]) -> str:
