@@ -29,7 +29,7 @@ import httpx
 
 from churnops.backup.restore import restore
 from churnops.backup.snapshot import take
-from churnops.processes import free_port
+from churnops.processes import free_port, terminate
 
 CHURNOPS = str(Path(sys.executable).parent / "churnops")
 RPO_GOAL_S = 15 * 60  # snapshots every 15 minutes
@@ -81,8 +81,7 @@ def ready_after_start(data: Path, tmp: Path, env: dict[str, str]) -> float:
                 time.sleep(0.1)
         raise SystemExit("the restored server was not ready within 600 s")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        terminate(proc, 30)
         log.close()
 
 

@@ -47,7 +47,7 @@ from churnops.data.schema import ENTITY, TIMESTAMP
 from churnops.features import steps as foundation
 from churnops.features.catalog import DOMAINS
 from churnops.layout import Layout
-from churnops.processes import free_port, wait_for_http
+from churnops.processes import free_port, terminate, wait_for_http
 from churnops.serving.auth import AuthConfig, issue_token
 from churnops.serving.batch import score_file
 from churnops.serving.explain import CompiledModel
@@ -146,11 +146,7 @@ def process(cmd: list[str], health: str, log: Path, env: dict[str, str]) -> Iter
             raise RuntimeError(f"{e}:\n{log.read_text()[-3000:]}") from None
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc, 30)
 
 
 def ensure_champion(data_dir: Path) -> registry.RegistryConfig:

@@ -61,7 +61,7 @@ from churnops.features import steps as foundation
 from churnops.features.catalog import DOMAINS
 from churnops.features.engine import build_features, compute_block_features
 from churnops.layout import Layout
-from churnops.processes import free_port, wait_for_http
+from churnops.processes import free_port, terminate, wait_for_http
 from churnops.serving.auth import AuthConfig, issue_token
 from churnops.training import registry
 from tests.benchmarks.bench_serving import wrk
@@ -212,11 +212,7 @@ def predictor(data: Path, tmp: Path, workers: int, extra: list[str], name: str) 
         print(f"server log kept at {Path(tempfile.gettempdir()) / f'churnops-soak-{name}.log'}")
         raise
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc, 60)
 
 
 def wait_for_workers(log: Path, workers: int, proc: subprocess.Popen[bytes], timeout_s: float = 180) -> None:

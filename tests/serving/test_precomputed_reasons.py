@@ -151,17 +151,23 @@ def test_served_reasons_are_the_fresh_ones_bit_for_bit_across_snapshots(cluster:
         assert same(s, record, c)
 
 
-def test_a_version_never_serves_entries_of_another(cluster: Cluster, registered: Registered) -> None:
+def champion_precomputed(cluster: Cluster, registered: Registered) -> tuple[list[int], Scorer, RedisFeatureReader]:
+    """Only the champion's entries in the store: ten sampled customers, the champion's scorer and its reader."""
     wipe_reasons(cluster.client)
-    precompute_registered(registered.cfg, cluster.reader_for(), aliases=[registry.CHAMPION])
+    precompute_registered(registered.cfg, cluster.reader_for(), registered_keys(registered.cfg, [registry.CHAMPION]))
     ids = sample(cluster, 10)
     champion = scorer(cluster, registered.cfg, registered.champion)
+    reader = champion.source
+    assert isinstance(reader, RedisFeatureReader)
+    return ids, champion, reader
+
+
+def test_a_version_never_serves_entries_of_another(cluster: Cluster, registered: Registered) -> None:
+    ids, champion, reader = champion_precomputed(cluster, registered)
     assert all(c is not None for _, c in served(champion, ids))
     # a newly loaded version, and the same version number naming another artifact (another registry): misses
     challenger = scorer(cluster, registered.cfg, registered.challenger)
     assert all(c is None for _, c in served(challenger, ids))
-    reader = champion.source
-    assert isinstance(reader, RedisFeatureReader)
     other = ReasonsStore(reader, model_key(registered.cfg.model_name, registered.champion, "0" * 64), len(champion.compiled.features))
     assert all(f.entry is None for f in other.read_many(ids))
 
@@ -173,12 +179,7 @@ def test_a_version_never_serves_entries_of_another(cluster: Cluster, registered:
 
 
 def test_publishing_prunes_the_entries_of_versions_no_longer_served(cluster: Cluster, registered: Registered) -> None:
-    wipe_reasons(cluster.client)
-    precompute_registered(registered.cfg, cluster.reader_for(), aliases=[registry.CHAMPION])
-    ids = sample(cluster, 10)
-    champion = scorer(cluster, registered.cfg, registered.champion)
-    reader = champion.source
-    assert isinstance(reader, RedisFeatureReader)
+    ids, champion, reader = champion_precomputed(cluster, registered)
     retired = ReasonsStore(reader, model_key(registered.cfg.model_name, "1", "0" * 64), len(champion.compiled.features))
     found = champion.reasons.read_many(ids) if champion.reasons is not None else []
     retired.store([(cid, f.digest, encode(f.digest, f.entry, 0)) for cid, f in zip(ids, found, strict=True) if f.entry is not None])

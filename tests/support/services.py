@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import psycopg
 import redis
 
-from churnops.processes import free_port
+from churnops.processes import free_port, terminate
 
 DEFAULT_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
 
@@ -46,8 +46,7 @@ def private_redis(start_timeout_s: float = 10.0) -> Iterator[str]:
                 time.sleep(0.05)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        terminate(proc, 10)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -79,8 +79,9 @@ def precompute_reasons(args: argparse.Namespace, env: Mapping[str, str]) -> None
     began = time.perf_counter()
     try:
         reg = registry_config(args)
-        done = precompute_registered(reg, lambda only: redis_reader(store, TRAINING_SERVICE, client, only))
-        pruned = prune(client, registered_keys(reg).values())
+        served = registered_keys(reg)
+        done = precompute_registered(reg, lambda only: redis_reader(store, TRAINING_SERVICE, client, only), served)
+        pruned = prune(client, served.values())
     except UnavailableError as e:  # reasons are computed by requests meanwhile: publishing still succeeded
         print(f"reasons not precomputed: {e}", file=sys.stderr)
         return

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -257,17 +258,17 @@ def registered_keys(reg: registry.RegistryConfig, aliases: Sequence[str] = SERVE
 def precompute_registered(
     reg: registry.RegistryConfig,
     reader_for: Callable[[list[str]], RedisFeatureReader],
-    aliases: Sequence[str] = SERVED_ALIASES,
+    keys: Mapping[str, str] | None = None,
     threads: int | None = None,
     customer_ids: Sequence[int] | None = None,
 ) -> dict[str, int]:
-    """After a snapshot is materialized: the entries of every version holding one of ``aliases``, for ``customer_ids``
-    (default: every customer in the store).
+    """After a snapshot is materialized: the entries of the versions in ``keys`` (``registered_keys``: by default those
+    holding a served alias), for ``customer_ids`` (default: every customer in the store).
 
     Returns entries computed per version. Uses every core: a snapshot is published while nothing else runs.
     """
     done: dict[str, int] = {}
-    for version, key in registered_keys(reg, aliases).items():
+    for version, key in (registered_keys(reg) if keys is None else keys).items():
         model = registry.load_model(reg, version)
         compiled = CompiledModel(model, threads=threads or os.cpu_count() or 1)
         if not compiled.explainable:
@@ -288,9 +289,10 @@ def prune(client: redis.Redis, keep: Collection[str], batch: int = 1_000) -> int
     wanted = {k.encode() for k in keep}
     lock = DERIVED_PREFIX + b"lock:"
     deleted = 0
-    keys = [k for k in client.scan_iter(match=DERIVED_PREFIX + b"*", count=batch) if not k.startswith(lock)]
-    for start in range(0, len(keys), batch):
-        part = keys[start : start + batch]
+    # Page by page: at millions of customers the whole key list would not fit the publishing process. SCAN returns
+    # every key present for the whole scan at least once, whatever is deleted meanwhile.
+    keys = (k for k in client.scan_iter(match=DERIVED_PREFIX + b"*", count=batch) if not k.startswith(lock))
+    while part := list(itertools.islice(keys, batch)):
         pipe = client.pipeline(transaction=False)
         for key in part:
             pipe.hkeys(key)
