@@ -23,6 +23,7 @@ subclass adds:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import datetime
 import itertools
@@ -57,6 +58,8 @@ RESOURCES: dict[str, dict[str, Any]] = {
     "apiextensions.k8s.io/v1/customresourcedefinitions": {"kind": "CustomResourceDefinition", "namespaced": False, "subresources": set()},
 }
 VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
+# The request a task is matching against kmock's reactions (see RealisticKubernetes._handle).
+_MATCHING: contextvars.ContextVar[rendering.Request | None] = contextvars.ContextVar("kmock_matching", default=None)
 
 
 @dataclass(frozen=True)
@@ -231,13 +234,25 @@ class RealisticKubernetes(KubernetesEmulator):
                 data["metadata"]["generation"] = int(current["metadata"].get("generation") or 1) + 1
         return _with_data(request, data)
 
+    def __iter__(self) -> Iterator[rendering.Request]:
+        only = _MATCHING.get()
+        if only is None:
+            yield from super().__iter__()
+        else:
+            yield only
+
     async def _handle(self, request: rendering.Request) -> Any:
         # kmock matches a request to a reaction by scanning the requests it has recorded for this one: at 100
         # objects and a recent history that cost about 10 ms a call, so the fake API, not the operator, set the pace
         # of the benchmark. The tests assert on objects, not on request logs: the log holds the requests in flight.
+        # Even those (long-lived watches, 100 passes' calls) are scanned once per reaction for every request: while a
+        # request is matched, this task's view of the log is that request alone. Every reaction here filters on the
+        # request's own fields (no slices or counts over the log), so the match is the same.
+        token = _MATCHING.set(request)
         try:
             return await self._serve(request)
         finally:
+            _MATCHING.reset(token)
             for i, recorded in enumerate(self._requests):
                 if recorded is request:
                     del self._requests[i]
@@ -285,6 +300,14 @@ class RealisticKubernetes(KubernetesEmulator):
     async def _serve_update(self, request: rendering.Request) -> Any:
         obj = self._stored(request)
         return obj.last.raw if obj is not None else await super()._serve_update(request)
+
+    async def _serve_create(self, request: rendering.Request) -> Any:
+        # The object was stored by kmock's _handle; a create names it in its body (every Event the operator posts).
+        meta = request.data.get("metadata") if isinstance(request.data, dict) else None
+        if request.resource is None or not isinstance(meta, dict):
+            return await super()._serve_create(request)
+        key: Any = (request.resource, request.namespace or meta.get("namespace"), meta.get("name"))
+        return self._objects[key].raw if key in self._objects else await super()._serve_create(request)
 
 
 def _with_data(request: rendering.Request, data: dict[str, Any]) -> rendering.Request:
