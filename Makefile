@@ -113,7 +113,7 @@ bench-serving: install ## Online p50/p95/p99 + req/s vs mlflow models serve and 
 	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_serving.py --data-dir $(DATA_DIR)
 
 .PHONY: bench-operator
-bench-operator: install ## Canary verdicts vs a fixed-threshold rule on the same streams; reconcile rate and memory at 100 resources
+bench-operator: install ## Canary verdicts vs a fixed-threshold rule on the same streams; reconcile capacity, pass time and memory at 100 resources
 	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_operator.py
 
 .PHONY: bench-train

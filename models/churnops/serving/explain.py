@@ -282,14 +282,17 @@ class CompiledModel:
             return np.asarray(np.interp(raw, calibrator.X_thresholds_, calibrator.y_thresholds_), dtype=float)
         return calibrate(calibrator, raw)
 
-    def explain(self, rows: np.ndarray | pd.DataFrame, vectorised: bool = False) -> Scored:
+    def explain(self, rows: np.ndarray | pd.DataFrame, vectorised: bool = False, alone: bool = False) -> Scored:
         """Probabilities plus margin, base value and per-feature contributions (base + sum == margin).
 
         ``vectorised``: tree members explain the rows as blocks (batch scoring: faster from a few hundred
         rows on, after building per-model tables once); the values are the same exact TreeSHAP.
+        ``alone``: each row's values are, to the bit, those of explaining that row alone (``explain_alone``).
         """
         if not self.explainable:
             raise ExplanationUnavailableError(self.unexplainable_reason or "no exact attribution")
+        if alone and vectorised:
+            raise ValueError("vectorised blocks do not round as rows explained alone")
         inputs = self._inputs(rows)
         n, n_rows = len(self.features), len(rows)
         margin = np.full(n_rows, self.bias)
@@ -299,12 +302,18 @@ class CompiledModel:
         for w, member, x in zip(self.weights, self.members, inputs, strict=True):
             m, c, b = member.evaluate(x, n, contributions=True, vectorised=vectorised)
             assert c is not None and b is not None
+            if alone and isinstance(member, _LinearMember):  # a BLAS product's sums round with the batch's shape
+                m = np.concatenate([member.evaluate(x[i : i + 1], n, contributions=False)[0] for i in range(n_rows)])
             margins.append(m)
             contrib += w * c
             base += w * b
             margin += w * m
+        if alone:  # the stacker's product too
+            probability = np.concatenate([self._calibrated([m[i : i + 1] for m in margins]) for i in range(n_rows)])
+        else:
+            probability = self._calibrated(margins)
         # the base value is the same for every row (the model's expected margin)
-        return Scored(self._calibrated(margins), margin, float(base[0]), contrib)
+        return Scored(probability, margin, float(base[0]), contrib)
 
     def explain_alone(self, rows: np.ndarray | pd.DataFrame) -> Scored:
         """``explain`` of many rows with each row's values, to the bit, those of explaining that row alone.
@@ -313,24 +322,7 @@ class CompiledModel:
         margins and attributions are computed row by row even in a batch; the linear members' margins and the
         combination go through BLAS products whose sums round with the batch's shape: those run row by row.
         """
-        if not self.explainable:
-            raise ExplanationUnavailableError(self.unexplainable_reason or "no exact attribution")
-        n, n_rows = len(self.features), len(rows)
-        margin = np.full(n_rows, self.bias)
-        contrib = np.zeros((n_rows, n))
-        base = np.full(n_rows, self.bias)
-        margins = []
-        for w, member, x in zip(self.weights, self.members, self._inputs(rows), strict=True):
-            m, c, b = member.evaluate(x, n, contributions=True)
-            assert c is not None and b is not None
-            if isinstance(member, _LinearMember):
-                m = np.concatenate([member.evaluate(x[i : i + 1], n, contributions=False)[0] for i in range(n_rows)])
-            margins.append(m)
-            contrib += w * c
-            base += w * b
-            margin += w * m
-        probability = np.concatenate([self._calibrated([m[i : i + 1] for m in margins]) for i in range(n_rows)])
-        return Scored(probability, margin, float(base[0]), contrib)
+        return self.explain(rows, alone=True)
 
 
 def top_reasons(model: CompiledModel, row: np.ndarray, contributions: np.ndarray, k: int) -> list[Reason]:
