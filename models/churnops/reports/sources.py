@@ -204,7 +204,7 @@ def artifact_check(cfg: registry.RegistryConfig, mv: ModelVersion) -> ArtifactCh
     from mlflow.artifacts import download_artifacts  # noqa: PLC0415 - see _client
     from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
-    tag = f"sha256.{registry.MODEL_FILE}"
+    tag = registry.MODEL_DIGEST_TAG
     recorded, on_run = mv.version_tags.get(tag), mv.run_tags.get(tag)
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -249,7 +249,7 @@ def registered_keys(reg: registry.RegistryConfig, aliases: Sequence[str] = SERVE
         version = registry.alias_version(reg, alias)
         if version is None or version in keys:
             continue
-        fingerprint = registry.version_info(reg, version)["tags"].get(f"sha256.{registry.MODEL_FILE}")
+        fingerprint = registry.recorded_sha256(registry.version_info(reg, version))
         if fingerprint is not None:
             keys[version] = model_key(reg.model_name, version, fingerprint)
     return keys

@@ -262,7 +262,7 @@ def load_scorer(cfg: ServeConfig, ref: str, shared: Shared) -> Scorer:
     model = registry.load_model(reg, version)  # raises ModelIntegrityError on a sha256 mismatch
     info = registry.version_info(reg, version)
     alias = ref if not ref.isdigit() and not ref.startswith("models:/") else None
-    fingerprint = info["tags"].get(f"sha256.{registry.MODEL_FILE}")
+    fingerprint = registry.recorded_sha256(info)
     served = ServedModel(reg.model_name, version, alias, model, info["threshold"], info["run_id"], fingerprint)
     source = shared.readers(list(model.feature_names))
     scorer = Scorer(

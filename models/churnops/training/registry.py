@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ CHALLENGER = contract.CHALLENGER
 TAG_REJECTED = contract.TAG_REJECTED  # a version registered although quality gates failed, for inspection
 TAG_FAILED_GATES = contract.TAG_FAILED_GATES
 MODEL_FILE = "model.joblib"
+MODEL_DIGEST_TAG = f"sha256.{MODEL_FILE}"  # the artifact's sha256, recorded on the version at registration
 STORE_ROOT_FILE = "store.json"  # records where the embedded store's artifacts were when last opened
 
 log = logging.getLogger(__name__)
@@ -271,6 +273,12 @@ def version_info(cfg: RegistryConfig, version: str) -> dict[str, Any]:
     }
 
 
+def recorded_sha256(info: Mapping[str, Any]) -> str | None:
+    """The artifact digest recorded on a version (``version_info``'s tags): what names its precomputed reasons."""
+    digest: str | None = info["tags"].get(MODEL_DIGEST_TAG)
+    return digest
+
+
 def load_model(cfg: RegistryConfig, version: str) -> ChurnEnsemble:
     """The fitted ensemble of a registered version (verifying its recorded sha256)."""
     client = _client(cfg)
@@ -280,7 +288,7 @@ def load_model(cfg: RegistryConfig, version: str) -> ChurnEnsemble:
         source = client.get_model_version_download_uri(cfg.model_name, version)
         root = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=cfg.tracking_uri))
         local = root / "artifacts" / MODEL_FILE
-        expected = mv.tags.get(f"sha256.{MODEL_FILE}")
+        expected = mv.tags.get(MODEL_DIGEST_TAG)
         actual = sha256_file(local)
         if expected != actual:
             raise ModelIntegrityError(
