@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from prometheus_client import CollectorRegistry
 from churnops.errors import InvalidInputError, UnavailableError
 from churnops.monitoring.predlog.parquet import ParquetStore
 from churnops.monitoring.predlog.postgres import PostgresStore
-from churnops.monitoring.predlog.records import FIXED_COLUMNS, FeatureLayout, LogStore, PredictionBatch
+from churnops.monitoring.predlog.records import FIXED_COLUMNS, PAUSE_ROWS, FeatureLayout, LogStore, Pacer, PredictionBatch
 from churnops.monitoring.predlog.writer import PredictionLog
 from tests.monitoring.predlog_fixtures import (
     LAYOUT,
@@ -154,6 +155,41 @@ def test_both_stores_return_the_same_frame(tmp_path: Path, request: pytest.Fixtu
             frames.append(whole_day(s))
     pd.testing.assert_frame_equal(frames[0], frames[1])
     assert len(frames[0]) == 77
+
+
+@dataclass
+class CountingPacer(Pacer):
+    """A pacer that rests at every pause point and counts the rests."""
+
+    every_s: float = 0.0
+    rest_s: float = 0.0
+    rests: int = 0
+
+    def __call__(self) -> None:
+        self.rests += 1
+        super().__call__()
+
+
+def test_a_paced_flush_writes_exactly_what_a_flat_out_one_writes(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The predictor's flusher lets go of the interpreter between columns and row blocks; the records are the same.
+
+    300 one-row batches, as the predictor records them, cross several of the binary encoder's row blocks (``PAUSE_ROWS``),
+    with NULLs and strings of several lengths in each."""
+    pacer = CountingPacer()
+    frames = []
+    dsn = request.getfixturevalue("pg_dsn")
+    stores: list[tuple[LogStore, Pacer | None]] = [(PostgresStore(dsn), pacer), (PostgresStore(dsn, "flat_out"), None)]
+    for s, paced in [*stores, (ParquetStore(tmp_path / "predictions"), pacer)]:
+        with PredictionLog(s, CollectorRegistry(), flush_interval_s=60, pacer=paced) as plog:
+            for i in range(300):
+                plog.record_many(rows_batch([i], T0 + dt.timedelta(milliseconds=i), prefix=f"r{i}-"))
+            plog.flush()
+            frames.append(whole_day(s))
+    assert len(frames[0]) == 300 and frames[0]["mrr"].isna().sum() == 100
+    pd.testing.assert_frame_equal(frames[0], frames[1])
+    pd.testing.assert_frame_equal(frames[0], frames[2])
+    # at least once per fixed column, per feature column and per block of rows, on each of the two paced flushes
+    assert pacer.rests >= 2 * (len(FIXED_COLUMNS) + len(LAYOUT.names) + 300 // PAUSE_ROWS)
 
 
 def test_windows_are_half_open_and_filter_by_model_version_and_features(store: LogStore) -> None:

@@ -31,7 +31,7 @@ from churnops.features.catalog import FEATURES
 from churnops.monitoring.live import DriftCollector, LiveDriftMonitor, LiveWindow
 from churnops.monitoring.predlog.parquet import ParquetStore
 from churnops.monitoring.predlog.postgres import PostgresStore
-from churnops.monitoring.predlog.records import LogStore
+from churnops.monitoring.predlog.records import LogStore, Pacer
 from churnops.monitoring.predlog.writer import PredictionLog
 from churnops.monitoring.profile import load_profile
 from churnops.privacy.cached import Pseudonyms, Suppression
@@ -204,7 +204,8 @@ def prediction_log(cfg: ServeConfig, registry: Any, privacy: PrivacyStore) -> Pr
         store: LogStore = PostgresStore(cfg.prediction_log_dsn)
     else:
         store = ParquetStore(cfg.prediction_log or cfg.data_dir / "predictions")
-    return PredictionLog(store, registry, flush_interval_s=cfg.prediction_log_flush_s, suppressor=Suppression(privacy))
+    # paced: the flusher shares the interpreter with the event loop, and a request must not wait out a whole flush
+    return PredictionLog(store, registry, flush_interval_s=cfg.prediction_log_flush_s, suppressor=Suppression(privacy), pacer=Pacer())
 
 
 def audit_log(cfg: ServeConfig) -> Path:

@@ -38,6 +38,14 @@ store every ``flush_interval_s`` or as soon as ``flush_records`` rows wait.
   commits whole segments: a Parquet segment is written under a hidden
   temporary name, fsynced and renamed; a PostgreSQL flush is one COPY in one
   transaction.
+- Pacing: in the predictor the flusher shares one interpreter with the event
+  loop, and a thread waiting for the interpreter lock waits out its holder's
+  switch interval (5 ms) unless the holder lets go first. Converting a second
+  of online rows is several milliseconds of work, so a request arriving
+  during a flush would wait that long at each of its awaits. The predictor's
+  log is built with a ``records.Pacer``: its flusher rests for about 20 µs
+  after each 100 µs of work (between columns and between blocks of
+  ``PAUSE_ROWS`` rows). A batch job's log converts flat out.
 
 Stores (``records.LogStore``): ``parquet.ParquetStore`` (embedded mode) and
 ``postgres.PostgresStore`` (cluster mode). Both read windows back

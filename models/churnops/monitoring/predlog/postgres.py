@@ -43,7 +43,18 @@ from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
 from churnops.errors import InvalidInputError
-from churnops.monitoring.predlog.records import FIXED_SCHEMA, TIME, FeatureLayout, SegmentKey, arrange, empty_frame, to_frame, window_us
+from churnops.monitoring.predlog.records import (
+    FIXED_SCHEMA,
+    PAUSE_ROWS,
+    TIME,
+    FeatureLayout,
+    SegmentKey,
+    arrange,
+    empty_frame,
+    pause,
+    to_frame,
+    window_us,
+)
 
 _TABLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 _PG_TYPES = {"float64": "double precision", "string": "text"}
@@ -324,18 +335,23 @@ def binary_rows(table: pa.Table) -> bytes:
     not use: the value slot of a NULL and the padding after a short string.
     """
     n, k = table.num_rows, table.num_columns
-    columns = [_column(col) for col in table.columns]
+    columns = []
+    for col in table.columns:
+        pause()
+        columns.append(_column(col))
     fields: list[tuple[str, str, tuple[int, ...]]] = [("count", ">i2", ())]
     for j, ((kind, shape), *_) in enumerate(columns):
         fields += [(f"l{j}", ">i4", ()), (f"v{j}", kind, shape)]
     rec = np.empty(n, dtype=np.dtype(fields))
     rec["count"] = k
     for j, (_, values, _, lengths) in enumerate(columns):
+        pause()
         rec[f"l{j}"] = lengths
         rec[f"v{j}"] = values
     raw = rec.view(np.uint8).reshape(n, rec.dtype.itemsize)
     keep: np.ndarray | None = None
     for j, ((_, shape), _, valid, lengths) in enumerate(columns):
+        pause()
         field_type, offset = rec.dtype.fields[f"v{j}"][:2]
         width = field_type.itemsize
         if shape and not (lengths == width).all():  # text shorter than its slot (or NULL)
@@ -344,8 +360,14 @@ def binary_rows(table: pa.Table) -> bytes:
         elif not shape and not valid.all():  # NULLs carry no value bytes; only those rows are touched
             keep = np.ones(raw.shape, bool) if keep is None else keep
             keep[~valid, offset : offset + width] = False
-    body: bytes = raw.tobytes() if keep is None else raw[keep].tobytes()
-    return body
+    if keep is None:
+        return raw.tobytes()
+    parts = []
+    for start in range(0, n, PAUSE_ROWS):  # a mask over every row is a millisecond of work at once
+        pause()
+        rows = slice(start, start + PAUSE_ROWS)
+        parts.append(raw[rows][keep[rows]].tobytes())
+    return b"".join(parts)
 
 
 def _parse(data: bytes, kinds: dict[str, str]) -> pa.Table:

@@ -9,7 +9,9 @@ import datetime as dt
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
@@ -200,7 +202,42 @@ class SegmentKey:
     day: int
 
 
-# --- conversion to Arrow (pure) -----------------------------------------------------------------
+# --- pacing --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pacer:
+    """Lets go of the interpreter for ``rest_s`` after each ``every_s`` of work (see the package docstring)."""
+
+    every_s: float = 100e-6
+    rest_s: float = 20e-6
+    _since: float = 0.0
+
+    def __call__(self) -> None:
+        now = time.perf_counter()
+        if now - self._since >= self.every_s:
+            time.sleep(self.rest_s)  # a positive sleep: the waiting thread must be scheduled before this one takes it back
+            self._since = time.perf_counter()
+
+
+_pacing = threading.local()
+
+
+def pace_this_thread(pacer: Pacer | None) -> None:
+    """Make the conversions that run on the calling thread pause with ``pacer`` (None: never)."""
+    _pacing.pacer = pacer
+
+
+def pause() -> None:
+    """A point where a paced thread lets others run; free on any other thread."""
+    pacer: Pacer | None = getattr(_pacing, "pacer", None)
+    if pacer is not None:
+        pacer()
+
+
+# --- conversion to Arrow (pure but for pauses) ------------------------------------------------------
+
+PAUSE_ROWS = 128  # a Python loop over rows pauses this often
 
 
 def _feature_array(values: np.ndarray | pa.Array | pa.ChunkedArray, typ: pa.DataType) -> pa.Array | pa.ChunkedArray:
@@ -226,37 +263,55 @@ def _fixed_columns(batches: Sequence[PredictionBatch]) -> list[pa.Array]:
     def repeat(values: list[object], dtype: type) -> np.ndarray:
         return np.repeat(np.array(values, dtype=dtype), counts)
 
-    return [
-        pa.array(repeat([round(b.time * 1_000_000) for b in batches], np.int64), type=pa.timestamp("us", tz="UTC")),
-        _joined([b.customer_id for b in batches], pa.int64()),
-        pa.array(repeat([b.model for b in batches], object), type=pa.string()),
-        pa.array(repeat([b.version for b in batches], object), type=pa.string()),
-        _joined([b.score for b in batches], pa.float64()),
-        _joined([b.risk_band for b in batches], pa.string()),
-        _joined([b.request_id for b in batches], pa.string()),
-        pa.array(repeat([b.source for b in batches], object), type=pa.string()),
-        pa.array(repeat([b.degraded for b in batches], bool), type=pa.bool_()),
-    ]
+    builders: tuple[Callable[[], pa.Array], ...] = (  # one column each, with a pause before each
+        lambda: pa.array(repeat([round(b.time * 1_000_000) for b in batches], np.int64), type=pa.timestamp("us", tz="UTC")),
+        lambda: _joined([b.customer_id for b in batches], pa.int64()),
+        lambda: pa.array(repeat([b.model for b in batches], object), type=pa.string()),
+        lambda: pa.array(repeat([b.version for b in batches], object), type=pa.string()),
+        lambda: _joined([b.score for b in batches], pa.float64()),
+        lambda: _joined([b.risk_band for b in batches], pa.string()),
+        lambda: _joined([b.request_id for b in batches], pa.string()),
+        lambda: pa.array(repeat([b.source for b in batches], object), type=pa.string()),
+        lambda: pa.array(repeat([b.degraded for b in batches], bool), type=pa.bool_()),
+    )
+    columns = []
+    for build in builders:
+        pause()
+        columns.append(build())
+    return columns
 
 
 def _row_features(batches: Sequence[PredictionBatch], layout: FeatureLayout) -> list[pa.Array]:
     n = sum(len(b) for b in batches)
     matrix = np.empty((n, len(layout.names)), dtype=object)
     at = 0
-    for b in batches:
+    for i, b in enumerate(batches):
+        if i % PAUSE_ROWS == 0:
+            pause()
         matrix[at : at + len(b)] = b.features
         at += len(b)
     by_column = matrix.T.copy()  # contiguous columns for Arrow
-    return [_feature_array(by_column[j], layout.arrow_type(name)) for j, name in enumerate(layout.names)]
+    return _each_paused(lambda j, name: _feature_array(by_column[j], layout.arrow_type(name)), layout.names)
 
 
 def _column_features(batch: PredictionBatch) -> list[pa.Array | pa.ChunkedArray]:
     f = batch.features
     layout = batch.layout
     if isinstance(f, pd.DataFrame):
-        return [_feature_array(pa.Array.from_pandas(f[name]), layout.arrow_type(name)) for name in layout.names]
+        frame = f
+        return _each_paused(lambda _, name: _feature_array(pa.Array.from_pandas(frame[name]), layout.arrow_type(name)), layout.names)
     assert isinstance(f, pa.Table | pa.RecordBatch)
-    return [_feature_array(f.column(name), layout.arrow_type(name)) for name in layout.names]
+    table = f
+    return _each_paused(lambda _, name: _feature_array(table.column(name), layout.arrow_type(name)), layout.names)
+
+
+def _each_paused(convert: Callable[[int, str], pa.Array | pa.ChunkedArray], names: Sequence[str]) -> list[pa.Array | pa.ChunkedArray]:
+    """``convert`` applied to each feature column, with a pause before each (a column is tens of microseconds of work)."""
+    out = []
+    for j, name in enumerate(names):
+        pause()
+        out.append(convert(j, name))
+    return out
 
 
 def to_table(batches: Sequence[PredictionBatch]) -> pa.Table:
@@ -300,7 +355,9 @@ def to_table_checked(batches: Sequence[PredictionBatch]) -> tuple[pa.Table | Non
 def group(batches: Sequence[PredictionBatch]) -> dict[SegmentKey, list[PredictionBatch]]:
     """Buffered batches by the segment they go to, in arrival order."""
     out: dict[SegmentKey, list[PredictionBatch]] = {}
-    for b in batches:
+    for i, b in enumerate(batches):
+        if i % PAUSE_ROWS == 0:
+            pause()
         out.setdefault(SegmentKey(b.model, b.version, b.layout, b.day), []).append(b)
     return out
 

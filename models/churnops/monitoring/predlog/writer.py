@@ -25,8 +25,10 @@ from churnops.monitoring.predlog.records import (
     SOURCE_ONLINE,
     FeatureLayout,
     LogStore,
+    Pacer,
     PredictionBatch,
     group,
+    pace_this_thread,
     to_table_checked,
 )
 from churnops_contract import metric_names as c
@@ -96,9 +98,11 @@ class PredictionLog:
         max_backoff_s: float = 30.0,
         clock: Callable[[], float] = _time.time,
         suppressor: Suppressor | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         """``suppressor``: rows of customers it names are dropped at flush (counted as ``erased``), also rows buffered before
-        their erasure."""
+        their erasure. ``pacer``: the flusher lets go of the interpreter this often while it converts, for a process
+        that answers requests beside it (None: it converts flat out, as a batch job wants)."""
         if flush_interval_s <= 0 or flush_records < 1 or capacity < 1 or max_block_s < 0 or close_timeout_s < 0:
             raise InvalidInputError(
                 "flush_interval_s, flush_records and capacity must be positive; timeouts not negative", field="prediction_log"
@@ -112,6 +116,7 @@ class PredictionLog:
         self.max_backoff_s = max_backoff_s
         self.clock = clock
         self.suppressor = suppressor
+        self.pacer = pacer
         self.metrics = PredictionLogMetrics(registry, store.sink)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # the flusher waits here
@@ -262,6 +267,7 @@ class PredictionLog:
 
     # the flusher thread
     def _run(self) -> None:
+        pace_this_thread(self.pacer)
         failures = 0
         next_at = _time.monotonic() + self.flush_interval_s
         while True:
