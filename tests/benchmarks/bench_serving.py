@@ -1,7 +1,9 @@
 """Serving benchmark: online latency/throughput against two baselines, and batch scoring rows/min.
 
-Online (all three serve the champion from the registry under --data-dir, one
-process each, OMP_NUM_THREADS=1, loopback, load from wrk):
+Online (all three serve the champion from the registry under --data-dir with
+the same number of processes, --workers, one per core by default: ChurnOps'
+--workers, mlflow's -w and KServe's own workers; OMP_NUM_THREADS=1, loopback,
+load from wrk):
   - ChurnOps: features from Redis (cluster store: private redis-server and a
     temporary PostgreSQL database), predict, top-5 exact SHAP reasons, audit
     log, JWT check, metrics;
@@ -209,9 +211,9 @@ def online(args: argparse.Namespace, reg: registry.RegistryConfig, layout: Layou
         # mlflow starts `uvicorn` from PATH: the venv's bin must be on it
         mlflow_env = {"MLFLOW_TRACKING_URI": reg.tracking_uri, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
         mlflow_cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{reg.model_name}/{version}", "--env-manager", "local"]
-        mlflow_cmd += ["--host", "127.0.0.1", "-p", str(mlflow_port), "-w", "1"]
+        mlflow_cmd += ["--host", "127.0.0.1", "-p", str(mlflow_port), "-w", str(args.workers)]
         bare_cmd = [sys.executable, str(Path(__file__).with_name("bare_kserve.py")), "--port", str(bare_port)]
-        bare_cmd += ["--tracking-uri", reg.tracking_uri, "--version", version]
+        bare_cmd += ["--tracking-uri", reg.tracking_uri, "--version", version, "--workers", str(args.workers)]
 
         bodies = {
             "churnops": [json.dumps({"instances": [{"customer_id": r}]}) for r in customers],
@@ -531,7 +533,9 @@ def main() -> None:
     parser.add_argument("--shap-rows", type=int, default=200_000, help="rows explained by ChurnOps and by shap (the first of --batch-rows)")
     parser.add_argument("--chunk-rows", type=int, default=50_000, help="rows per Parquet chunk for every batch contender")
     parser.add_argument("--only", choices=["online", "batch"], default=None)
-    parser.add_argument("--workers", type=int, default=1, help="ChurnOps predictor processes behind its port (one per core)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="ChurnOps predictor processes behind its port (default one per core)"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is required for the online benchmark (Debian: apt-get install wrk)")
