@@ -51,7 +51,7 @@ from churnops.monitoring.predlog.records import (
     SegmentKey,
     arrange,
     empty_frame,
-    pause,
+    paced,
     to_frame,
     window_us,
 )
@@ -335,23 +335,18 @@ def binary_rows(table: pa.Table) -> bytes:
     not use: the value slot of a NULL and the padding after a short string.
     """
     n, k = table.num_rows, table.num_columns
-    columns = []
-    for col in table.columns:
-        pause()
-        columns.append(_column(col))
+    columns = [_column(col) for col in paced(table.columns)]
     fields: list[tuple[str, str, tuple[int, ...]]] = [("count", ">i2", ())]
     for j, ((kind, shape), *_) in enumerate(columns):
         fields += [(f"l{j}", ">i4", ()), (f"v{j}", kind, shape)]
     rec = np.empty(n, dtype=np.dtype(fields))
     rec["count"] = k
-    for j, (_, values, _, lengths) in enumerate(columns):
-        pause()
+    for j, (_, values, _, lengths) in paced(enumerate(columns)):
         rec[f"l{j}"] = lengths
         rec[f"v{j}"] = values
     raw = rec.view(np.uint8).reshape(n, rec.dtype.itemsize)
     keep: np.ndarray | None = None
-    for j, ((_, shape), _, valid, lengths) in enumerate(columns):
-        pause()
+    for j, ((_, shape), _, valid, lengths) in paced(enumerate(columns)):
         field_type, offset = rec.dtype.fields[f"v{j}"][:2]
         width = field_type.itemsize
         if shape and not (lengths == width).all():  # text shorter than its slot (or NULL)
@@ -362,12 +357,9 @@ def binary_rows(table: pa.Table) -> bytes:
             keep[~valid, offset : offset + width] = False
     if keep is None:
         return raw.tobytes()
-    parts = []
-    for start in range(0, n, PAUSE_ROWS):  # a mask over every row is a millisecond of work at once
-        pause()
-        rows = slice(start, start + PAUSE_ROWS)
-        parts.append(raw[rows][keep[rows]].tobytes())
-    return b"".join(parts)
+    # a mask over every row is a millisecond of work at once: it goes in blocks of rows
+    blocks = (slice(start, start + PAUSE_ROWS) for start in range(0, n, PAUSE_ROWS))
+    return b"".join(raw[rows][keep[rows]].tobytes() for rows in paced(blocks))
 
 
 def _parse(data: bytes, kinds: dict[str, str]) -> pa.Table:

@@ -11,11 +11,11 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
-from typing import Protocol, TypeAlias
+from typing import Protocol, TypeAlias, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -221,6 +221,7 @@ class Pacer:
 
 
 _pacing = threading.local()
+T = TypeVar("T")
 
 
 def pace_this_thread(pacer: Pacer | None) -> None:
@@ -233,6 +234,14 @@ def pause() -> None:
     pacer: Pacer | None = getattr(_pacing, "pacer", None)
     if pacer is not None:
         pacer()
+
+
+def paced(items: Iterable[T], every: int = 1) -> Iterator[T]:
+    """``items``, with a ``pause`` before every ``every``-th one (a column is tens of microseconds of work; a row, less)."""
+    for i, item in enumerate(items):
+        if i % every == 0:
+            pause()
+        yield item
 
 
 # --- conversion to Arrow (pure but for pauses) ------------------------------------------------------
@@ -274,44 +283,27 @@ def _fixed_columns(batches: Sequence[PredictionBatch]) -> list[pa.Array]:
         lambda: pa.array(repeat([b.source for b in batches], object), type=pa.string()),
         lambda: pa.array(repeat([b.degraded for b in batches], bool), type=pa.bool_()),
     )
-    columns = []
-    for build in builders:
-        pause()
-        columns.append(build())
-    return columns
+    return [build() for build in paced(builders)]
 
 
 def _row_features(batches: Sequence[PredictionBatch], layout: FeatureLayout) -> list[pa.Array]:
     n = sum(len(b) for b in batches)
     matrix = np.empty((n, len(layout.names)), dtype=object)
     at = 0
-    for i, b in enumerate(batches):
-        if i % PAUSE_ROWS == 0:
-            pause()
+    for b in paced(batches, PAUSE_ROWS):
         matrix[at : at + len(b)] = b.features
         at += len(b)
     by_column = matrix.T.copy()  # contiguous columns for Arrow
-    return _each_paused(lambda j, name: _feature_array(by_column[j], layout.arrow_type(name)), layout.names)
+    return [_feature_array(by_column[j], layout.arrow_type(name)) for j, name in paced(enumerate(layout.names))]
 
 
 def _column_features(batch: PredictionBatch) -> list[pa.Array | pa.ChunkedArray]:
     f = batch.features
     layout = batch.layout
     if isinstance(f, pd.DataFrame):
-        frame = f
-        return _each_paused(lambda _, name: _feature_array(pa.Array.from_pandas(frame[name]), layout.arrow_type(name)), layout.names)
+        return [_feature_array(pa.Array.from_pandas(f[name]), layout.arrow_type(name)) for name in paced(layout.names)]
     assert isinstance(f, pa.Table | pa.RecordBatch)
-    table = f
-    return _each_paused(lambda _, name: _feature_array(table.column(name), layout.arrow_type(name)), layout.names)
-
-
-def _each_paused(convert: Callable[[int, str], pa.Array | pa.ChunkedArray], names: Sequence[str]) -> list[pa.Array | pa.ChunkedArray]:
-    """``convert`` applied to each feature column, with a pause before each (a column is tens of microseconds of work)."""
-    out = []
-    for j, name in enumerate(names):
-        pause()
-        out.append(convert(j, name))
-    return out
+    return [_feature_array(f.column(name), layout.arrow_type(name)) for name in paced(layout.names)]
 
 
 def to_table(batches: Sequence[PredictionBatch]) -> pa.Table:
@@ -355,9 +347,7 @@ def to_table_checked(batches: Sequence[PredictionBatch]) -> tuple[pa.Table | Non
 def group(batches: Sequence[PredictionBatch]) -> dict[SegmentKey, list[PredictionBatch]]:
     """Buffered batches by the segment they go to, in arrival order."""
     out: dict[SegmentKey, list[PredictionBatch]] = {}
-    for i, b in enumerate(batches):
-        if i % PAUSE_ROWS == 0:
-            pause()
+    for b in paced(batches, PAUSE_ROWS):
         out.setdefault(SegmentKey(b.model, b.version, b.layout, b.day), []).append(b)
     return out
 
