@@ -258,11 +258,15 @@ def test_batch_larger_than_the_buffer_goes_in_pieces(tmp_path: Path) -> None:
     assert written(registry, "parquet") == 1000
 
 
+@pytest.mark.parametrize("paced", [False, True], ids=["flat-out", "paced"])  # the predictor's log is paced
 @pytest.mark.parametrize("sink", SINKS)
-def test_failing_store_is_retried_without_loss_or_duplicates(sink: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_failing_store_is_retried_without_loss_or_duplicates(
+    sink: str, paced: bool, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     registry = CollectorRegistry()
     failing = FailingStore(make_store(sink, tmp_path, request), failures=3)
-    with PredictionLog(failing, registry, flush_interval_s=0.01, max_backoff_s=0.05) as plog:
+    pacer = Pacer() if paced else None
+    with PredictionLog(failing, registry, flush_interval_s=0.01, max_backoff_s=0.05, pacer=pacer) as plog:
         for i in range(20):
             plog.record_many(rows_batch([i], T0, prefix=f"f{i}-"))
         plog.flush(timeout_s=30)
