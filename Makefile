@@ -136,6 +136,10 @@ bench-audit: install ## Audit trail: Ed25519 signing cost per append (p50/p99) v
 bench-backup: install ## Backup/restore of a demo data dir: backup and restore time, snapshot size, time to ready, vs cp -a and tar
 	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_backup.py
 
+.PHONY: bench-scale
+bench-scale: install ## Generation, features, batch scoring with reasons at 20k/200k/2M customers: single process vs the Dask engine; 100 GB extrapolation
+	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_scale.py
+
 .PHONY: bench-soak
 bench-soak: install ## 1 vs 2 workers req/s (wrk); 10,000 idle keep-alive + 50 slowloris sockets + honest load: p99 vs without, memory per connection
 	PYTHONPATH=. $(BIN)/python tests/benchmarks/bench_soak.py

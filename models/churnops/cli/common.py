@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from churnops.training.config import BusinessConfig
 
 if TYPE_CHECKING:
     from churnops.data.ingest import CsvDialect
+    from churnops.parallel.choice import EngineConfig
     from churnops.training.registry import RegistryConfig
 
 
@@ -133,3 +135,35 @@ def csv_dialect(args: argparse.Namespace) -> CsvDialect:
 
 # the CSV dialect options (argparse destinations), refused where no file of the user's is read
 DIALECT_OPTIONS = ("separator", "decimal", "thousands", "encoding", "day_first")
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """Where a heavy step's tasks run (churnops.parallel): this process, or Dask."""
+    from churnops.parallel.choice import ADDRESS_ENV, AUTO_THRESHOLD_BYTES, KINDS
+
+    p.add_argument(
+        "--engine",
+        choices=KINDS,
+        default="auto",
+        help="local: this process; dask: a Dask cluster; auto (default): Dask above --engine-threshold-mb of input or with a scheduler address",
+    )
+    p.add_argument(
+        "--engine-address",
+        default=None,
+        help=f"a running Dask scheduler, tcp://host:8786 (default ${ADDRESS_ENV}); without one, Dask starts on this machine",
+    )
+    p.add_argument(
+        "--engine-workers", type=int, default=None, help="worker processes of a Dask cluster started here (default: one per core)"
+    )
+    p.add_argument(
+        "--engine-threshold-mb",
+        type=float,
+        default=None,
+        help=f"input size above which auto uses Dask (default {AUTO_THRESHOLD_BYTES // 2**20})",
+    )
+
+
+def engine_config(args: argparse.Namespace, env: Mapping[str, str]) -> EngineConfig:
+    from churnops.parallel.choice import EngineConfig
+
+    return EngineConfig.from_options(args.engine, args.engine_address, args.engine_workers, args.engine_threshold_mb, env)

@@ -8,7 +8,7 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from churnops.cli.common import add_dialect_args, add_settings_arg, apply_settings, csv_dialect, layout
+from churnops.cli.common import add_dialect_args, add_engine_args, add_settings_arg, apply_settings, csv_dialect, engine_config, layout
 from churnops.data.config import DRIFT_PRESETS, GeneratorConfig, with_drift
 
 
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gen = group.add_parser("generate", help="generate synthetic customer data")
     add_generator_args(gen)
     add_settings_arg(gen)
+    add_engine_args(gen)
     gen.set_defaults(func=run_generate)
     gen.set_defaults(defaults={a.dest: a.default for a in gen._actions})
     group.add_parser("validate", help="validate the raw tables (Great Expectations)").set_defaults(func=run_validate)
@@ -52,7 +53,7 @@ def run_generate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from churnops.data import steps
 
     apply_settings(args, args.defaults, ("data",))
-    print(json.dumps(steps.generate(generator_config(args), layout(args)), indent=2))
+    print(json.dumps(steps.generate(generator_config(args), layout(args), engine_config(args, env)), indent=2))
     return 0
 
 

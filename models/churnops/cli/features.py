@@ -9,14 +9,16 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from churnops.cli.common import add_store_args, add_tracking_arg, layout, registry_config
+from churnops.cli.common import add_engine_args, add_store_args, add_tracking_arg, engine_config, layout, registry_config
 
 CATALOG = Path("feature_repo/FEATURES.md")  # the generated document, relative to a checkout
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     group = sub.add_parser("features", help="feature engineering and the Feast store").add_subparsers(dest="action", required=True)
-    group.add_parser("build", help="compute point-in-time features from the raw tables").set_defaults(func=run_build)
+    build = group.add_parser("build", help="compute point-in-time features from the raw tables, one task per raw part")
+    add_engine_args(build)
+    build.set_defaults(func=run_build)
     group.add_parser("validate", help="validate the feature tables (Great Expectations)").set_defaults(func=run_validate)
     publish = group.add_parser("publish", help="apply Feast objects and backfill the online store")
     add_store_args(publish)
@@ -36,7 +38,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run_build(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from churnops.features import steps
 
-    print(json.dumps(steps.features(layout(args)), indent=2))
+    print(json.dumps(steps.features(layout(args), engine_config(args, env)), indent=2))
     return 0
 
 

@@ -8,21 +8,21 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from churnops.cli.audit import add_key_args
-from churnops.cli.common import add_tracking_arg, registry_config
+from churnops.cli.common import add_engine_args, add_tracking_arg, engine_config, registry_config
 from churnops_contract.registry import CHAMPION
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-    from churnops.monitoring.predlog.writer import PredictionLog
-    from churnops.serving.explain import CompiledModel
+    from churnops.parallel.choice import EngineConfig
+    from churnops.serving.batch_log import BatchLogSettings
+    from churnops.training.ensemble import ChurnEnsemble
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,7 +32,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     score.add_argument("--model", default=CHAMPION, help="alias, version or models:/ URI")
     add_tracking_arg(score)
     score.add_argument("--top-k", type=int, default=5, help="reasons per row (0: scores only)")
-    score.add_argument("--chunk-rows", type=int, default=50_000)
+    score.add_argument("--chunk-rows", type=int, default=50_000, help="rows scored at a time (bounds memory)")
+    score.add_argument(
+        "--partition-rows", type=int, default=500_000, help="rows per engine task; on Dask, --out is a directory of part-NNNNN.parquet"
+    )
+    add_engine_args(score)
     score.add_argument("--audit-log", type=Path, default=None, help="audit log for the batch record (default <data-dir>/audit/batch.jsonl)")
     add_key_args(score, signing=True)
     score.add_argument("--audit-anchor-dsn", default=None, help="PostgreSQL for checkpoints of the audit log (rollback detection)")
@@ -46,57 +50,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     score.set_defaults(func=run)
 
 
-def batch_log(args: argparse.Namespace) -> PredictionLog:
-    from prometheus_client import CollectorRegistry
+def log_settings(args: argparse.Namespace) -> BatchLogSettings | None:
+    from churnops.serving.batch_log import BatchLogSettings
 
-    from churnops.monitoring.predlog.parquet import ParquetStore
-    from churnops.monitoring.predlog.postgres import PostgresStore
-    from churnops.monitoring.predlog.writer import PredictionLog
-    from churnops.privacy.cached import Suppression
-    from churnops.privacy.store import open_store
-
-    store = (
-        PostgresStore(args.prediction_log_dsn)
-        if args.prediction_log_dsn
-        else ParquetStore(args.prediction_log or args.data_dir / "predictions")
+    if args.no_prediction_log:
+        return None
+    return BatchLogSettings(
+        args.data_dir, args.prediction_log or args.data_dir / "predictions", args.prediction_log_dsn, args.privacy_store, args.privacy_dsn
     )
-    # erased customers in the input are scored (the output is the caller's) but never logged for monitoring
-    suppression = Suppression(open_store(args.data_dir, args.privacy_dsn, args.privacy_store))
-    return PredictionLog(store, CollectorRegistry(), flush_interval_s=5.0, suppressor=suppression)
 
 
-def record_chunks(plog: PredictionLog, model_name: str, version: str, model: CompiledModel, job: str) -> Callable[..., None]:
-    """The scorer's per-chunk hook: every scored row goes to the prediction log (request ids ``<job>/<row>``)."""
-    from churnops.monitoring.predlog.records import SOURCE_BATCH, FeatureLayout, PredictionBatch
+def input_bytes(src: Path) -> int:
+    if src.is_dir():
+        return sum(p.stat().st_size for p in src.glob("*.parquet"))
+    return src.stat().st_size if src.exists() else 0
 
-    layout = FeatureLayout(tuple(model.features), frozenset(model.categorical))
 
-    def record(inputs: pd.DataFrame, scored: pd.DataFrame, first_row: int) -> None:
-        ids = inputs["customer_id"].tolist() if "customer_id" in inputs else [None] * len(inputs)
-        batch = PredictionBatch(
-            model_name,
-            version,
-            layout,
-            ids,
-            scored["churn_probability"].to_numpy(),
-            scored["risk_band"].to_numpy(),
-            [f"{job}/{first_row + i}" for i in range(len(inputs))],
-            inputs[list(layout.names)],
-            time.time(),
-            source=SOURCE_BATCH,
-        )
-        plog.record_many(batch, timeout_s=60)  # a batch job may wait for room rather than drop
+@dataclass(frozen=True)
+class Scored:
+    """What a scoring path hands back: the audit records to chain and the summary to print."""
 
-    return record
+    records: list[dict[str, Any]]
+    rows: int
+    seconds: float
+    explained: bool
+    output: Path
+    partitions: int = 1
 
 
 def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from churnops.parallel.choice import resolve
     from churnops.serving.audit_keys import signer_for
     from churnops.serving.audit_setup import AuditSettings, open_sink
-    from churnops.serving.batch import score_file
-    from churnops.serving.explain import CompiledModel
     from churnops.training import registry
-    from churnops.training.registry import sha256_file
 
     audit = AuditSettings(
         args.audit_log or args.data_dir / "audit" / "batch.jsonl",
@@ -105,12 +91,54 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         anchor_dsn=args.audit_anchor_dsn,
     )
     signer = signer_for(audit.signing_key, env, audit.log.parent)  # a key problem stops the run before it scores
+    engine = engine_config(args, env)
     reg = registry_config(args)
     version = registry.resolve_version(reg, args.model)
-    model = CompiledModel(registry.load_model(reg, version), threads=os.cpu_count() or 1)
-    threshold = registry.version_info(reg, version)["threshold"]
+    model = Model(reg.model_name, version, registry.load_model(reg, version), registry.version_info(reg, version)["threshold"])
     job = f"batch-{uuid.uuid4().hex[:12]}"
-    plog = None if args.no_prediction_log else batch_log(args)
+    # a directory is scored partition by partition even in this process; a file goes to Dask when the engine says so
+    partitioned = args.input.is_dir() or resolve(engine, input_bytes(args.input)) == "dask"
+    scored = score_partitioned(args, engine, model, job) if partitioned else score_in_process(args, model, job)
+    # chained records (one per partition on the engine): the digests bind every row of the output to this run
+    sink = open_sink(audit, env, fsync="always", lock_wait_s=30, signer=signer)
+    try:
+        head = sink.append(scored.records)
+    finally:
+        sink.close()
+    summary = {
+        "model": reg.model_name,
+        "version": version,
+        "rows": scored.rows,
+        "seconds": round(scored.seconds, 2),
+        "rows_per_minute": round(scored.rows / scored.seconds * 60) if scored.seconds > 0 else None,
+        "reasons": scored.explained,
+        "output": str(scored.output),
+        "partitions": scored.partitions,
+        "audit_seq": head.seq,
+        "job": job,
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    version: str
+    ensemble: ChurnEnsemble
+    threshold: float
+
+
+def score_in_process(args: argparse.Namespace, model: Model, job: str) -> Scored:
+    """One file in, one file out, every core on each chunk."""
+    from churnops.serving.batch import score_file
+    from churnops.serving.batch_log import record_chunks
+    from churnops.serving.explain import CompiledModel
+    from churnops.training.registry import sha256_file
+
+    compiled = CompiledModel(model.ensemble, threads=os.cpu_count() or 1)
+    settings = log_settings(args)
+    plog = None if settings is None else settings.open()
     try:
         with tqdm(desc="batch scoring", unit="row", unit_scale=True) as bar:
 
@@ -118,44 +146,52 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            on_chunk = None if plog is None else record_chunks(plog, reg.model_name, version, model, job)
-            report = score_file(model, threshold, args.input, args.out, args.chunk_rows, args.top_k, progress, on_chunk)
+            on_chunk = None if plog is None else record_chunks(plog, model.name, model.version, compiled, job)
+            report = score_file(compiled, model.threshold, args.input, args.out, args.chunk_rows, args.top_k, progress, on_chunk)
     finally:
         if plog is not None:
             plog.close()
-    # one chained record per batch: the digests bind every row of the output to this run
-    sink = open_sink(audit, env, fsync="always", lock_wait_s=30, signer=signer)
-    try:
-        head = sink.append(
-            [
-                {
-                    "kind": "batch",
-                    "time": time.time(),
-                    "caller": getpass.getuser(),
-                    "model": reg.model_name,
-                    "model_version": version,
-                    "input": str(args.input),
-                    "input_sha256": sha256_file(args.input),
-                    "output": str(report.output),
-                    "output_sha256": sha256_file(report.output),
-                    "rows": report.rows,
-                    "reasons": report.explained,
-                    "job": job,
-                }
-            ]
-        )
-    finally:
-        sink.close()
-    summary = {
-        "model": reg.model_name,
-        "version": version,
-        "rows": report.rows,
-        "seconds": round(report.seconds, 2),
-        "rows_per_minute": round(report.rows_per_minute),
-        "reasons": report.explained,
+    record = {
+        "kind": "batch",
+        "time": time.time(),
+        "caller": getpass.getuser(),
+        "model": model.name,
+        "model_version": model.version,
+        "input": str(args.input),
+        "input_sha256": sha256_file(args.input),
         "output": str(report.output),
-        "audit_seq": head.seq,
+        "output_sha256": sha256_file(report.output),
+        "rows": report.rows,
+        "reasons": report.explained,
         "job": job,
     }
-    print(json.dumps(summary, indent=2))
-    return 0
+    return Scored([record], report.rows, report.seconds, report.explained, report.output)
+
+
+def score_partitioned(args: argparse.Namespace, engine: EngineConfig, model: Model, job: str) -> Scored:
+    """Partitions of the input as engine tasks; ``--out`` becomes a directory of ``part-NNNNN.parquet``."""
+    from churnops.parallel.runner import open_engine
+    from churnops.serving.batch_partitions import PartitionJob, audit_records, plan_partitions, score_partitions
+
+    parts = plan_partitions(args.input, args.partition_rows)
+    began = time.perf_counter()
+    with open_engine(engine, input_bytes(args.input)) as runner:
+        settings = PartitionJob(
+            job,
+            model.name,
+            model.version,
+            model.threshold,
+            args.out,
+            args.top_k,
+            args.chunk_rows,
+            threads=(os.cpu_count() or 1) if runner.name == "local" else 1,
+            log=log_settings(args),
+        )
+        total = sum(p.rows for p in parts)
+        with tqdm(
+            total=total, desc=f"batch scoring ({runner.name} × {runner.workers}, {len(parts)} partitions)", unit="row", unit_scale=True
+        ) as bar:
+            results = score_partitions(runner, model.ensemble, parts, settings, bar.update)
+    seconds = time.perf_counter() - began
+    explained = all(r.explained for r in results)
+    return Scored(audit_records(results, settings, getpass.getuser()), total, seconds, explained, args.out, len(results))

@@ -45,6 +45,7 @@ from churnops.data.schema import (
     TICKET_CATEGORIES,
 )
 from churnops.errors import NotFoundError
+from churnops.parallel.runner import Engine, InProcess
 
 LIST_PRICE = {"starter": 25.0, "growth": 45.0, "business": 80.0, "enterprise": 120.0}
 
@@ -398,8 +399,32 @@ def generate_blocks(cfg: GeneratorConfig) -> Iterator[CustomerBlock]:
         yield _simulate_block(cfg, block_index, first, min(cfg.block_size, cfg.n_customers - first))
 
 
-def write_raw(cfg: GeneratorConfig, out_dir: Path, progress: Callable[[int], object] | None = None) -> dict[str, int]:
-    """Generate and write each raw table as ``out_dir/<table>/part-NNNNN.parquet``.
+@dataclass(frozen=True)
+class BlockTask:
+    """One partition of the generation: block ``index`` (customers ``first`` .. ``first + n``), written as parts."""
+
+    cfg: GeneratorConfig
+    out_dir: Path
+    index: int
+    first: int
+    n: int
+
+
+def write_block(task: BlockTask) -> tuple[int, dict[str, int]]:
+    """Simulate one block and write each raw table's ``part-<index>``; returns (customers, rows per table)."""
+    block = _simulate_block(task.cfg, task.index, task.first, task.n)
+    rows = {}
+    for table, frame in block.tables.items():
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), task.out_dir / table / f"part-{task.index:05d}.parquet")
+        rows[table] = len(frame)
+    return task.n, rows
+
+
+def write_raw(
+    cfg: GeneratorConfig, out_dir: Path, progress: Callable[[int], object] | None = None, engine: Engine | None = None
+) -> dict[str, int]:
+    """Generate and write each raw table as ``out_dir/<table>/part-NNNNN.parquet``, one block per task on
+    ``engine`` (default: this process); blocks are seeded by their index, so every engine writes the same parts.
 
     Returns the number of rows written per table.
     """
@@ -408,12 +433,13 @@ def write_raw(cfg: GeneratorConfig, out_dir: Path, progress: Callable[[int], obj
         (out_dir / table).mkdir(parents=True, exist_ok=True)
         for old in (out_dir / table).glob("part-*.parquet"):
             old.unlink()
-    for i, block in enumerate(generate_blocks(cfg)):
-        for table, frame in block.tables.items():
-            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), out_dir / table / f"part-{i:05d}.parquet")
-            counts[table] += len(frame)
+    starts = range(0, cfg.n_customers, cfg.block_size)
+    tasks = [BlockTask(cfg, out_dir, i, first, min(cfg.block_size, cfg.n_customers - first)) for i, first in enumerate(starts)]
+    for customers, rows in (engine or InProcess()).map(write_block, tasks):
+        for table, n in rows.items():
+            counts[table] += n
         if progress is not None:
-            progress(len(block.customers))
+            progress(customers)
     write_calendar(out_dir, cfg.calendar)
     return counts
 

@@ -26,6 +26,11 @@ def parts(raw_dir: Path, table: str) -> list[Path]:
     return sorted((raw_dir / table).glob("part-*.parquet"))
 
 
+def raw_bytes(raw_dir: Path) -> int:
+    """Bytes of every raw table's parts: the input size an engine choice weighs."""
+    return sum(p.stat().st_size for p in raw_dir.glob("*/part-*.parquet"))
+
+
 def read_raw(raw_dir: Path, table: str) -> pd.DataFrame:
     """Read one raw table (all parts)."""
     found = parts(raw_dir, table)

@@ -13,11 +13,19 @@ from churnops.data.generator import save_manifest, write_raw
 from churnops.data.raw import read_raw
 from churnops.data.validation import ValidationRun, raw_suites, validate
 from churnops.layout import Layout
+from churnops.parallel.choice import LOCAL, EngineConfig
+from churnops.parallel.runner import open_engine
+
+# Raw Parquet per generated customer (about 1.3 KB at the default 420 days): what `auto` weighs before generating.
+RAW_BYTES_PER_CUSTOMER = 1_300
 
 
-def generate(cfg: GeneratorConfig, layout: Layout) -> dict[str, int]:
-    with tqdm(total=cfg.n_customers, desc="generate customers", unit="cust") as bar:
-        counts = write_raw(cfg, layout.raw, progress=bar.update)
+def generate(cfg: GeneratorConfig, layout: Layout, engine: EngineConfig = LOCAL) -> dict[str, int]:
+    with (
+        open_engine(engine, cfg.n_customers * RAW_BYTES_PER_CUSTOMER) as runner,
+        tqdm(total=cfg.n_customers, desc=f"generate customers ({runner.name} × {runner.workers})", unit="cust") as bar,
+    ):
+        counts = write_raw(cfg, layout.raw, progress=bar.update, engine=runner)
     save_manifest(cfg, layout.raw, counts)
     return counts
 

@@ -25,6 +25,7 @@ from churnops.data.parquet import read_parquet
 from churnops.data.schema import ENTITY, EVENT_TABLES, PRODUCT_FEATURES, TICKET_CATEGORIES, TIMESTAMP, Calendar, check_columns
 from churnops.errors import InvalidInputError, NotFoundError
 from churnops.features.catalog import DOMAINS, RECENCY_CAP_DAYS, USAGE_METRICS, WINDOWS, features_of
+from churnops.parallel.runner import Engine, InProcess
 
 EPS = 1e-9
 
@@ -346,26 +347,54 @@ def feature_schema(domain: str) -> pa.Schema:
     return pa.schema(fields)
 
 
-def build_features(calendar: Calendar, raw_dir: Path, out_dir: Path, progress: Callable[[int], object] | None = None) -> dict[str, int]:
-    """Compute all snapshots' features block by block into ``out_dir/<domain>.parquet``.
+@dataclass(frozen=True)
+class FeatureTask:
+    """One partition of the feature build: a raw part, which holds whole customer histories."""
 
-    Raw parts are processed one block at a time (a block holds whole customer
-    histories), so memory stays bounded whatever the number of customers.
+    calendar: Calendar
+    raw_dir: Path
+    part: str
+
+
+def part_tables(raw_dir: Path, part: str) -> dict[str, pd.DataFrame]:
+    return {t: read_parquet(raw_dir / t / part) for t in EVENT_TABLES}
+
+
+def compute_part(task: FeatureTask) -> tuple[int, dict[str, pa.Table]]:
+    """The features of one raw part as Arrow tables (what an engine task returns), and its number of customers."""
+    tables = part_tables(task.raw_dir, task.part)
+    frames = compute_block_features(task.calendar, tables)
+    out = {d: pa.Table.from_pandas(frames[d], schema=feature_schema(d), preserve_index=False) for d in DOMAINS}
+    return len(tables["customers"]), out
+
+
+def build_features(
+    calendar: Calendar,
+    raw_dir: Path,
+    out_dir: Path,
+    progress: Callable[[int], object] | None = None,
+    engine: Engine | None = None,
+) -> dict[str, int]:
+    """Compute all snapshots' features part by part into ``out_dir/<domain>.parquet``.
+
+    Each raw part (whole customer histories) is one task on ``engine`` (default: this process), so memory
+    per task stays bounded by the part size whatever the number of customers. Results are written in the
+    parts' order, so every engine writes the same files.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = sorted((raw_dir / "customers").glob("part-*.parquet"))
     if not parts:
         raise NotFoundError(f"no raw data under {raw_dir}; run `churnops data generate` first")
+    tasks = [FeatureTask(calendar, raw_dir, p.name) for p in parts]
     writers = {d: pq.ParquetWriter(out_dir / f"{d}.parquet", feature_schema(d)) for d in DOMAINS}
     rows = dict.fromkeys(DOMAINS, 0)
     try:
-        for part in parts:
-            tables = {t: read_parquet(raw_dir / t / part.name) for t in EVENT_TABLES}
-            for domain, frame in compute_block_features(calendar, tables).items():
-                writers[domain].write_table(pa.Table.from_pandas(frame, schema=feature_schema(domain), preserve_index=False))
-                rows[domain] += len(frame)
+        for customers, tables in (engine or InProcess()).map(compute_part, tasks):
+            for domain, table in tables.items():
+                writers[domain].write_table(table)
+                rows[domain] += table.num_rows
             if progress is not None:
-                progress(len(tables["customers"]))
+                progress(customers)
     finally:
         for w in writers.values():
             w.close()

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from churnops.data.config import GeneratorConfig
 from churnops.data.parquet import read_parquet
-from churnops.data.raw import count_rows, read_calendar, read_raw
+from churnops.data.raw import count_rows, raw_bytes, read_calendar, read_raw
 from churnops.data.schema import Calendar
 from churnops.data.steps import check, generate, validate_raw
 from churnops.data.validation import ValidationRun, validate
@@ -31,6 +31,8 @@ from churnops.features.catalog import DOMAINS, FEATURES
 from churnops.features.engine import build_features
 from churnops.features.validation import feature_suite
 from churnops.layout import Layout
+from churnops.parallel.choice import LOCAL, EngineConfig
+from churnops.parallel.runner import open_engine
 from churnops_feast import store as feast_store
 from churnops_feast.definitions import FEATURE_TTL, TRAINING_SERVICE
 
@@ -48,10 +50,14 @@ class StepTimes:
         self.seconds[name] = round(time.perf_counter() - start, 2)
 
 
-def features(layout: Layout) -> dict[str, int]:
+def features(layout: Layout, engine: EngineConfig = LOCAL) -> dict[str, int]:
+    """The feature build, one task per raw part, on the engine ``engine`` chooses for the raw tables' size."""
     calendar = read_calendar(layout.raw)
-    with tqdm(total=count_rows(layout.raw, "customers"), desc="compute features", unit="cust") as bar:
-        return build_features(calendar, layout.raw, layout.features, progress=bar.update)
+    with (
+        open_engine(engine, raw_bytes(layout.raw)) as runner,
+        tqdm(total=count_rows(layout.raw, "customers"), desc=f"compute features ({runner.name} × {runner.workers})", unit="cust") as bar,
+    ):
+        return build_features(calendar, layout.raw, layout.features, progress=bar.update, engine=runner)
 
 
 def validate_features(layout: Layout) -> ValidationRun:

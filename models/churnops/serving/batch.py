@@ -147,6 +147,22 @@ def score_file(
     if chunk_rows < 1:
         raise InvalidInputError("chunk_rows must be at least 1")
     batches, total = _batches(src, model, chunk_rows)
+    return write_scores(model, threshold, batches, total, src, dst, top_k, progress, on_chunk)
+
+
+def write_scores(
+    model: CompiledModel,
+    threshold: float,
+    batches: Iterator[pa.RecordBatch],
+    total: int | None,
+    src: Path,
+    dst: Path,
+    top_k: int = 5,
+    progress: Callable[[int, int | None], Any] | None = None,
+    on_chunk: Callable[[pd.DataFrame, pd.DataFrame, int], Any] | None = None,
+    first_row: int = 0,
+) -> BatchReport:
+    """Score ``batches`` (read from ``src``) into ``dst``; ``first_row`` is the first batch's row in the whole input."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".partial")
     writer: pq.ParquetWriter | None = None
@@ -160,7 +176,7 @@ def score_file(
             _check_columns(frame, model, src)
             scored = score_chunk(model, frame, threshold, top_k)
             if on_chunk is not None:
-                on_chunk(frame, scored, done)
+                on_chunk(frame, scored, first_row + done)
             table = pa.Table.from_pandas(scored, preserve_index=False)
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema, compression="zstd")
