@@ -62,9 +62,10 @@ drift-report: install ## Drift report of the champion's last 24 h of predictions
 	$(BIN)/churnops --data-dir $(DATA_DIR) monitor drift --window 24h --model champion
 
 .PHONY: pipelines
-pipelines: install ## Compile the KFP pipelines (training, batch scoring, drift window) into pipelines/compiled/
+pipelines: install ## Compile the KFP pipelines (training, batch scoring in a step and on the engine, drift window) into pipelines/compiled/
 	$(BIN)/python -c "from churnops_pipelines.training import compile_pipeline; compile_pipeline('pipelines/compiled/churn_training.yaml')"
 	$(BIN)/python -c "from churnops_pipelines.scoring import compile_pipeline; compile_pipeline('pipelines/compiled/churn_batch_scoring.yaml')"
+	$(BIN)/python -c "from churnops_pipelines.scoring import compile_engine_pipeline; compile_engine_pipeline('pipelines/compiled/churn_batch_scoring_engine.yaml')"
 	$(BIN)/python -c "from churnops_pipelines.monitoring import compile_pipeline; compile_pipeline('pipelines/compiled/churn_drift_window.yaml')"
 
 .PHONY: dashboards

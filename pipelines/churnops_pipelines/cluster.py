@@ -24,9 +24,10 @@ SETTINGS = (
     "MLFLOW_TRACKING_URI",
 )
 SECRET_KEYS = {"postgres-password": "CHURNOPS_PG_PASSWORD"}
-# Present only in some installs, so referenced as optional: TLS to PostgreSQL with a CA bundle (EKS and RDS), and
-# MLflow behind its basic-auth app (the chart's mlflow.bundled.auth), where steps sign in as the pipeline user.
-OPTIONAL_SETTINGS = ("PGSSLMODE", "PGSSLROOTCERT", "MLFLOW_TRACKING_USERNAME")
+# Present only in some installs, so referenced as optional: TLS to PostgreSQL with a CA bundle (EKS and RDS),
+# MLflow behind its basic-auth app (the chart's mlflow.bundled.auth), where steps sign in as the pipeline user,
+# and the engine's Dask scheduler (the chart's engine.enabled), where heavy steps run their tasks.
+OPTIONAL_SETTINGS = ("PGSSLMODE", "PGSSLROOTCERT", "MLFLOW_TRACKING_USERNAME", "DASK_SCHEDULER_ADDRESS")
 OPTIONAL_SECRET_KEYS = {"mlflow-pipeline-password": "MLFLOW_TRACKING_PASSWORD"}
 POSTGRES_CA = "churnops-postgresql-ca"  # ConfigMap with the server's CA bundle (PGSSLROOTCERT points into it)
 POSTGRES_CA_DIR = "/etc/churnops/postgresql-ca"

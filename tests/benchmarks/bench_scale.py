@@ -129,7 +129,7 @@ def measure_size(customers: int, root: Path, logs: Path, tracking: str | None) -
         rows = joined_features(data / "features", scoring_input)
         out = data / "scores"
         cmd = [CHURNOPS, "--data-dir", str(data), "score", str(scoring_input), "--out", str(out), "--tracking-uri", tracking]
-        cmd += ["--model", "challenger", "--partition-rows", "200000", "--no-prediction-log", *engine]
+        cmd += ["--model", "challenger", "--partition-rows", "100000", "--no-prediction-log", *engine]
         seconds, peak = run(cmd, logs / f"{customers}-{path}-score.log")
         partitions = re.findall(r'"partitions": (\d+)', (logs / f"{customers}-{path}-score.log").read_text())[-1]
         results.append(Measured(customers, path, "score", seconds, peak, f"{rows:,} rows, {partitions} partition(s)"))

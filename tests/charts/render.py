@@ -70,7 +70,27 @@ def pod_specs(obj: dict[str, Any]) -> list[dict[str, Any]]:
         return [spec["jobTemplate"]["spec"]["template"]["spec"]]
     if obj["kind"] == "Pod":
         return [spec]
+    if obj["kind"] == "DaskCluster":  # the Dask operator runs them as the scheduler's and the workers' pods
+        return [spec["scheduler"]["spec"], spec["worker"]["spec"]]
     return []
+
+
+def dask_pod_labels(cluster: dict[str, Any], role: str) -> dict[str, str]:
+    """The labels the Dask operator puts on a DaskCluster's scheduler or worker pods: the cluster's own, updated by
+    ``spec.<role>.metadata.labels``, plus its own two (dask/dask-kubernetes
+    ``dask_kubernetes/operator/controller/controller.py``: ``daskcluster_create_components``,
+    ``build_scheduler_deployment_spec``)."""
+    labels = dict(cluster["metadata"].get("labels") or {})
+    labels.update((cluster["spec"][role].get("metadata") or {}).get("labels") or {})
+    return labels | {"dask.org/cluster-name": cluster["metadata"]["name"], "dask.org/component": role}
+
+
+def dask_operator_crds() -> list[dict[str, Any]]:
+    """DaskCluster, DaskAutoscaler, DaskJob and DaskWorkerGroup as the pinned dask-kubernetes package ships them."""
+    import dask_kubernetes  # type: ignore[import-untyped]  # noqa: PLC0415 - a test dependency, loaded by the tests that validate Dask objects
+
+    crds = Path(dask_kubernetes.__file__).parent / "operator" / "deployment" / "helm" / "dask-kubernetes-operator" / "crds"
+    return [doc for path in sorted(crds.glob("*.yaml")) for doc in load_yaml(path)]
 
 
 def load_yaml(path: Path) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.charts.render import SCENARIOS, objects, pod_specs, rendered
+from tests.charts.render import SCENARIOS, dask_pod_labels, objects, pod_specs, rendered
 from tests.support.k8s_tools import ROOT, run
 
 ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
@@ -140,9 +140,13 @@ def test_every_pod_is_denied_by_default_and_allowed_by_a_policy_of_its_own(scena
         ]
         assert deny and set(deny[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}, ns
     for obj in rendered(scenario):
+        dask_roles = iter(("scheduler", "worker"))  # a DaskCluster's pod specs, in pod_specs' order
         for pod in pod_specs(obj):
-            template = obj["spec"]["jobTemplate"]["spec"]["template"] if obj["kind"] == "CronJob" else obj["spec"].get("template")
-            labels = template["metadata"]["labels"] if obj["kind"] != "Pod" else obj["metadata"]["labels"]
+            if obj["kind"] == "DaskCluster":
+                labels = dask_pod_labels(obj, next(dask_roles))
+            else:
+                template = obj["spec"]["jobTemplate"]["spec"]["template"] if obj["kind"] == "CronJob" else obj["spec"].get("template")
+                labels = template["metadata"]["labels"] if obj["kind"] != "Pod" else obj["metadata"]["labels"]
             ns = obj["metadata"]["namespace"]
             own = [
                 p

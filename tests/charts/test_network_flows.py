@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.charts.render import NAMESPACE, SCENARIOS, objects, rendered
+from tests.charts.render import NAMESPACE, SCENARIOS, dask_pod_labels, objects, rendered
 
 Labels = Mapping[str, str]
 
@@ -191,6 +191,11 @@ def platform(scenario: str) -> dict[str, Peer]:
     else:
         peers |= EKS_ADDRESSES
         peers["postgresql"], peers["redis"] = peers["rds"], peers["elasticache"]
+        # the engine's pods, labelled as the Dask operator labels them (tests/charts/test_engine.py)
+        (cluster,) = objects(scenario, "DaskCluster")
+        peers["dask-scheduler"] = Peer("dask scheduler", NAMESPACE, dask_pod_labels(cluster, "scheduler"))
+        peers["dask-worker"] = Peer("dask worker", NAMESPACE, dask_pod_labels(cluster, "worker"))
+        peers["dask-operator"] = Peer("dask operator", "dask-operator", {"app.kubernetes.io/name": "dask-kubernetes-operator"})
     return peers
 
 
@@ -226,6 +231,18 @@ def needed(scenario: str) -> list[Flow]:
             Flow(p["predictor"], p["jwks"], 443),
             Flow(p["mlflow"], p["s3"], 443),
             Flow(p["mlflow"], p["sts"], 443),
+            # the engine: pipeline steps submit tasks and gather results, scheduler and workers talk both ways,
+            # workers exchange data, the Dask operator asks the scheduler for its wanted workers, a batch
+            # job's workers write the prediction log
+            Flow(p["step"], p["dask-scheduler"], 8786),
+            Flow(p["step"], p["dask-worker"], 8789),
+            Flow(p["dask-worker"], p["dask-scheduler"], 8786),
+            Flow(p["dask-scheduler"], p["dask-worker"], 8789),
+            Flow(p["dask-worker"], p["dask-worker"], 8789),
+            Flow(p["dask-operator"], p["dask-scheduler"], 8786),
+            Flow(p["dask-operator"], p["dask-scheduler"], 8787),
+            Flow(p["dask-worker"], p["postgresql"], 5432),
+            Flow(p["dask-worker"], p["dns"], 53, "UDP"),
         ]
     return flows
 
@@ -243,6 +260,11 @@ def forbidden(scenario: str) -> list[Flow]:
         flows += [Flow(p["random"], p["postgresql"], 5432), Flow(p["random"], p["redis"], 6379), Flow(p["predictor"], p["backup"], 5432)]
     else:
         flows += [Flow(p["mlflow"], p["vpc-pod"], 443), Flow(p["predictor"], p["vpc-pod"], 443), Flow(p["operator"], p["s3"], 443)]
+        flows += [
+            Flow(p["random"], p["dask-scheduler"], 8786),
+            Flow(p["predictor"], p["dask-worker"], 8789),
+            Flow(p["dask-worker"], p["s3"], 443),
+        ]
     return flows
 
 

@@ -19,12 +19,17 @@ import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 
-from tests.charts.render import CHART, SCENARIOS, all_objects, crd_chart, documents, object_id, objects, template
+from tests.charts.render import CHART, SCENARIOS, all_objects, crd_chart, dask_operator_crds, documents, object_id, objects, template
 from tests.support.k8s_tools import SCHEMA_PACKAGES, validate_with_npm_schemas
 
 K8S = kubernetes_validate.latest_version()
-# The CRDs as the CRD chart (charts/churnops-crds, installed first) renders them.
-CRDS = {(crd["spec"]["group"], crd["spec"]["names"]["kind"]): crd for crd in crd_chart() if crd["kind"] == "CustomResourceDefinition"}
+# The CRDs as the CRD chart (charts/churnops-crds, installed first) renders them, and the Dask Kubernetes
+# operator's (its Helm chart's CRDs, as its pinned Python package ships them).
+CRDS = {
+    (crd["spec"]["group"], crd["spec"]["names"]["kind"]): crd
+    for crd in [*crd_chart(), *dask_operator_crds()]
+    if crd["kind"] == "CustomResourceDefinition"
+}
 KSERVE_KINDS = {"ClusterServingRuntime": "V1alpha1ClusterServingRuntime", "InferenceService": "V1beta1InferenceService"}
 
 

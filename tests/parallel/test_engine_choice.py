@@ -17,6 +17,8 @@ from churnops.parallel.choice import ADDRESS_ENV, AUTO_THRESHOLD_BYTES, EngineCo
         (EngineConfig("auto", address="tcp://scheduler:8786"), 0, "dask"),  # a cluster was given: use it
         (EngineConfig("local"), 10**12, "local"),
         (EngineConfig("dask"), 0, "dask"),
+        (EngineConfig("auto", threshold_bytes=None), 10**12, "local"),  # size never decides (batch scoring)
+        (EngineConfig("auto", address="tcp://scheduler:8786", threshold_bytes=None), 0, "dask"),
     ],
 )
 def test_resolve_chooses_by_option_address_and_size(config: EngineConfig, size: int, expected: str) -> None:
@@ -29,6 +31,7 @@ def test_the_scheduler_address_falls_back_to_the_one_a_daskjob_sets() -> None:
     assert EngineConfig.from_options("auto", "tcp://other:8786", None, None, env).address == "tcp://other:8786"
     assert EngineConfig.from_options("local", None, None, None, env).address is None  # local means this process
     assert EngineConfig.from_options("auto", None, None, 1.5, {}).threshold_bytes == int(1.5 * 2**20)
+    assert EngineConfig.from_options("auto", None, None, float("inf"), {}).threshold_bytes is None
 
 
 @pytest.mark.parametrize(

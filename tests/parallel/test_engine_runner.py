@@ -52,6 +52,15 @@ def _running(engine: DaskEngine) -> bool:
     return any(engine.client.processing().values())  # type: ignore[no-untyped-call]
 
 
+def malloc_setting(_: int) -> str | None:
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_local_workers_keep_the_default_allocator(dask_engine: Engine) -> None:
+    """Dask's nanny would set MALLOC_TRIM_THRESHOLD_, which makes array-heavy tasks several times slower."""
+    assert list(dask_engine.map(malloc_setting, range(4))) == [None] * 4
+
+
 def test_the_in_process_engine_runs_tasks_here_in_order() -> None:
     engine = InProcess()
     assert list(engine.map(slow_echo, [(i, 3) for i in range(3)])) == [(0, os.getpid()), (1, os.getpid()), (2, os.getpid())]

@@ -251,3 +251,13 @@ CHURNOPS_* variables, PGPASSWORD for libpq, MLflow's tracking URI. Passwords com
         cidr: {{ . }}
 {{- end }}
 {{- end }}
+
+{{/* The DaskCluster of the engine; the operator names its scheduler Service "<name>-scheduler". */}}
+{{- define "churnops.daskCluster" -}}
+{{- printf "%s-dask" (include "churnops.fullname" .) }}
+{{- end }}
+
+{{/* The engine's scheduler as pipeline steps reach it (the address the operator gives its workers). */}}
+{{- define "churnops.daskSchedulerAddress" -}}
+{{- printf "tcp://%s-scheduler.%s.svc.cluster.local:8786" (include "churnops.daskCluster" .) .Release.Namespace }}
+{{- end }}

@@ -137,15 +137,17 @@ def csv_dialect(args: argparse.Namespace) -> CsvDialect:
 DIALECT_OPTIONS = ("separator", "decimal", "thousands", "encoding", "day_first")
 
 
-def add_engine_args(p: argparse.ArgumentParser) -> None:
-    """Where a heavy step's tasks run (churnops.parallel): this process, or Dask."""
+def add_engine_args(p: argparse.ArgumentParser, size_decides: bool = True) -> None:
+    """Where a heavy step's tasks run (churnops.parallel): this process, or Dask.
+
+    ``size_decides=False``: under ``auto`` only a scheduler address sends the step to Dask, for a step that
+    already uses every core here in bounded memory (batch scoring), where local workers only add start-up.
+    """
     from churnops.parallel.choice import ADDRESS_ENV, AUTO_THRESHOLD_BYTES, KINDS
 
+    auto = "above --engine-threshold-mb of input or with a scheduler address" if size_decides else "only with a scheduler address"
     p.add_argument(
-        "--engine",
-        choices=KINDS,
-        default="auto",
-        help="local: this process; dask: a Dask cluster; auto (default): Dask above --engine-threshold-mb of input or with a scheduler address",
+        "--engine", choices=KINDS, default="auto", help=f"local: this process; dask: a Dask cluster; auto (default): Dask {auto}"
     )
     p.add_argument(
         "--engine-address",
@@ -158,8 +160,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine-threshold-mb",
         type=float,
-        default=None,
-        help=f"input size above which auto uses Dask (default {AUTO_THRESHOLD_BYTES // 2**20})",
+        default=None if size_decides else float("inf"),
+        help=f"input size above which auto uses Dask (default {AUTO_THRESHOLD_BYTES // 2**20 if size_decides else 'inf'})",
     )
 
 

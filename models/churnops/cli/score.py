@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     score.add_argument(
         "--partition-rows", type=int, default=500_000, help="rows per engine task; on Dask, --out is a directory of part-NNNNN.parquet"
     )
-    add_engine_args(score)
+    add_engine_args(score, size_decides=False)  # scoring streams on every core here: Dask pays off on a cluster
     score.add_argument("--audit-log", type=Path, default=None, help="audit log for the batch record (default <data-dir>/audit/batch.jsonl)")
     add_key_args(score, signing=True)
     score.add_argument("--audit-anchor-dsn", default=None, help="PostgreSQL for checkpoints of the audit log (rollback detection)")

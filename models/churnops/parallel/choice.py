@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ class EngineConfig:
     """How a command runs its tasks.
 
     ``kind``: ``local`` runs them in this process, ``dask`` on Dask, ``auto`` on Dask when the input is larger
-    than ``threshold_bytes`` or a scheduler ``address`` is given. ``address``: a running scheduler
+    than ``threshold_bytes`` (None: never by size) or a scheduler ``address`` is given. ``address``: a running scheduler
     (``tcp://host:8786``); without one, ``dask`` starts a local cluster of ``workers`` processes with one thread
     each (default: one per core). ``connect_timeout_s``: how long to wait for that scheduler.
     """
@@ -31,7 +32,7 @@ class EngineConfig:
     kind: EngineKind = "auto"
     address: str | None = None
     workers: int | None = None
-    threshold_bytes: int = AUTO_THRESHOLD_BYTES
+    threshold_bytes: int | None = AUTO_THRESHOLD_BYTES
     connect_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -39,7 +40,7 @@ class EngineConfig:
             raise InvalidInputError(f"unknown engine {self.kind!r}; choose from {list(KINDS)}", field="--engine")
         if self.workers is not None and self.workers < 1:
             raise InvalidInputError(f"must be at least 1, got {self.workers}", field="--engine-workers")
-        if self.threshold_bytes < 0:
+        if self.threshold_bytes is not None and self.threshold_bytes < 0:
             raise InvalidInputError(f"must not be negative, got {self.threshold_bytes}", field="--engine-threshold-mb")
         if self.kind == "local" and self.address:
             raise InvalidInputError("a scheduler address needs --engine dask or auto", field="--engine-address")
@@ -49,7 +50,7 @@ class EngineConfig:
         cls, kind: str, address: str | None, workers: int | None, threshold_mb: float | None, env: Mapping[str, str]
     ) -> EngineConfig:
         """Options win; the scheduler address falls back to the one a DaskJob sets in the environment."""
-        threshold = AUTO_THRESHOLD_BYTES if threshold_mb is None else int(threshold_mb * 2**20)
+        threshold = AUTO_THRESHOLD_BYTES if threshold_mb is None else None if math.isinf(threshold_mb) else int(threshold_mb * 2**20)
         if kind not in KINDS:
             raise InvalidInputError(f"unknown engine {kind!r}; choose from {list(KINDS)}", field="--engine")
         address = address or (None if kind == "local" else env.get(ADDRESS_ENV) or None)
@@ -65,6 +66,8 @@ def resolve(config: EngineConfig, input_bytes: int) -> Literal["local", "dask"]:
         return config.kind
     if config.address:
         return "dask"
+    if config.threshold_bytes is None:  # a step that gains nothing from local workers (see threshold_bytes)
+        return "local"
     return "dask" if input_bytes > config.threshold_bytes else "local"
 
 
