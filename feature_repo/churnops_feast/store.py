@@ -17,9 +17,10 @@ import psycopg
 import pyarrow.parquet as pq
 import yaml
 from feast import FeatureStore, RepoConfig
+from feast.errors import FeatureServiceNotFoundException
 
 from churnops.data.schema import ENTITY, TIMESTAMP
-from churnops.errors import ConfigError, InvalidInputError
+from churnops.errors import ConfigError, InvalidInputError, NotFoundError
 from churnops.features.catalog import DOMAINS, features_of
 from churnops_feast.definitions import FeastObjects, build_objects, file_sources, postgres_sources, table_name
 
@@ -144,7 +145,11 @@ def historical_features(store: FeatureStore, entity_df: pd.DataFrame, service: s
     for col in (ENTITY, TIMESTAMP):
         if col not in entity_df.columns:
             raise InvalidInputError(f"entity_df needs a {col!r} column")
-    job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(service))
+    try:
+        features = store.get_feature_service(service)
+    except FeatureServiceNotFoundException:
+        raise NotFoundError(f"feature service {service!r} is not in the feature store; run `churnops features publish` first") from None
+    job = store.get_historical_features(entity_df=entity_df, features=features)
     frame = job.to_df()
     # The PostgreSQL store returns naive UTC timestamps, the file store aware ones: always return UTC-aware.
     if frame[TIMESTAMP].dt.tz is None:

@@ -7,9 +7,11 @@ import sqlite3
 import pandas as pd
 import pytest
 
+from churnops.cli import main
 from churnops.data.generator import load_manifest
 from churnops.data.raw import read_raw
 from churnops.data.schema import ENTITY, TIMESTAMP
+from churnops.errors import NotFoundError
 from churnops.features import steps as foundation
 from churnops.features.catalog import DOMAINS, FEATURES
 from churnops.layout import Layout
@@ -120,3 +122,10 @@ def test_incremental_materialization_loads_only_newer_rows(layout_copy: Layout) 
     assert foundation.lookup(layout_copy, "embedded", {}, [cid])["tenure_days"] == [demo[(cid, previous)]]
     foundation.publish_incremental(layout_copy, "embedded", {})
     assert foundation.lookup(layout_copy, "embedded", {}, [cid])["tenure_days"] == [demo[(cid, latest)]]
+
+
+def test_training_before_publishing_says_what_to_run(layout_copy: Layout, capsys: pytest.CaptureFixture[str]) -> None:
+    """Features built but never published: a clear error naming the step, not Feast's traceback."""
+    assert main(["--data-dir", str(layout_copy.data_dir), "train", "--trials", "3"]) == NotFoundError.exit_code
+    err = capsys.readouterr().err
+    assert "feature service 'churn_v1' is not in the feature store" in err and "churnops features publish" in err
