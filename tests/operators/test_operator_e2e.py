@@ -223,8 +223,13 @@ def test_serving_objects_edited_or_deleted_out_of_band_are_repaired(k8s: Cluster
     k8s.wait("edit repaired", repaired)
     k8s.delete(path)
     k8s.wait("recreated", lambda: k8s.isvc("churn") is not None)
-    created = [e["message"] for e in k8s.events() if e.get("reason") == "Created" and "InferenceService" in e["message"]]
-    assert "Updated" in k8s.reasons() and len(created) == 2, created
+
+    def created() -> list[str]:
+        return [e["message"] for e in k8s.events() if e.get("reason") == "Created" and "InferenceService" in e["message"]]
+
+    # the operator posts its Event after the create call returns: wait for it rather than race it
+    k8s.wait("recreation recorded", lambda: len(created()) == 2)
+    assert "Updated" in k8s.reasons() and len(created()) == 2, created()
 
 
 def test_deletion_while_the_operator_is_down_is_finished_on_restart(k8s: Cluster, model: str) -> None:
