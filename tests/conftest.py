@@ -19,6 +19,8 @@ from churnops.data.schema import ENTITY, TIMESTAMP
 from churnops.features.catalog import DOMAINS
 from churnops.features.engine import build_features, compute_block_features
 from churnops.layout import Layout
+from churnops.parallel.choice import EngineConfig
+from churnops.parallel.runner import DaskEngine, open_engine
 from churnops.processes import free_port, single_process_metrics, wait_for_http
 from tests.support import groups
 from tests.support.services import DEFAULT_ADMIN_DSN, private_redis, temporary_database
@@ -113,6 +115,14 @@ def layout_copy(small_layout: Layout, tmp_path: Path) -> Layout:
     """A private copy of the small data set that a test may change."""
     shutil.copytree(small_layout.data_dir, tmp_path / "data")
     return Layout(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def dask_engine() -> Iterator[DaskEngine]:
+    """A Dask cluster of two worker processes on this machine, shared by a module's tests."""
+    with open_engine(EngineConfig("dask", workers=2), 0) as engine:
+        assert isinstance(engine, DaskEngine)
+        yield engine
 
 
 @pytest.fixture(scope="session")

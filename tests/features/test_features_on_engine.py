@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -16,17 +15,9 @@ from churnops.data.raw import read_raw
 from churnops.data.schema import ENTITY, EVENT_TABLES, RAW_TABLES, TIMESTAMP
 from churnops.features.catalog import DOMAINS
 from churnops.features.engine import build_features, compute_block_features, feature_schema
-from churnops.parallel.choice import EngineConfig
-from churnops.parallel.runner import DaskEngine, Engine, open_engine
+from churnops.parallel.runner import Engine
 
 CFG = GeneratorConfig(n_customers=1_800, block_size=500, seed=11)  # four parts, the last one short
-
-
-@pytest.fixture(scope="module")
-def dask_engine() -> Iterator[Engine]:
-    with open_engine(EngineConfig("dask", workers=2), 0) as engine:
-        assert isinstance(engine, DaskEngine)
-        yield engine
 
 
 @pytest.fixture(scope="module")

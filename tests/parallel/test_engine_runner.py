@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 
 import dask
 import pytest
@@ -13,13 +12,6 @@ from churnops.errors import InvalidInputError, UnavailableError
 from churnops.parallel.choice import EngineConfig
 from churnops.parallel.runner import DaskEngine, Engine, InProcess, open_engine
 from churnops.processes import free_port
-
-
-@pytest.fixture(scope="module")
-def dask_engine() -> Iterator[Engine]:
-    with open_engine(EngineConfig("dask", workers=2), 0) as engine:
-        assert isinstance(engine, DaskEngine)
-        yield engine
 
 
 def slow_echo(item: tuple[int, int]) -> tuple[int, int]:

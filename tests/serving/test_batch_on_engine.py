@@ -6,7 +6,6 @@ import datetime as dt
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from churnops.monitoring.predlog.parquet import ParquetStore
-from churnops.parallel.choice import EngineConfig
-from churnops.parallel.runner import DaskEngine, Engine, InProcess, open_engine
+from churnops.parallel.runner import Engine, InProcess
 from churnops.serving.audit import read_records, verify_file
 from churnops.serving.batch import BatchInputError, score_file
 from churnops.serving.batch_partitions import PartitionJob, plan_partitions, score_partitions
@@ -29,13 +27,6 @@ from tests.support.serving import Registered
 
 pytestmark = groups.SERVING_MODELS
 EVER = (dt.datetime(2000, 1, 1, tzinfo=dt.UTC), dt.datetime(2100, 1, 1, tzinfo=dt.UTC))
-
-
-@pytest.fixture(scope="module")
-def dask_engine() -> Iterator[Engine]:
-    with open_engine(EngineConfig("dask", workers=2), 0) as engine:
-        assert isinstance(engine, DaskEngine)
-        yield engine
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ and a local run whose step finds a real Dask scheduler in DASK_SCHEDULER_ADDRESS
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,8 @@ import yaml
 from kfp import local
 
 from churnops.cli import main
-from churnops.parallel.choice import ADDRESS_ENV, EngineConfig
-from churnops.parallel.runner import DaskEngine, open_engine
+from churnops.parallel.choice import ADDRESS_ENV
+from churnops.parallel.runner import DaskEngine
 from churnops_pipelines.scoring import SHARED_MOUNT, churn_batch_scoring_engine, compile_engine_pipeline
 from tests.support import groups
 from tests.support.serving import Registered
@@ -45,12 +44,10 @@ def test_both_steps_mount_the_shared_claim_and_the_scorer_gets_the_scheduler() -
 
 
 @pytest.fixture
-def scheduler(monkeypatch: pytest.MonkeyPatch) -> Iterator[DaskEngine]:
-    """A Dask cluster of two worker processes; the pipeline's step finds it as it would in the chart's namespace."""
-    with open_engine(EngineConfig("dask", workers=2), 0) as engine:
-        assert isinstance(engine, DaskEngine)
-        monkeypatch.setenv(ADDRESS_ENV, str(engine.client.scheduler_info()["address"]))
-        yield engine
+def scheduler(dask_engine: DaskEngine, monkeypatch: pytest.MonkeyPatch) -> DaskEngine:
+    """The pipeline's step finds the cluster as it would in the chart's namespace."""
+    monkeypatch.setenv(ADDRESS_ENV, str(dask_engine.client.scheduler_info()["address"]))
+    return dask_engine
 
 
 def task_prefixes(dask_scheduler: Any) -> list[str]:

@@ -97,8 +97,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     model = Model(reg.model_name, version, registry.load_model(reg, version), registry.version_info(reg, version)["threshold"])
     job = f"batch-{uuid.uuid4().hex[:12]}"
     # a directory is scored partition by partition even in this process; a file goes to Dask when the engine says so
-    partitioned = args.input.is_dir() or resolve(engine, input_bytes(args.input)) == "dask"
-    scored = score_partitioned(args, engine, model, job) if partitioned else score_in_process(args, model, job)
+    size = input_bytes(args.input)
+    partitioned = args.input.is_dir() or resolve(engine, size) == "dask"
+    scored = score_partitioned(args, engine, size, model, job) if partitioned else score_in_process(args, model, job)
     # chained records (one per partition on the engine): the digests bind every row of the output to this run
     sink = open_sink(audit, env, fsync="always", lock_wait_s=30, signer=signer)
     try:
@@ -168,14 +169,14 @@ def score_in_process(args: argparse.Namespace, model: Model, job: str) -> Scored
     return Scored([record], report.rows, report.seconds, report.explained, report.output)
 
 
-def score_partitioned(args: argparse.Namespace, engine: EngineConfig, model: Model, job: str) -> Scored:
+def score_partitioned(args: argparse.Namespace, engine: EngineConfig, size: int, model: Model, job: str) -> Scored:
     """Partitions of the input as engine tasks; ``--out`` becomes a directory of ``part-NNNNN.parquet``."""
     from churnops.parallel.runner import open_engine
     from churnops.serving.batch_partitions import PartitionJob, audit_records, plan_partitions, score_partitions
 
     parts = plan_partitions(args.input, args.partition_rows)
     began = time.perf_counter()
-    with open_engine(engine, input_bytes(args.input)) as runner:
+    with open_engine(engine, size) as runner:
         settings = PartitionJob(
             job,
             model.name,
